@@ -1,0 +1,37 @@
+"""The `circuitlab` command. Thin: each subcommand parses, calls one package function, prints.
+
+Heavy imports (torch) happen inside the commands so `circuitlab --help` stays fast. Each group of
+commands lives in its own module here and is attached to the main app below.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from circuitlab.cli import tasks as _tasks_cmd
+from circuitlab.cli.common import CliError, console, err_console
+
+app = typer.Typer(
+    name="circuitlab",
+    help="Grok small algorithmic transformers, extract their circuits, catalog and compose them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command groups are attached here, one line each.
+_tasks_cmd.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app()
+    except CliError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+
+
+__all__ = ["app", "main", "console"]
