@@ -21,6 +21,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Grok small algorithmic transformers, extract their circuits, catalog and compose them."""
+
+
 # Command groups are attached here, one line each.
 _tasks_cmd.register(app)
 
