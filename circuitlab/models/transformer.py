@@ -1,0 +1,158 @@
+"""`Transformer`: an nn.Module around the functional core, with TransformerLens-named hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from circuitlab.models import functional
+from circuitlab.models.config import ModelConfig
+from circuitlab.models.hooks import HookFn, HookPoint
+
+NameFilter = str | Callable[[str], bool]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated or does not match its config."""
+
+
+class Transformer(nn.Module):
+    """A decoder-only transformer for algorithmic tasks.
+
+    Parameters live under TransformerLens names (`blocks.0.mlp.W_in`, ...) and every activation
+    passes a `HookPoint` of the TransformerLens name. `forward` returns logits only at the
+    task's answer positions unless `answers_only=False`.
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self._params = nn.ParameterDict()
+        self._param_names: dict[str, str] = {}  # TL name -> ParameterDict key (no dots allowed)
+        for name, tensor in functional.init_params(cfg, seed).items():
+            key = name.replace(".", "__")
+            self._params[key] = nn.Parameter(tensor)
+            self._param_names[name] = key
+        self.hook_points = nn.ModuleDict()
+        self._hook_by_name: dict[str, HookPoint] = {}
+        for name in functional.hook_names(cfg):
+            point = HookPoint()
+            point.name = name
+            self.hook_points[name.replace(".", "__")] = point
+            self._hook_by_name[name] = point
+
+    # --- parameters under their TransformerLens names ----------------------------------------
+    def tl_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: self._params[key] for name, key in self._param_names.items()}
+
+    def load_tl_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self._param_names)
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise CheckpointError(
+                f"checkpoint does not match config: missing {missing[:5]}, unexpected {extra[:5]}"
+            )
+        with torch.no_grad():
+            for name, key in self._param_names.items():
+                if state[name].shape != self._params[key].shape:
+                    raise CheckpointError(
+                        f"checkpoint tensor {name} has shape {tuple(state[name].shape)}, "
+                        f"config expects {tuple(self._params[key].shape)}"
+                    )
+                self._params[key].copy_(state[name])
+
+    def param(self, name: str) -> torch.Tensor:
+        return self._params[self._param_names[name]]
+
+    @property
+    def hook_dict(self) -> dict[str, HookPoint]:
+        return dict(self._hook_by_name)
+
+    # --- forward -------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, *, answers_only: bool = True) -> torch.Tensor:
+        """tokens (B, S) -> logits (B, Q, O) at answer positions, or (B, S, O) for all."""
+        if tokens.dim() == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.shape[-1] > self.cfg.n_ctx:
+            raise ValueError(f"sequence length {tokens.shape[-1]} exceeds n_ctx={self.cfg.n_ctx}")
+        active = {n: p for n, p in self._hook_by_name.items() if p.active}
+        need_pattern = any(n.endswith(("hook_pattern", "hook_attn_scores")) for n in active)
+        backend = functional.resolve_backend(self.cfg, tokens.device, need_pattern)
+        hook = None
+        if active:
+
+            def hook(name: str, x: torch.Tensor) -> torch.Tensor:
+                point = active.get(name)
+                return x if point is None else point(x[0]).unsqueeze(0)
+
+        params = {name: self._params[key].unsqueeze(0) for name, key in self._param_names.items()}
+        logits = functional.forward(
+            params,
+            self.cfg,
+            tokens.unsqueeze(0),
+            answers_only=answers_only,
+            hook=hook,
+            backend=backend,
+        )
+        return logits[0]
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple[NameFilter, HookFn]]) -> Iterator[Transformer]:
+        """Add `(name or predicate, hook)` pairs for the duration of the block."""
+        added: list[tuple[HookPoint, HookFn]] = []
+        try:
+            for name_filter, fn in fwd_hooks:
+                matched = [
+                    p
+                    for n, p in self._hook_by_name.items()
+                    if (name_filter(n) if callable(name_filter) else n == name_filter)
+                ]
+                if not matched:
+                    raise KeyError(f"no hook point matches {name_filter!r}; see model.hook_dict")
+                for point in matched:
+                    point._hooks.append(fn)
+                    added.append((point, fn))
+            yield self
+        finally:
+            for point, fn in added:
+                point._hooks.remove(fn)
+
+    def run_with_cache(
+        self, tokens: torch.Tensor, names: NameFilter | None = None, *, answers_only: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and a dict of activations (all hook points, or those `names` selects)."""
+        cache: dict[str, torch.Tensor] = {}
+
+        def save(x: torch.Tensor, name: str) -> None:
+            cache[name] = x.detach()
+
+        selector: NameFilter = names if names is not None else (lambda n: True)
+        with self.hooks([(selector, save)]):
+            logits = self(tokens, answers_only=answers_only)
+        return logits, cache
+
+    # --- persistence: safetensors weights + JSON config ------------------------------------
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        state = {n: t.detach().contiguous().cpu() for n, t in self.tl_state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "circuitlab"})
+        (directory / "model_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, weights: str | Path, cfg: ModelConfig) -> Transformer:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise CheckpointError(f"no checkpoint at {weights}")
+        try:
+            state = load_file(str(weights))
+        except Exception as exc:  # safetensors raises several types for truncated files
+            raise CheckpointError(f"cannot read checkpoint {weights}: {exc}") from None
+        model = cls(cfg)
+        model.load_tl_state_dict(state)
+        return model
