@@ -37,7 +37,9 @@ class Dataset:
         if self.inputs.ndim != 2 or self.targets.ndim != 2:
             raise TaskError("Dataset arrays must be 2-D: inputs (n, n_ctx), targets (n, n_answers)")
         if len(self.inputs) != len(self.targets):
-            raise TaskError(f"inputs has {len(self.inputs)} rows but targets has {len(self.targets)}")
+            raise TaskError(
+                f"inputs has {len(self.inputs)} rows but targets has {len(self.targets)}"
+            )
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -132,4 +134,6 @@ def get_task(spec: str) -> Task:
         if match:
             return family.factory(match)
     examples = ", ".join(f.example for f in _FAMILIES.values())
-    raise TaskError(f"unknown task {spec!r}; known forms include: {examples} (see `circuitlab tasks`)")
+    raise TaskError(
+        f"unknown task {spec!r}; known forms include: {examples} (see `circuitlab tasks`)"
+    )
