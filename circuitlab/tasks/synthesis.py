@@ -92,9 +92,13 @@ def _check(node: ast.AST, text: str) -> None:
         raise TaskError(f"{ast.unparse(node)!r} is not allowed in {text!r}; allowed: {_ALLOWED}")
 
 
+def _names(tree: ast.expr) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in OPERANDS}
+
+
 def operands_of(tree: ast.expr) -> tuple[str, ...]:
     """Declared operands: `a` up to the highest operand letter used (none for a constant)."""
-    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in OPERANDS}
+    used = _names(tree)
     if not used:
         return ()
     return OPERANDS[: max(OPERANDS.index(u) for u in used) + 1]
@@ -177,6 +181,12 @@ class SynthesisTask(Task):
         where = f"synth_mod_{self.p}[{self.expr}]"
         if k == 0:
             raise TaskError(f"{where} is ill-posed: it uses no operand (a, b, c)")
+        missing = [name for name in self.operands if name not in _names(tree)]
+        if missing:
+            raise TaskError(
+                f"{where} is ill-posed: it does not use the operand {', '.join(missing)}; operands"
+                f" are declared in order ({' '.join(self.operands)} =), so rename them"
+            )
         if self.p**k > MAX_EXAMPLES:
             largest = max(q for q in range(2, self.p) if is_prime(q) and q**k <= MAX_EXAMPLES)
             raise TaskError(
