@@ -1,0 +1,109 @@
+"""Recipes: named training configurations (optimizer, schedule, data fraction, stopping).
+
+A recipe holds everything about *how* a model is trained; the architecture comes from the task
+(`ModelConfig.for_task`) plus the recipe's `model` overrides. Registered recipes refuse
+duplicate names, and a run directory stores the resolved recipe so it can be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+OPTIMIZERS = ("adamw", "lion")
+
+
+class RecipeError(ValueError):
+    """A recipe name or field is invalid; the message names it and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    train_fraction: float = 0.3
+    optimizer: Literal["adamw", "lion"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_steps: int = 10  # linear warmup from 0 to lr
+    grad_clip: float = 0.0  # per-model global gradient norm; 0 = off
+    batch_size: int = 0  # 0 = full batch
+    # Grokfast-EMA (Lee et al. 2024): g <- g + lambda * EMA_alpha(g); lambda 0 = off.
+    grokfast_alpha: float = 0.98
+    grokfast_lambda: float = 0.0
+    max_steps: int = 10_000
+    eval_every: int = 10
+    stop_val_acc: float = 1.0  # stop a model once validation accuracy reaches this; >1 = never
+    checkpoint_every: int = 500
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
+
+    def __post_init__(self) -> None:
+        checks = {
+            "train_fraction": 0.0 < self.train_fraction <= 1.0,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "eps": self.eps > 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "grad_clip": self.grad_clip >= 0,
+            "batch_size": self.batch_size >= 0,
+            "grokfast_alpha": 0.0 <= self.grokfast_alpha < 1.0,
+            "grokfast_lambda": self.grokfast_lambda >= 0,
+            "max_steps": self.max_steps >= 1,
+            "eval_every": self.eval_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise RecipeError(f"recipe field {name}={getattr(self, name)!r} is out of range")
+        if self.optimizer not in OPTIMIZERS:
+            raise RecipeError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise RecipeError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some fields changed (unknown fields are an error)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise RecipeError(f"unknown recipe fields: {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        values = dict(data)
+        values["betas"] = tuple(values.get("betas", (0.9, 0.98)))
+        return cls(**values)
+
+
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    if recipe.name in _RECIPES:
+        raise RecipeError(f"recipe {recipe.name!r} is already registered")
+    _RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in _RECIPES:
+        raise RecipeError(f"unknown recipe {name!r}; known: {', '.join(_RECIPES)}")
+    return _RECIPES[name]
+
+
+def recipes() -> dict[str, Recipe]:
+    return dict(_RECIPES)
+
+
+# Nanda et al. 2023 exactly: 1 layer, d_model 128, 4 heads, d_mlp 512, no LayerNorm (the
+# ModelConfig defaults), 30% of pairs, full batch, AdamW lr 1e-3, wd 1, betas (0.9, 0.98).
+NANDA = register_recipe(
+    Recipe(name="nanda", lr=1e-3, weight_decay=1.0, warmup_steps=10, max_steps=40_000)
+)

@@ -1,0 +1,371 @@
+"""Training: one model or a stack of models of one architecture, trained side by side.
+
+Method, per step:
+ 1. Gather each model's batch (full batch, or a minibatch from the model's own seeded epoch
+    permutation) into tokens (M, B, S).
+ 2. One forward of the stacked functional transformer; the loss is the *sum over models* of
+    each model's mean cross-entropy, so each model's gradient equals its gradient alone.
+ 3. An element-wise optimizer step with per-model hyperparameters (optim.py).
+ 4. Every `eval_every` steps: train/validation loss and accuracy and weight norm per model,
+    appended to each run's metrics.jsonl; a model stops when it reaches its `stop_val_acc` or
+    `max_steps`, is written out as a finished run directory, and leaves the stack.
+ 5. Every `checkpoint_every` steps: each run's parameters and optimizer state to
+    RUN.partial/checkpoint/, so an interrupted run resumes to the same weights.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from circuitlab.models import ModelConfig, Transformer
+from circuitlab.models import functional as Fn
+from circuitlab.tasks import get_task
+from circuitlab.training import rundir
+from circuitlab.training.optim import StackedHyper, StackedOptimizer
+from circuitlab.training.recipe import Recipe, RecipeError
+
+# fields that must agree for runs to share a stack (the rest may differ per model)
+SHARED_FIELDS = ("train_fraction", "batch_size", "eval_every", "checkpoint_every", "optimizer", "model")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run to train: which task, how, which seed, and where its run directory goes."""
+
+    task: str
+    recipe: Recipe
+    seed: int
+    run_dir: Path
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.for_task(get_task(self.task), **self.recipe.model)
+
+    def config_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "seed": self.seed,
+            "model": self.model_config().to_dict(),
+            "recipe": self.recipe.to_dict(),
+            "versions": rundir.versions(),
+        }
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    seed: int
+    steps: int
+    grokked_at: int | None
+    final: dict[str, float]
+    wall_time: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[int, int, list[dict[str, float]]], None]
+
+
+def tune_malloc() -> None:
+    """Keep freed activation buffers in the heap instead of returning them to the OS.
+
+    Each step allocates the same large tensors; glibc's default returns them with munmap and the
+    next step page-faults them back in, which costs ~20% of a step on this model size.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 32)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _check_stackable(specs: Sequence[RunSpec]) -> None:
+    first = specs[0]
+    for spec in specs[1:]:
+        if spec.task != first.task:
+            raise RecipeError(f"runs in one stack must share a task: {first.task} vs {spec.task}")
+        for name in SHARED_FIELDS:
+            if getattr(spec.recipe, name) != getattr(first.recipe, name):
+                raise RecipeError(f"runs in one stack must share recipe field {name!r}")
+    dirs = [s.run_dir for s in specs]
+    if len(set(dirs)) != len(dirs):
+        raise RecipeError("two runs would write the same run directory")
+
+
+def _stack_data(specs: Sequence[RunSpec]) -> tuple[torch.Tensor, ...]:
+    task = get_task(specs[0].task)
+    splits = [task.split(s.recipe.train_fraction, s.seed) for s in specs]
+    if any(len(sp.val) == 0 for sp in splits) and specs[0].recipe.train_fraction < 1.0:
+        raise RecipeError("validation split is empty; lower train_fraction")
+    def stack(arrays: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(arrays)).long()
+
+    return (
+        stack([sp.train.inputs for sp in splits]),
+        stack([sp.train.targets for sp in splits]),
+        stack([sp.val.inputs for sp in splits]),
+        stack([sp.val.targets for sp in splits]),
+    )
+
+
+def _loss_acc(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model mean cross-entropy and accuracy. logits (M, B, Q, O), targets (M, B, Q)."""
+    m = logits.shape[0]
+    loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), reduction="none")
+    acc = (logits.argmax(-1) == targets).float()
+    return loss.view(m, -1).mean(1), acc.view(m, -1).mean(1)
+
+
+@torch.no_grad()
+def _evaluate(params, cfg, x, y, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.shape[1] == 0:
+        nan = torch.full((x.shape[0],), float("nan"))
+        return nan, nan
+    losses, accs, sizes = [], [], []
+    for start in range(0, x.shape[1], chunk):
+        logits = Fn.forward(params, cfg, x[:, start : start + chunk])
+        loss, acc = _loss_acc(logits, y[:, start : start + chunk])
+        n = min(chunk, x.shape[1] - start)
+        losses.append(loss * n)
+        accs.append(acc * n)
+        sizes.append(n)
+    total = sum(sizes)
+    return sum(losses) / total, sum(accs) / total
+
+
+def _batch_index(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
+    """Indices of the minibatch for optimizer step `step` (0-based): seeded epoch permutations."""
+    per_epoch = max(1, n // batch)
+    epoch, k = divmod(step, per_epoch)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)[k * batch : (k + 1) * batch]
+
+
+class _Stack:
+    """Mutable state of the models still training: parameters, optimizer, bookkeeping."""
+
+    def __init__(self, specs: Sequence[RunSpec], cfg: ModelConfig) -> None:
+        self.specs = list(specs)
+        self.cfg = cfg
+        inits = [Fn.init_params(cfg, s.seed) for s in specs]
+        self.params = {n: torch.stack([p[n] for p in inits]).requires_grad_() for n in inits[0]}
+        hyper = StackedHyper.from_recipes([s.recipe for s in specs])
+        self.opt = StackedOptimizer(self.params, hyper, specs[0].recipe.optimizer)
+        self.grokked_at: list[int | None] = [None] * len(specs)
+        self.started = [time.perf_counter()] * len(specs)
+        self.elapsed_before = [0.0] * len(specs)  # wall time spent before a resume
+
+    def model_state(self, i: int) -> dict[str, torch.Tensor]:
+        return {n: p[i].detach().clone() for n, p in self.params.items()}
+
+    def keep(self, keep: list[int]) -> None:
+        index = torch.tensor(keep, dtype=torch.long)
+        self.params = {n: p.detach()[index].clone().requires_grad_() for n, p in self.params.items()}
+        self.opt.select(index, self.params)
+        self.specs = [self.specs[i] for i in keep]
+        for name in ("grokked_at", "started", "elapsed_before"):
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in keep])
+
+    # --- checkpoints --------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        for i, spec in enumerate(self.specs):
+            ckpt = rundir.partial_path(spec.run_dir) / "checkpoint"
+            ckpt.mkdir(parents=True, exist_ok=True)
+            tensors = {f"param/{n}": p[i].detach().contiguous() for n, p in self.params.items()}
+            for key, state in self.opt.state.items():
+                tensors |= {f"{key}/{n}": t[i].contiguous() for n, t in state.items()}
+            tmp = ckpt / "state.safetensors.tmp"
+            save_file(tensors, str(tmp))
+            tmp.replace(ckpt / "state.safetensors")
+            elapsed = self.elapsed_before[i] + time.perf_counter() - self.started[i]
+            meta = {"step": step, "grokked_at": self.grokked_at[i], "elapsed": elapsed}
+            rundir.write_json_atomic(ckpt / "state.json", meta)
+
+    def load_checkpoints(self) -> int:
+        steps = set()
+        for i, spec in enumerate(self.specs):
+            ckpt = rundir.partial_path(spec.run_dir) / "checkpoint"
+            if not (ckpt / "state.json").is_file():
+                raise rundir.RunDirError(f"no checkpoint to resume in {ckpt.parent}")
+            meta = json.loads((ckpt / "state.json").read_text())
+            try:
+                tensors = load_file(str(ckpt / "state.safetensors"))
+            except Exception as exc:
+                raise rundir.RunDirError(f"cannot read checkpoint in {ckpt}: {exc}") from None
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    source = tensors.get(f"param/{n}")
+                    if source is None or source.shape != p[i].shape:
+                        raise rundir.RunDirError(f"checkpoint in {ckpt} does not match the run config ({n})")
+                    p[i].copy_(source)
+                for key, state in self.opt.state.items():
+                    for n, t in state.items():
+                        t[i].copy_(tensors[f"{key}/{n}"])
+            steps.add(meta["step"])
+            self.grokked_at[i] = meta["grokked_at"]
+            self.elapsed_before[i] = meta["elapsed"]
+        if len(steps) != 1:
+            raise rundir.RunDirError("runs resumed together must have checkpoints at the same step")
+        step = steps.pop()
+        self.opt.step_count = step
+        return step
+
+
+def _start_partial(spec: RunSpec, resume: bool, overwrite: bool) -> None:
+    partial = rundir.partial_path(spec.run_dir)
+    if resume:
+        return
+    if spec.run_dir.exists() and not overwrite:
+        raise rundir.RunDirError(f"{spec.run_dir} already exists; pass --overwrite or choose another --out")
+    if partial.exists():
+        import shutil
+
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    rundir.write_json_atomic(partial / "config.json", spec.config_json())
+    (partial / "metrics.jsonl").write_text("")
+
+
+def _truncate_metrics(partial: Path, step: int) -> None:
+    lines = (partial / "metrics.jsonl").read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+    tmp = partial / "metrics.jsonl.tmp"
+    tmp.write_text("".join(ln + "\n" for ln in kept))
+    tmp.replace(partial / "metrics.jsonl")
+
+
+def _finish(stack: _Stack, i: int, step: int, metrics: dict[str, float], overwrite: bool) -> RunResult:
+    from circuitlab.training.plots import plot_curves
+
+    spec = stack.specs[i]
+    partial = rundir.partial_path(spec.run_dir)
+    model = Transformer(stack.cfg)
+    model.load_tl_state_dict(stack.model_state(i))
+    model.save(partial)
+    wall = stack.elapsed_before[i] + time.perf_counter() - stack.started[i]
+    summary = {
+        "task": spec.task,
+        "recipe": spec.recipe.name,
+        "seed": spec.seed,
+        "steps": step,
+        "grokked_at": stack.grokked_at[i],
+        "grok_threshold": rundir.GROK_THRESHOLD,
+        "final": metrics,
+        "wall_time_s": round(wall, 3),
+        "n_params": stack.cfg.n_params,
+    }
+    rundir.write_json_atomic(partial / "summary.json", summary)
+    plot_curves(rundir.read_metrics(partial), partial / "curves.png", title=f"{spec.task} seed {spec.seed}",
+                grokked_at=stack.grokked_at[i])
+    rundir.finalize(partial, spec.run_dir, overwrite=True if overwrite else False)
+    return RunResult(spec.run_dir, spec.seed, step, stack.grokked_at[i], metrics, wall)
+
+
+def train_stack(
+    specs: Sequence[RunSpec],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> list[RunResult]:
+    """Train runs of one architecture side by side; returns their results in input order."""
+    if not specs:
+        return []
+    _check_stackable(specs)
+    tune_malloc()
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = specs[0].model_config()
+    train_x, train_y, val_x, val_y = _stack_data(specs)
+    stack = _Stack(specs, cfg)
+    for spec in specs:
+        _start_partial(spec, resume, overwrite)
+    step = 0
+    if resume:
+        step = stack.load_checkpoints()
+        for spec in specs:
+            _truncate_metrics(rundir.partial_path(spec.run_dir), step)
+    recipe0 = specs[0].recipe
+    batch = recipe0.batch_size
+    max_steps = max(s.recipe.max_steps for s in specs)
+    order = {spec.run_dir: k for k, spec in enumerate(specs)}
+    data = {"x": train_x, "y": train_y, "vx": val_x, "vy": val_y}
+    results: dict[Path, RunResult] = {}
+    n_train = train_x.shape[1]
+
+    def log_and_stop(step: int) -> None:
+        nonlocal data
+        params = {n: p.detach() for n, p in stack.params.items()}
+        tr_loss, tr_acc = _evaluate(params, cfg, data["x"], data["y"])
+        va_loss, va_acc = _evaluate(params, cfg, data["vx"], data["vy"])
+        norms = sum(p.pow(2).flatten(1).sum(1) for p in params.values()).sqrt()
+        lrs = stack.opt.lr_now_for_step(max(step, 1))
+        rows, done = [], []
+        for i, spec in enumerate(stack.specs):
+            row = {
+                "step": step,
+                "train_loss": float(tr_loss[i]),
+                "train_acc": float(tr_acc[i]),
+                "val_loss": float(va_loss[i]),
+                "val_acc": float(va_acc[i]),
+                "weight_norm": float(norms[i]),
+                "lr": float(lrs[i]),
+                "time_s": round(stack.elapsed_before[i] + time.perf_counter() - stack.started[i], 4),
+            }
+            rows.append(row)
+            with open(rundir.partial_path(spec.run_dir) / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            val_acc = row["val_acc"] if not math.isnan(row["val_acc"]) else row["train_acc"]
+            if stack.grokked_at[i] is None and val_acc >= rundir.GROK_THRESHOLD:
+                stack.grokked_at[i] = step
+            if val_acc >= spec.recipe.stop_val_acc or step >= spec.recipe.max_steps:
+                done.append(i)
+        if progress:
+            progress(step, max_steps, rows)
+        if done:
+            for i in done:
+                res = _finish(stack, i, step, {k: v for k, v in rows[i].items() if k != "step"}, overwrite)
+                results[res.run_dir] = res
+            keep = [i for i in range(len(stack.specs)) if i not in done]
+            if keep:
+                index = torch.tensor(keep)
+                data = {k: v[index] for k, v in data.items()}
+                stack.keep(keep)
+            else:
+                stack.specs = []
+
+    if not resume:
+        log_and_stop(0)
+    while stack.specs:
+        seeds = [s.seed for s in stack.specs]
+        if batch and batch < n_train:
+            index = torch.stack([_batch_index(sd, step, n_train, batch) for sd in seeds])
+            x = torch.gather(data["x"], 1, index.unsqueeze(-1).expand(-1, -1, data["x"].shape[-1]))
+            y = torch.gather(data["y"], 1, index.unsqueeze(-1).expand(-1, -1, data["y"].shape[-1]))
+        else:
+            x, y = data["x"], data["y"]
+        logits = Fn.forward(stack.params, cfg, x)
+        loss, _ = _loss_acc(logits, y)
+        loss.sum().backward()
+        stack.opt.step()
+        stack.opt.zero_grad()
+        step += 1
+        eval_now = step % recipe0.eval_every == 0 or any(step >= s.recipe.max_steps for s in stack.specs)
+        if eval_now:
+            log_and_stop(step)
+        if stack.specs and step % recipe0.checkpoint_every == 0:
+            stack.save_checkpoint(step)
+    return [results[s.run_dir] for s in sorted(specs, key=lambda s: order[s.run_dir])]
