@@ -165,7 +165,11 @@ def _grid_param(value: int, name: str, lo: int) -> int:
     return int(value)
 
 
-def _recolour(g: np.ndarray, src: int, dst: int) -> np.ndarray:
+def _recolour(g: np.ndarray, k: int) -> np.ndarray:
+    return np.mod(g + 1, _grid_param(k, "k", 1))
+
+
+def _replace_colour(g: np.ndarray, src: int, dst: int) -> np.ndarray:
     return np.where(g == _grid_param(src, "src", 0), _grid_param(dst, "dst", 0), g)
 
 
@@ -251,14 +255,19 @@ for _p in [
               "rotate 180 degrees"),
     Primitive("ROT270", 1, _grid, lambda g: np.rot90(g, 3, axes=(-2, -1)), "grid",
               "rotate 90 degrees clockwise"),
-    Primitive("MIRROR_H", 1, _grid, lambda g: np.flip(g, axis=-1), "grid",
+    Primitive("MIRROR", 1, _grid, lambda g: np.flip(g, axis=-1), "grid",
               "mirror left-right (reverse each row)"),
-    Primitive("MIRROR_V", 1, _grid, lambda g: np.flip(g, axis=-2), "grid",
-              "mirror top-bottom (reverse the row order)"),
+    Primitive("FLIP", 1, _grid, lambda g: np.flip(g, axis=-2), "grid",
+              "flip up-down (reverse the row order)"),
     Primitive("TRANSPOSE", 1, _grid, lambda g: np.swapaxes(g, -2, -1), "grid",
-              "swap rows and columns"),
-    Primitive("RECOLOUR", 1, _grid, _recolour, "grid", "replace colour src by dst",
-              params=("src", "dst")),
+              "reflect in the main diagonal"),
+    Primitive("ANTITRANSPOSE", 1, _grid,
+              lambda g: np.swapaxes(np.flip(g, axis=(-2, -1)), -2, -1), "grid",
+              "reflect in the anti-diagonal"),
+    Primitive("RECOLOUR", 1, _grid, _recolour, "grid",
+              "cycle the k colours: c -> (c + 1) mod k", params=("k",)),
+    Primitive("REPLACE_COLOUR", 1, _grid, _replace_colour, "grid",
+              "replace colour src by dst, other cells unchanged", params=("src", "dst")),
     Primitive("CROP", 1, _grid, _crop, "grid", "the h x w box at row r, column c",
               params=("r", "c", "h", "w")),
     Primitive("UPSCALE", 1, _grid, _upscale, "grid", "repeat each cell k x k times",

@@ -78,10 +78,12 @@ def test_grid_primitives_match_hand_computed_grids():
     run = lambda e: ex.evaluate(e, [g], {})  # noqa: E731
     assert run(call("ROT90", X))[0].tolist() == [[3, 6], [2, 5], [1, 4]]
     assert run(call("ROT270", X))[0].tolist() == [[4, 1], [5, 2], [6, 3]]
-    assert run(call("MIRROR_H", X))[0].tolist() == [[3, 2, 1], [6, 5, 4]]
-    assert run(call("MIRROR_V", X))[0].tolist() == [[4, 5, 6], [1, 2, 3]]
+    assert run(call("MIRROR", X))[0].tolist() == [[3, 2, 1], [6, 5, 4]]
+    assert run(call("FLIP", X))[0].tolist() == [[4, 5, 6], [1, 2, 3]]
     assert run(call("TRANSPOSE", X))[0].tolist() == [[1, 4], [2, 5], [3, 6]]
-    assert run(call("RECOLOUR", X, src=5, dst=0))[0].tolist() == [[1, 2, 3], [4, 0, 6]]
+    assert run(call("ANTITRANSPOSE", X))[0].tolist() == [[6, 3], [5, 2], [4, 1]]
+    assert run(call("RECOLOUR", X, k=7))[0].tolist() == [[2, 3, 4], [5, 6, 0]]
+    assert run(call("REPLACE_COLOUR", X, src=5, dst=0))[0].tolist() == [[1, 2, 3], [4, 0, 6]]
     assert run(call("CROP", X, r=0, c=1, h=2, w=2))[0].tolist() == [[2, 3], [5, 6]]
     one = call("CROP", X, r=1, c=2, h=1, w=1)
     assert run(call("UPSCALE", one, k=2))[0].tolist() == [[6, 6]] * 2
@@ -162,3 +164,16 @@ def test_domains_and_inputs_round_trip():
     assert Input.from_dict(Input("g", grid).to_dict()) == Input("g", grid)
     with pytest.raises(RegistryError, match="kind"):
         Domain.from_dict({"kind": "complex"})
+
+
+def test_grid_primitives_equal_the_grid_tasks():
+    from circuitlab.tasks.grid import GRID_OPS, sample_grids
+
+    grids = sample_grids(3, 3, 4, size=200)
+    ours = {"rot90": call("ROT90", X), "rot180": call("ROT180", X), "rot270": call("ROT270", X),
+            "mirror": call("MIRROR", X), "flip": call("FLIP", X),
+            "transpose": call("TRANSPOSE", X), "antitranspose": call("ANTITRANSPOSE", X),
+            "recolour": call("RECOLOUR", X, k=4)}
+    assert set(ours) == set(GRID_OPS)
+    for op, (_, transform, _) in GRID_OPS.items():
+        assert np.array_equal(ex.evaluate(ours[op], [grids], {}), transform(grids, 4)), op
