@@ -1,0 +1,129 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from circuitlab.training import Recipe, RecipeError, RunDirError, RunSpec, read_run, train_stack
+from circuitlab.training.rundir import partial_path
+
+SMALL = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64)
+
+
+def recipe(**changes) -> Recipe:
+    base = Recipe(name="test", lr=3e-3, max_steps=40, eval_every=10, stop_val_acc=2.0, model=SMALL)
+    return base.replace(**changes)
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.mark.parametrize("batch_size", [0, 16])
+def test_model_trained_in_a_stack_equals_model_trained_alone(tmp_path, batch_size):
+    # Different seeds and hyperparameters in one stack, Grokfast and clipping on: each model
+    # must end bit-for-bit where it ends when trained alone.
+    base = recipe(batch_size=batch_size, grokfast_lambda=1.0, grad_clip=1.0)
+    variants = [base, base.replace(lr=1e-2, weight_decay=0.5), base.replace(betas=(0.8, 0.99))]
+    specs = [RunSpec("add_mod_13", r, seed, tmp_path / f"stack{seed}") for seed, r in enumerate(variants)]
+    train_stack(specs)
+    for spec in specs:
+        alone = tmp_path / f"alone{spec.seed}"
+        train_stack([RunSpec(spec.task, spec.recipe, spec.seed, alone)])
+        assert_same_weights(spec.run_dir, alone)
+
+
+def test_lion_stack_equals_alone(tmp_path):
+    r = recipe(optimizer="lion", lr=3e-4)
+    specs = [RunSpec("sub_mod_11", r, s, tmp_path / f"s{s}") for s in range(2)]
+    train_stack(specs)
+    train_stack([RunSpec("sub_mod_11", r, 1, tmp_path / "alone")])
+    assert_same_weights(tmp_path / "s1", tmp_path / "alone")
+
+
+def test_early_stopped_model_leaves_the_stack(tmp_path):
+    fast = recipe(lr=1e-2, max_steps=20)
+    slow = recipe(lr=1e-2, max_steps=40)
+    a, b = tmp_path / "a", tmp_path / "b"
+    results = train_stack([RunSpec("add_mod_13", fast, 0, a), RunSpec("add_mod_13", slow, 1, b)])
+    assert [r.steps for r in results] == [20, 40]
+    assert read_run(a).summary["steps"] == 20
+    # the model that kept training is the same as if it had been alone all along
+    train_stack([RunSpec("add_mod_13", slow, 1, tmp_path / "alone")])
+    assert_same_weights(b, tmp_path / "alone")
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("batch_size", [0, 16])
+def test_resumed_run_ends_with_the_same_weights(tmp_path, batch_size):
+    r = recipe(batch_size=batch_size, checkpoint_every=10, grokfast_lambda=2.0)
+    full = tmp_path / "full"
+    train_stack([RunSpec("add_mod_13", r, 0, full)])
+
+    def stop_at_25(step, max_steps, rows):
+        if step >= 25:
+            raise Interrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupt):
+        train_stack([RunSpec("add_mod_13", r, 0, cut)], progress=stop_at_25)
+    assert not cut.exists() and partial_path(cut).is_dir()  # nothing under the final name
+    with pytest.raises(RunDirError, match="resume"):
+        read_run(cut)
+    train_stack([RunSpec("add_mod_13", r, 0, cut)], resume=True)
+    assert_same_weights(full, cut)
+    steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 10, 20, 30, 40]
+    assert not partial_path(cut).exists() and not (cut / "checkpoint").exists()
+
+
+def test_run_directory_contents(tmp_path):
+    run = tmp_path / "run"
+    (result,) = train_stack([RunSpec("add_mod_13", recipe(), 4, run)])
+    info = read_run(run)
+    assert info.config["task"] == "add_mod_13" and info.config["seed"] == 4
+    assert info.config["recipe"]["lr"] == 3e-3 and info.config["model"]["d_model"] == 32
+    assert "torch" in info.config["versions"]
+    assert info.summary["steps"] == 40 == result.steps
+    assert (run / "curves.png").stat().st_size > 1000
+    assert 0.0 <= info.summary["final"]["val_acc"] <= 1.0
+
+
+def test_existing_run_is_not_overwritten_without_permission(tmp_path):
+    run = tmp_path / "run"
+    train_stack([RunSpec("add_mod_13", recipe(max_steps=10), 0, run)])
+    before = (run / "model.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match="already exists"):
+        train_stack([RunSpec("add_mod_13", recipe(max_steps=10), 1, run)])
+    assert (run / "model.safetensors").read_bytes() == before
+    train_stack([RunSpec("add_mod_13", recipe(max_steps=10), 1, run)], overwrite=True)
+    assert read_run(run).config["seed"] == 1
+
+
+def test_incompatible_runs_cannot_share_a_stack(tmp_path):
+    with pytest.raises(RecipeError, match="batch_size"):
+        train_stack([
+            RunSpec("add_mod_13", recipe(), 0, tmp_path / "a"),
+            RunSpec("add_mod_13", recipe(batch_size=8), 1, tmp_path / "b"),
+        ])
+
+
+def test_recipe_validation():
+    with pytest.raises(RecipeError, match="train_fraction"):
+        recipe(train_fraction=1.5)
+    with pytest.raises(RecipeError, match="optimizer"):
+        recipe(optimizer="sgd")
+    with pytest.raises(RecipeError, match="unknown recipe fields"):
+        recipe().replace(learning_rate=1)
+    r = recipe(betas=(0.8, 0.9))
+    assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
