@@ -11,6 +11,7 @@ import sys
 import typer
 
 from circuitlab.cli import tasks as _tasks_cmd
+from circuitlab.cli import training as _training_cmd
 from circuitlab.cli.common import CliError, console, err_console
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ def _root() -> None:
 
 # Command groups are attached here, one line each.
 _tasks_cmd.register(app)
+_training_cmd.register(app)
 
 
 def main() -> None:

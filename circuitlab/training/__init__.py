@@ -5,6 +5,17 @@ from circuitlab.training.rundir import RunDirError, RunInfo, find_runs, read_met
 from circuitlab.training.trainer import RunResult, RunSpec, train_stack
 
 __all__ = [
-    "Recipe", "RecipeError", "RunDirError", "RunInfo", "RunResult", "RunSpec", "find_runs",
-    "get_recipe", "read_metrics", "read_run", "recipes", "register_recipe", "train_stack",
+    "Recipe",
+    "RecipeError",
+    "RunDirError",
+    "RunInfo",
+    "RunResult",
+    "RunSpec",
+    "find_runs",
+    "get_recipe",
+    "read_metrics",
+    "read_run",
+    "recipes",
+    "register_recipe",
+    "train_stack",
 ]

@@ -55,7 +55,10 @@ def versions() -> dict[str, str]:
         root = Path(circuitlab.__file__).resolve().parent.parent
         rev = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
         if rev.returncode == 0:
             out["git"] = rev.stdout.strip()
@@ -96,7 +99,11 @@ def read_run(run_dir: str | Path) -> RunInfo:
     """Read a finished run directory; RunDirError says what is missing."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        hint = " (an unfinished run: resume it with `circuitlab train --resume`)" if partial_path(run_dir).is_dir() else ""
+        hint = (
+            " (an unfinished run: resume it with `circuitlab train --resume`)"
+            if partial_path(run_dir).is_dir()
+            else ""
+        )
         raise RunDirError(f"no run directory at {run_dir}{hint}")
     missing = [f for f in REQUIRED_FILES if not (run_dir / f).is_file()]
     if missing:

@@ -37,7 +37,14 @@ from circuitlab.training.optim import StackedHyper, StackedOptimizer
 from circuitlab.training.recipe import Recipe, RecipeError
 
 # fields that must agree for runs to share a stack (the rest may differ per model)
-SHARED_FIELDS = ("train_fraction", "batch_size", "eval_every", "checkpoint_every", "optimizer", "model")
+SHARED_FIELDS = (
+    "train_fraction",
+    "batch_size",
+    "eval_every",
+    "checkpoint_every",
+    "optimizer",
+    "model",
+)
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,7 @@ def _stack_data(specs: Sequence[RunSpec]) -> tuple[torch.Tensor, ...]:
     splits = [task.split(s.recipe.train_fraction, s.seed) for s in specs]
     if any(len(sp.val) == 0 for sp in splits) and specs[0].recipe.train_fraction < 1.0:
         raise RecipeError("validation split is empty; lower train_fraction")
+
     def stack(arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(arrays)).long()
 
@@ -171,7 +179,9 @@ class _Stack:
 
     def keep(self, keep: list[int]) -> None:
         index = torch.tensor(keep, dtype=torch.long)
-        self.params = {n: p.detach()[index].clone().requires_grad_() for n, p in self.params.items()}
+        self.params = {
+            n: p.detach()[index].clone().requires_grad_() for n, p in self.params.items()
+        }
         self.opt.select(index, self.params)
         self.specs = [self.specs[i] for i in keep]
         for name in ("grokked_at", "started", "elapsed_before"):
@@ -208,7 +218,9 @@ class _Stack:
                 for n, p in self.params.items():
                     source = tensors.get(f"param/{n}")
                     if source is None or source.shape != p[i].shape:
-                        raise rundir.RunDirError(f"checkpoint in {ckpt} does not match the run config ({n})")
+                        raise rundir.RunDirError(
+                            f"checkpoint in {ckpt} does not match the run config ({n})"
+                        )
                     p[i].copy_(source)
                 for key, state in self.opt.state.items():
                     for n, t in state.items():
@@ -223,12 +235,34 @@ class _Stack:
         return step
 
 
+def measure_step_time(specs: Sequence[RunSpec], steps: int = 3) -> float:
+    """Seconds per optimizer step for these runs stacked together (no files written)."""
+    _check_stackable(specs)
+    cfg = specs[0].model_config()
+    train_x, train_y, _, _ = _stack_data(specs)
+    stack = _Stack(specs, cfg)
+    batch = specs[0].recipe.batch_size
+    if batch and batch < train_x.shape[1]:
+        train_x, train_y = train_x[:, :batch], train_y[:, :batch]
+    timings = []
+    for _ in range(steps + 1):  # the first step warms up allocations
+        start = time.perf_counter()
+        loss, _ = _loss_acc(Fn.forward(stack.params, cfg, train_x), train_y)
+        loss.sum().backward()
+        stack.opt.step()
+        stack.opt.zero_grad()
+        timings.append(time.perf_counter() - start)
+    return min(timings[1:])
+
+
 def _start_partial(spec: RunSpec, resume: bool, overwrite: bool) -> None:
     partial = rundir.partial_path(spec.run_dir)
     if resume:
         return
     if spec.run_dir.exists() and not overwrite:
-        raise rundir.RunDirError(f"{spec.run_dir} already exists; pass --overwrite or choose another --out")
+        raise rundir.RunDirError(
+            f"{spec.run_dir} already exists; pass --overwrite or choose another --out"
+        )
     if partial.exists():
         import shutil
 
@@ -246,7 +280,9 @@ def _truncate_metrics(partial: Path, step: int) -> None:
     tmp.replace(partial / "metrics.jsonl")
 
 
-def _finish(stack: _Stack, i: int, step: int, metrics: dict[str, float], overwrite: bool) -> RunResult:
+def _finish(
+    stack: _Stack, i: int, step: int, metrics: dict[str, float], overwrite: bool
+) -> RunResult:
     from circuitlab.training.plots import plot_curves
 
     spec = stack.specs[i]
@@ -267,8 +303,12 @@ def _finish(stack: _Stack, i: int, step: int, metrics: dict[str, float], overwri
         "n_params": stack.cfg.n_params,
     }
     rundir.write_json_atomic(partial / "summary.json", summary)
-    plot_curves(rundir.read_metrics(partial), partial / "curves.png", title=f"{spec.task} seed {spec.seed}",
-                grokked_at=stack.grokked_at[i])
+    plot_curves(
+        rundir.read_metrics(partial),
+        partial / "curves.png",
+        title=f"{spec.task} seed {spec.seed}",
+        grokked_at=stack.grokked_at[i],
+    )
     rundir.finalize(partial, spec.run_dir, overwrite=True if overwrite else False)
     return RunResult(spec.run_dir, spec.seed, step, stack.grokked_at[i], metrics, wall)
 
@@ -323,7 +363,9 @@ def train_stack(
                 "val_acc": float(va_acc[i]),
                 "weight_norm": float(norms[i]),
                 "lr": float(lrs[i]),
-                "time_s": round(stack.elapsed_before[i] + time.perf_counter() - stack.started[i], 4),
+                "time_s": round(
+                    stack.elapsed_before[i] + time.perf_counter() - stack.started[i], 4
+                ),
             }
             rows.append(row)
             with open(rundir.partial_path(spec.run_dir) / "metrics.jsonl", "a") as fh:
@@ -337,7 +379,9 @@ def train_stack(
             progress(step, max_steps, rows)
         if done:
             for i in done:
-                res = _finish(stack, i, step, {k: v for k, v in rows[i].items() if k != "step"}, overwrite)
+                res = _finish(
+                    stack, i, step, {k: v for k, v in rows[i].items() if k != "step"}, overwrite
+                )
                 results[res.run_dir] = res
             keep = [i for i in range(len(stack.specs)) if i not in done]
             if keep:
@@ -363,7 +407,9 @@ def train_stack(
         stack.opt.step()
         stack.opt.zero_grad()
         step += 1
-        eval_now = step % recipe0.eval_every == 0 or any(step >= s.recipe.max_steps for s in stack.specs)
+        eval_now = step % recipe0.eval_every == 0 or any(
+            step >= s.recipe.max_steps for s in stack.specs
+        )
         if eval_now:
             log_and_stop(step)
         if stack.specs and step % recipe0.checkpoint_every == 0:

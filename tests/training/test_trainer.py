@@ -32,7 +32,9 @@ def test_model_trained_in_a_stack_equals_model_trained_alone(tmp_path, batch_siz
     # must end bit-for-bit where it ends when trained alone.
     base = recipe(batch_size=batch_size, grokfast_lambda=1.0, grad_clip=1.0)
     variants = [base, base.replace(lr=1e-2, weight_decay=0.5), base.replace(betas=(0.8, 0.99))]
-    specs = [RunSpec("add_mod_13", r, seed, tmp_path / f"stack{seed}") for seed, r in enumerate(variants)]
+    specs = [
+        RunSpec("add_mod_13", r, seed, tmp_path / f"stack{seed}") for seed, r in enumerate(variants)
+    ]
     train_stack(specs)
     for spec in specs:
         alone = tmp_path / f"alone{spec.seed}"
@@ -112,10 +114,12 @@ def test_existing_run_is_not_overwritten_without_permission(tmp_path):
 
 def test_incompatible_runs_cannot_share_a_stack(tmp_path):
     with pytest.raises(RecipeError, match="batch_size"):
-        train_stack([
-            RunSpec("add_mod_13", recipe(), 0, tmp_path / "a"),
-            RunSpec("add_mod_13", recipe(batch_size=8), 1, tmp_path / "b"),
-        ])
+        train_stack(
+            [
+                RunSpec("add_mod_13", recipe(), 0, tmp_path / "a"),
+                RunSpec("add_mod_13", recipe(batch_size=8), 1, tmp_path / "b"),
+            ]
+        )
 
 
 def test_recipe_validation():

@@ -1,0 +1,163 @@
+"""Many runs at once: stacked in one process, looped, and spread over worker processes.
+
+On this kind of CPU one process does not use two cores well for matmuls (~93 vs ~2x100
+GFLOP/s), so independent work goes to one single-threaded worker per core. Inside a worker,
+stacking models pays off when they are small and overhead-bound, and costs when they are large
+and compute-bound (activations thrash the cache), so `auto` measures both and picks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from circuitlab.training.recipe import RecipeError
+from circuitlab.training.trainer import (
+    SHARED_FIELDS,
+    RunResult,
+    RunSpec,
+    measure_step_time,
+    train_stack,
+)
+
+STRATEGIES = ("auto", "stack", "loop")
+MAX_STACK = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: str  # "stack" or "loop"
+    workers: int
+    chunks: list[list[RunSpec]]  # each chunk is one train_stack call
+    measured: dict[str, float]  # seconds per model-step, when measured
+
+
+def group_stackable(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """Partition runs into groups that may share a stack (same task and shared recipe fields)."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        key = repr((spec.task, [getattr(spec.recipe, f) for f in SHARED_FIELDS]))
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())
+
+
+def _split(items: list[RunSpec], parts: int) -> list[list[RunSpec]]:
+    parts = max(1, min(parts, len(items)))
+    return [items[i::parts] for i in range(parts)]
+
+
+def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "auto") -> Plan:
+    if strategy not in STRATEGIES:
+        raise RecipeError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
+    chunks: list[list[RunSpec]] = []
+    measured: dict[str, float] = {}
+    chosen = strategy
+    for group in group_stackable(specs):
+        pick = strategy
+        if strategy == "auto":
+            if len(group) == 1:
+                pick = "loop"
+            else:
+                import torch
+
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)  # measure as a worker will run
+                try:
+                    size = min(len(group), MAX_STACK, max(2, len(group) // workers))
+                    one = measure_step_time(group[:1])
+                    many = measure_step_time(group[:size]) / size
+                finally:
+                    torch.set_num_threads(threads)
+                measured |= {"loop_s_per_model_step": one, f"stack{size}_s_per_model_step": many}
+                pick = "stack" if many < 0.9 * one else "loop"
+        chosen = pick
+        if pick == "loop":
+            chunks += [[s] for s in group]
+        else:
+            per_worker = _split(group, workers)
+            for part in per_worker:
+                chunks += [part[i : i + MAX_STACK] for i in range(0, len(part), MAX_STACK)]
+    return Plan(chosen, workers, chunks, measured)
+
+
+ProgressEvent = tuple[str, int, int, float]  # (run dir, step, max steps, best val acc)
+
+
+def _worker_run(args: tuple[list[RunSpec], bool, bool, object]) -> list[RunResult]:
+    chunk, resume, overwrite, events = args
+
+    def report(step: int, max_steps: int, rows: list[dict[str, float]]) -> None:
+        if events is not None:
+            best = max(r["val_acc"] for r in rows)
+            events.put((str(chunk[0].run_dir), step, max_steps, best))  # type: ignore[attr-defined]
+
+    return train_stack(chunk, resume=resume, overwrite=overwrite, threads=1, progress=report)
+
+
+def train_many(
+    specs: Sequence[RunSpec],
+    *,
+    workers: int | None = None,
+    strategy: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    on_plan: Callable[[Plan], None] | None = None,
+    on_event: Callable[[ProgressEvent], None] | None = None,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Train every run: stacked or looped per the plan, one single-threaded worker per core.
+
+    With one worker everything runs in this process using all its threads.
+    """
+    the_plan = plan(specs, workers, strategy)
+    if on_plan:
+        on_plan(the_plan)
+    results: list[RunResult] = []
+    if the_plan.workers == 1:
+        for chunk in the_plan.chunks:
+
+            def report(step, max_steps, rows, chunk=chunk):
+                if on_event:
+                    on_event(
+                        (str(chunk[0].run_dir), step, max_steps, max(r["val_acc"] for r in rows))
+                    )
+
+            for res in train_stack(chunk, resume=resume, overwrite=overwrite, progress=report):
+                results.append(res)
+                if on_result:
+                    on_result(res)
+        return results
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        events = manager.Queue()
+        stop = threading.Event()
+
+        def pump() -> None:
+            while not stop.is_set():
+                try:
+                    event = events.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if on_event:
+                    on_event(event)
+
+        pumper = threading.Thread(target=pump, daemon=True)
+        pumper.start()
+        try:
+            with ctx.Pool(the_plan.workers) as pool:
+                jobs = [(chunk, resume, overwrite, events) for chunk in the_plan.chunks]
+                for chunk_results in pool.imap_unordered(_worker_run, jobs):
+                    for res in chunk_results:
+                        results.append(res)
+                        if on_result:
+                            on_result(res)
+        finally:
+            stop.set()
+            pumper.join()
+    order = {s.run_dir: i for i, s in enumerate(specs)}
+    return sorted(results, key=lambda r: order[r.run_dir])
