@@ -213,6 +213,13 @@ for _p in [
     Primitive("SQUARE", 1, _numeric, _safe(np.square), "arithmetic", "a * a"),
     Primitive("NEG", 1, _int_or_real, _safe(np.negative), "arithmetic", "-a"),
     Primitive("ABS", 1, _numeric, _safe(np.abs), "arithmetic", "|a|"),
+    # bitwise on integers (logical on booleans)
+    Primitive("AND", 2, _integer, _bitwise(np.bitwise_and), "bitwise", "a & b", commutative=True),
+    Primitive("OR", 2, _integer, _bitwise(np.bitwise_or), "bitwise", "a | b", commutative=True),
+    Primitive("XOR", 2, _integer, _bitwise(np.bitwise_xor), "bitwise", "a ^ b", commutative=True),
+    Primitive("NOT", 1, _bool_only, lambda a: 1.0 - a, "bitwise", "logical not of a boolean"),
+    Primitive("BNOT", 1, _int_only, lambda a: (~_ints(a)[0]).astype(np.float64), "bitwise",
+              "bitwise complement ~a = -a - 1 of an integer"),
     # modular arithmetic (integer inputs, modulus parameter p)
     Primitive("MOD", 1, _int_only, _mod, "modular", "a mod p (in [0, p))", params=("p",)),
     Primitive("ADDMOD", 2, _int_only, _addmod, "modular", "(a + b) mod p", params=("p",),
@@ -222,13 +229,6 @@ for _p in [
               commutative=True),
     Primitive("DIVMOD", 2, _int_only, _divmod, "modular", "a * b^-1 mod p (p prime)",
               params=("p",)),
-    # bitwise on integers (logical on booleans)
-    Primitive("AND", 2, _integer, _bitwise(np.bitwise_and), "bitwise", "a & b", commutative=True),
-    Primitive("OR", 2, _integer, _bitwise(np.bitwise_or), "bitwise", "a | b", commutative=True),
-    Primitive("XOR", 2, _integer, _bitwise(np.bitwise_xor), "bitwise", "a ^ b", commutative=True),
-    Primitive("NOT", 1, _bool_only, lambda a: 1.0 - a, "bitwise", "logical not of a boolean"),
-    Primitive("BNOT", 1, _int_only, lambda a: (~_ints(a)[0]).astype(np.float64), "bitwise",
-              "bitwise complement ~a = -a - 1 of an integer"),
     # comparisons (booleans as 0/1) and control
     Primitive("LT", 2, _compare, lambda a, b: _flag(a < b), "comparison", "1 if a < b else 0"),
     Primitive("LE", 2, _compare, lambda a, b: _flag(a <= b), "comparison", "1 if a <= b else 0"),

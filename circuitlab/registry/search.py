@@ -1,0 +1,554 @@
+"""Enumerative search over expressions, deduplicated by observational equivalence.
+
+Method (bottom-up enumeration as in TRANSIT / EUSolver / BUSTLE, with fitted linear constants):
+1. Rows. The examples are split (seeded) into training and held-out rows; fresh in-domain probe
+   inputs are drawn from each column's observed domain. Every candidate is evaluated on all three
+   at once (a (candidates, rows) array), but only the training outputs guide the search.
+2. Bank. Cost 1 holds the input columns. Cost c holds every application of an operation of cost
+   o to arguments whose costs sum to c - o, for every operation the proposer offers (primitives
+   and registered functions) and every tuple of type-compatible arguments: no cap on which
+   columns are routed where. A candidate whose values on all rows equal an earlier one's
+   (observational equivalence) is dropped, as is one undefined (NaN) anywhere or constant.
+3. Forms. Each new candidate f is tested as `f` and as `a*f + b` (least squares, closed form,
+   vectorised); after each cost level, every pair of candidates up to that cost is tested as
+   `a*f1 + b*f2 + c`: a scalar-triple-product test on three random projections orthogonal to the
+   constant vector finds the pairs whose span contains y, then least squares confirms them.
+   Candidates equal up to an affine map are represented once for these fits.
+4. Acceptance. A fit must agree exactly (within rtol) on every training row, on the held-out
+   rows, be defined on every probe, and match the oracle on the probes when one is given.
+5. The search stops at the end of the first batch that yields an accepted hypothesis, or when
+   the cost, candidate or time budget runs out; it then reports the best approximate fits seen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from circuitlab.registry import expr as ex
+from circuitlab.registry.domains import Kind
+from circuitlab.registry.proposer import OpInfo, Proposal, Proposer, TaskView, UniformProposer
+
+KINDS = (Kind.BOOL, Kind.INT, Kind.REAL)
+KCODE = {k: i for i, k in enumerate(KINDS)}
+Ref = tuple[int, int]  # (cost level, index in level)
+
+
+@dataclass
+class Op:
+    """An operation the search can apply: a primitive (with fixed parameters) or a function."""
+
+    name: str
+    group: str
+    arity: int
+    kind_rule: Callable[[tuple[Kind, ...]], Kind | None]
+    apply: Callable[..., np.ndarray]  # vectorised: (m, N) arrays -> (m, N)
+    build: Callable[[Sequence[ex.Expr]], ex.Expr]
+    commutative: bool = False
+    cost: int = 1
+
+
+@dataclass
+class Hypothesis:
+    """y = sum(coef * term) + intercept over bank entries (an empty sum: a constant)."""
+
+    terms: list[tuple[float, Ref]]
+    intercept: float
+    train_mse: float = 0.0
+
+    @property
+    def n_constants(self) -> int:
+        return sum(1 for c, _ in self.terms if c != 1.0) + (self.intercept != 0.0)
+
+
+@dataclass
+class SearchStats:
+    candidates: int = 0  # single candidates evaluated (before deduplication)
+    pairs: int = 0  # pair fits tested
+    bank: int = 0  # distinct candidates kept
+    level: int = 0  # highest cost level reached
+    seconds: float = 0.0
+    stopped: str = ""  # why the search ended without an exact answer
+
+    @property
+    def evaluated(self) -> int:
+        return self.candidates + self.pairs
+
+
+@dataclass
+class Rows:
+    """The row layout of every value array: [train | held-out | probes]."""
+
+    X: np.ndarray  # (N, k) inputs on all rows
+    y_train: np.ndarray
+    y_hold: np.ndarray
+    n_train: int
+    n_hold: int
+    oracle_y: np.ndarray | None = None  # outputs of the oracle on the probe rows
+
+    @property
+    def train(self) -> slice:
+        return slice(0, self.n_train)
+
+    @property
+    def hold(self) -> slice:
+        return slice(self.n_train, self.n_train + self.n_hold)
+
+    @property
+    def probes(self) -> slice:
+        return slice(self.n_train + self.n_hold, None)
+
+
+@dataclass
+class SearchConfig:
+    max_cost: int = 9  # highest cost level enumerated
+    max_seconds: float = 60.0
+    max_bank: int = 600_000  # distinct candidates kept in memory at most
+    rtol: float = 1e-9  # exact means |error| <= rtol * max|y|
+    pairs: bool = True  # test a*f1 + b*f2 + c
+    chunk: int = 1 << 20  # values per evaluation batch (rows x candidates)
+    seed: int = 0
+    track_approximate: bool = True
+
+
+@dataclass
+class SearchOutcome:
+    accepted: list[Hypothesis]
+    stats: SearchStats
+    approximate: dict[int, tuple[float, Hypothesis]] = field(default_factory=dict)
+
+
+class Bank:
+    """Distinct candidates by cost level: values on all rows, kind and how each was built."""
+
+    def __init__(self) -> None:
+        self.vals: dict[int, np.ndarray] = {}
+        self.kinds: dict[int, np.ndarray] = {}
+        self.how: dict[int, list[tuple[Any, ...]]] = {}
+        self._pending: dict[int, list[tuple[np.ndarray, np.ndarray, list]]] = {}
+        self._exprs: dict[Ref, ex.Expr] = {}
+
+    def add(self, level: int, vals: np.ndarray, kinds: np.ndarray, how: list) -> int:
+        """Queue entries for `level`; returns the index of the first one."""
+        start = self.size_of(level)
+        self._pending.setdefault(level, []).append((vals, kinds, how))
+        return start
+
+    def size_of(self, level: int) -> int:
+        done = len(self.vals[level]) if level in self.vals else 0
+        return done + sum(len(k) for _, k, _ in self._pending.get(level, []))
+
+    def value(self, ref: Ref) -> np.ndarray:
+        level, i = ref
+        if level in self.vals and i < len(self.vals[level]):
+            return self.vals[level][i]
+        i -= len(self.vals[level]) if level in self.vals else 0
+        for v, _, _ in self._pending[level]:
+            if i < len(v):
+                return v[i]
+            i -= len(v)
+        raise IndexError(ref)
+
+    def finish(self, level: int) -> None:
+        parts = self._pending.pop(level, [])
+        if level in self.vals:
+            parts.insert(0, (self.vals[level], self.kinds[level], self.how[level]))
+        if not parts:
+            return
+        self.vals[level] = np.concatenate([p[0] for p in parts])
+        self.kinds[level] = np.concatenate([p[1] for p in parts])
+        self.how[level] = [h for p in parts for h in p[2]]
+
+    def expr(self, ref: Ref, ops: Sequence[Op]) -> ex.Expr:
+        if ref in self._exprs:
+            return self._exprs[ref]
+        level, i = ref
+        how = self.how[level][i] if level in self.how and i < len(self.how[level]) else \
+            self._pending_how(ref)
+        if how[0] == "var":
+            out: ex.Expr = ex.Var(how[1])
+        else:
+            out = ops[how[0]].build([self.expr(r, ops) for r in how[1:]])
+        self._exprs[ref] = out
+        return out
+
+    def _pending_how(self, ref: Ref) -> tuple[Any, ...]:
+        level, i = ref
+        i -= len(self.vals[level]) if level in self.vals else 0
+        for _, _, h in self._pending[level]:
+            if i < len(h):
+                return h[i]
+            i -= len(h)
+        raise IndexError(ref)
+
+
+def _keys(vals: np.ndarray) -> list[bytes]:
+    """Observational-equivalence keys: values rounded to float32 (so float noise merges)."""
+    rounded = np.ascontiguousarray((vals + 0.0).astype(np.float32))
+    return [r.tobytes() for r in rounded]
+
+
+def _affine_keys(vals: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+    """Keys equal for candidates equal up to a*f + b; and which candidates vary at all."""
+    centred = vals - vals.mean(axis=1, keepdims=True)
+    norm = np.sqrt((centred**2).sum(axis=1))
+    varies = norm > 1e-12 * (np.abs(vals).max(axis=1) + 1e-300)
+    unit = centred / np.where(varies, norm, 1.0)[:, None]
+    first = np.argmax(np.abs(unit) > 1e-6, axis=1)
+    sign = np.sign(unit[np.arange(len(unit)), first])
+    unit = unit * np.where(sign == 0, 1.0, sign)[:, None]
+    return _keys(np.round(unit, 7)), varies
+
+
+class Searcher:
+    """One search: rows, operations and proposer fixed; call `run()`."""
+
+    def __init__(self, rows: Rows, kinds: Sequence[Kind], ops: Sequence[Op],
+                 proposer: Proposer | None = None, config: SearchConfig | None = None) -> None:
+        self.rows, self.col_kinds, self.cfg = rows, tuple(kinds), config or SearchConfig()
+        self.proposer = proposer or UniformProposer()
+        view = TaskView(rows.X[rows.train], rows.y_train, self.col_kinds)
+        infos = [OpInfo(o.name, o.group, o.arity) for o in ops]
+        proposal: Proposal = self.proposer.propose(view, infos)
+        rank = {name: i for i, name in enumerate(proposal.order)}
+        chosen = [o for o in ops if o.name in proposal.costs]
+        for o in chosen:
+            o.cost = max(1, int(proposal.costs[o.name]))
+        self.ops = sorted(chosen, key=lambda o: (rank.get(o.name, len(rank)), o.name))
+        self.bank = Bank()
+        self.seen: set[bytes] = set()
+        self.affine_seen: set[bytes] = set()
+        self.stats = SearchStats()
+        y = rows.y_train
+        self.scale = float(max(np.abs(y).max(), np.abs(rows.y_hold).max(initial=0.0), 1e-300))
+        self.tol = self.cfg.rtol * self.scale
+        # pair stage state: representatives of affine classes (train rows, centred, unit norm)
+        self.rep_refs: list[Ref] = []
+        self.rep_unit: list[np.ndarray] = []
+        self.rep_proj: list[np.ndarray] = []
+        rng = np.random.default_rng(self.cfg.seed + 7919)
+        n = rows.n_train
+        U = rng.standard_normal((n, 3))
+        U -= U.mean(axis=0, keepdims=True)  # orthogonal to the constant vector
+        self.U = np.linalg.qr(U)[0] if n > 3 else U
+        yc = y - y.mean()
+        self.y_unit = yc / (np.linalg.norm(yc) or 1.0)
+        self.y_proj = self.y_unit @ self.U
+        self.approx: dict[int, tuple[float, Hypothesis]] = {}
+        self.accepted: list[Hypothesis] = []
+        self.t0 = 0.0
+
+    # -- public --------------------------------------------------------------------------------
+
+    def run(self) -> SearchOutcome:
+        with np.errstate(all="ignore"):
+            return self._run()
+
+    def _run(self) -> SearchOutcome:
+        self.t0 = time.perf_counter()
+        y = self.rows.y_train
+        if np.all(y == y[0]):
+            hyp = Hypothesis([], float(y[0]))
+            if self._verify_constant(hyp):
+                return self._done([hyp])
+        try:
+            for level in range(1, self.cfg.max_cost + 1):
+                self.stats.level = level
+                if self._level(level):
+                    return self._done(self.accepted)
+                self.bank.finish(level)
+                if self.cfg.pairs and self.rows.n_train >= 5 and self._pairs(level):
+                    return self._done(self.accepted)
+            self.stats.stopped = f"no exact fit up to cost {self.cfg.max_cost}"
+        except _Budget as stop:
+            self.stats.stopped = str(stop)
+        return self._done([])
+
+    # -- enumeration ---------------------------------------------------------------------------
+
+    def _level(self, level: int) -> bool:
+        if level == 1:
+            vals = self.rows.X.T.copy()
+            kinds = np.array([KCODE[k] for k in self.col_kinds], dtype=np.int8)
+            how = [("var", j) for j in range(len(self.col_kinds))]
+            return self._accept_batch(level, vals, kinds, how, count=len(how))
+        for oi, op in enumerate(self.ops):
+            rest = level - op.cost
+            if rest < op.arity:
+                continue
+            for split in _compositions(rest, op.arity):
+                if any(self.bank.size_of(c) == 0 for c in split):
+                    continue
+                if op.commutative and list(split) != sorted(split):
+                    continue
+                if self._apply(level, oi, op, split):
+                    return True
+        return False
+
+    def _apply(self, level: int, oi: int, op: Op, split: tuple[int, ...]) -> bool:
+        groups = []
+        for c in split:
+            kinds = self.bank.kinds[c]
+            groups.append({k: np.flatnonzero(kinds == KCODE[k]) for k in KINDS})
+        found = False
+        for combo in _product([list(KINDS)] * op.arity):
+            out_kind = op.kind_rule(tuple(combo))
+            if out_kind is None or out_kind is Kind.GRID:
+                continue
+            idx = [groups[a][combo[a]] for a in range(op.arity)]
+            if any(len(i) == 0 for i in idx):
+                continue
+            found |= self._apply_indices(level, oi, op, split, idx, out_kind)
+        return found
+
+    def _apply_indices(self, level: int, oi: int, op: Op, split: tuple[int, ...],
+                       idx: list[np.ndarray], out_kind: Kind) -> bool:
+        N = self.rows.X.shape[0]
+        shape = tuple(len(i) for i in idx)
+        total = int(np.prod(shape))
+        step = max(1, self.cfg.chunk // N)
+        found = False
+        for start in range(0, total, step):
+            flat = np.arange(start, min(total, start + step))
+            sub = np.unravel_index(flat, shape)
+            picks = [idx[a][sub[a]] for a in range(op.arity)]
+            if op.commutative:  # equal-cost arguments: keep one order (i <= j)
+                keep = np.ones(len(flat), dtype=bool)
+                for a in range(op.arity - 1):
+                    if split[a] == split[a + 1]:
+                        keep &= picks[a] <= picks[a + 1]
+                picks = [p[keep] for p in picks]
+            if len(picks[0]) == 0:
+                continue
+            args = [self.bank.vals[split[a]][picks[a]] for a in range(op.arity)]
+            vals = op.apply(*args)
+            how = [(oi, *((split[a], int(picks[a][r])) for a in range(op.arity)))
+                   for r in range(len(picks[0]))]
+            kinds = np.full(len(vals), KCODE[out_kind], dtype=np.int8)
+            found |= self._accept_batch(level, vals, kinds, how, count=len(vals))
+            if found:
+                return True
+        return found
+
+    def _accept_batch(self, level: int, vals: np.ndarray, kinds: np.ndarray, how: list,
+                      count: int) -> bool:
+        """Deduplicate new values into the bank and test them as `f` and `a*f + b`."""
+        self.stats.candidates += count
+        self._check_budget()
+        with np.errstate(all="ignore"):
+            ok = (np.abs(vals) < 1e100).all(axis=1)  # also rejects NaN; beyond 1e100 = overflow
+        ok &= vals.max(axis=1) > vals.min(axis=1)  # constants are covered by the intercept
+        keep = []
+        for i, key in zip(np.flatnonzero(ok), _keys(vals[ok]), strict=True):
+            if key not in self.seen:
+                self.seen.add(key)
+                keep.append(i)
+        if not keep:
+            return False
+        keep_idx = np.array(keep)
+        vals, kinds = vals[keep_idx], kinds[keep_idx]
+        how = [how[i] for i in keep]
+        start = self.bank.add(level, vals, kinds, how)
+        self.stats.bank += len(vals)
+        refs = [(level, start + i) for i in range(len(vals))]
+        self._add_reps(vals, refs)
+        return self._test_singles(vals, refs)
+
+    def _add_reps(self, vals: np.ndarray, refs: list[Ref]) -> None:
+        tr = self.rows.train
+        akeys, varies = _affine_keys(vals)
+        train_c = vals[:, tr] - vals[:, tr].mean(axis=1, keepdims=True)
+        tnorm = np.linalg.norm(train_c, axis=1)
+        for i, key in enumerate(akeys):
+            if not varies[i] or tnorm[i] <= 1e-12 * (np.abs(vals[i, tr]).max() + 1e-300):
+                continue
+            if key in self.affine_seen:
+                continue
+            self.affine_seen.add(key)
+            unit = train_c[i] / tnorm[i]
+            self.rep_refs.append(refs[i])
+            self.rep_unit.append(unit)
+            self.rep_proj.append(unit @ self.U)
+
+    def _test_singles(self, vals: np.ndarray, refs: list[Ref]) -> bool:
+        tr, y = self.rows.train, self.rows.y_train
+        F = vals[:, tr]
+        exact = np.abs(F - y).max(axis=1) <= self.tol
+        Fc = F - F.mean(axis=1, keepdims=True)
+        denom = (Fc**2).sum(axis=1)
+        yc = y - y.mean()
+        with np.errstate(all="ignore"):
+            a = (Fc @ yc) / np.where(denom > 0, denom, np.nan)
+        resid = yc[None, :] - a[:, None] * Fc
+        sse = (resid**2).sum(axis=1)
+        affine = (np.abs(resid).max(axis=1) <= self.tol) & (denom > 0)
+        if self.cfg.track_approximate:
+            self._track(sse, a, F, refs)
+        hits = np.flatnonzero(exact | affine)
+        for i in hits:
+            if exact[i]:
+                hyp = Hypothesis([(1.0, refs[i])], 0.0)
+            else:
+                b = float(y.mean() - a[i] * F[i].mean())
+                hyp = Hypothesis([(float(a[i]), refs[i])], b)
+            if self._verify(hyp):
+                self.accepted.append(hyp)
+        return bool(self.accepted)
+
+    def _track(self, sse: np.ndarray, a: np.ndarray, F: np.ndarray, refs: list[Ref]) -> None:
+        """Best affine fit per complexity, for the approximate (noisy data) results table."""
+        n = self.rows.n_train
+        finite = np.isfinite(sse)
+        if not finite.any():
+            return
+        i = int(np.nanargmin(np.where(finite, sse, np.nan)))
+        level = refs[i][0]
+        complexity = level + 4  # a*f + b: MUL, a, ADD, b
+        mse = float(sse[i]) / n
+        best = self.approx.get(complexity)
+        if best is None or mse < best[0]:
+            b = float(self.rows.y_train.mean() - a[i] * F[i].mean())
+            self.approx[complexity] = (mse, Hypothesis([(float(a[i]), refs[i])], b, mse))
+
+    # -- pairs ---------------------------------------------------------------------------------
+
+    def _pairs(self, level: int) -> bool:
+        """Test a*f1 + b*f2 + c for every new representative against all earlier ones."""
+        if not self.rep_refs:
+            return False
+        levels = np.array([r[0] for r in self.rep_refs])
+        new = np.flatnonzero(levels == level)
+        if len(new) == 0:
+            return False
+        P = np.array(self.rep_proj)  # (M, 3)
+        if self.cfg.track_approximate:
+            self._track_pairs(np.array(self.rep_unit))
+        q = np.cross(self.y_proj[None, :], P[new])  # (a, 3): det[y, f1, f2] = f2 . (y x f1)
+        M = len(P)
+        # small row chunks: the search stops at the first chunk with an accepted pair, so the
+        # count of pairs tested reflects the proposer's order rather than the chunk size
+        step = max(1, min(16, self.cfg.chunk // max(M, 1)))
+        for s in range(0, len(new), step):
+            rows = new[s : s + step]
+            D = q[s : s + step] @ P.T  # (chunk, M)
+            # pairs (i, j) with j < i among new ones, and every j at lower levels
+            limit = rows[:, None] > np.arange(M)[None, :]
+            self.stats.pairs += int(limit.sum())
+            self._check_budget()
+            hits = np.argwhere((np.abs(D) <= 1e-9) & limit)
+            for hi, j in hits[:5000]:
+                i = rows[hi]
+                hyp = self._fit_pair(self.rep_refs[i], self.rep_refs[j])
+                if hyp is not None and self._verify(hyp):
+                    self.accepted.append(hyp)
+            if self.accepted:
+                return True
+        return False
+
+    def _fit_pair(self, r1: Ref, r2: Ref) -> Hypothesis | None:
+        tr, y = self.rows.train, self.rows.y_train
+        f1, f2 = self.bank.value(r1)[tr], self.bank.value(r2)[tr]
+        A = np.stack([f1, f2, np.ones_like(f1)], axis=1)
+        coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+        if np.abs(A @ coef - y).max() > self.tol or min(abs(coef[0]), abs(coef[1])) == 0:
+            return None
+        return Hypothesis([(float(coef[0]), r1), (float(coef[1]), r2)], float(coef[2]))
+
+    def _track_pairs(self, Uall: np.ndarray) -> None:
+        """Best pair fit (by R^2) per complexity among the candidates most correlated with y.
+
+        Only for the approximate table: exact pairs are found by the triple-product test over
+        all pairs; here the K = 400 representatives with the highest |correlation| stand in.
+        """
+        r = Uall @ self.y_unit
+        top = np.argsort(-np.abs(r))[:400]
+        G = Uall[top] @ Uall[top].T
+        ri, rj = r[top][:, None], r[top][None, :]
+        with np.errstate(all="ignore"):
+            r2 = (ri**2 + rj**2 - 2 * ri * rj * G) / (1 - G**2)
+        r2 = np.where((np.abs(G) < 1 - 1e-9) & np.triu(np.ones_like(G, dtype=bool), 1), r2,
+                      -np.inf)
+        levels = np.array([self.rep_refs[t][0] for t in top])
+        cplx = levels[:, None] + levels[None, :] + 7
+        for c in np.unique(cplx):
+            masked = np.where(cplx == c, r2, -np.inf)
+            if not np.isfinite(masked).any():
+                continue
+            a, b = np.unravel_index(int(np.argmax(masked)), masked.shape)
+            hyp = self._fit_pair_ls(self.rep_refs[top[a]], self.rep_refs[top[b]])
+            best = self.approx.get(int(c))
+            if best is None or hyp.train_mse < best[0]:
+                self.approx[int(c)] = (hyp.train_mse, hyp)
+
+    def _fit_pair_ls(self, r1: Ref, r2: Ref) -> Hypothesis:
+        tr, y = self.rows.train, self.rows.y_train
+        f1, f2 = self.bank.value(r1)[tr], self.bank.value(r2)[tr]
+        A = np.stack([f1, f2, np.ones_like(f1)], axis=1)
+        coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+        mse = float(((A @ coef - y) ** 2).mean())
+        return Hypothesis([(float(coef[0]), r1), (float(coef[1]), r2)], float(coef[2]), mse)
+
+    # -- acceptance ----------------------------------------------------------------------------
+
+    def predict(self, hyp: Hypothesis) -> np.ndarray:
+        out = np.full(self.rows.X.shape[0], hyp.intercept, dtype=np.float64)
+        for coef, ref in hyp.terms:
+            out = out + coef * self.bank.value(ref)
+        return out
+
+    def _verify(self, hyp: Hypothesis) -> bool:
+        pred = self.predict(hyp)
+        r = self.rows
+        if np.abs(pred[r.train] - r.y_train).max(initial=0.0) > self.tol:
+            return False
+        if np.abs(pred[r.hold] - r.y_hold).max(initial=0.0) > self.tol:
+            return False
+        if not np.isfinite(pred[r.probes]).all():
+            return False
+        if r.oracle_y is None:
+            return True
+        oracle_tol = self.cfg.rtol * max(np.abs(r.oracle_y).max(initial=0.0), self.scale)
+        return bool(np.abs(pred[r.probes] - r.oracle_y).max(initial=0.0) <= oracle_tol)
+
+    def _verify_constant(self, hyp: Hypothesis) -> bool:
+        r = self.rows
+        if np.abs(r.y_hold - hyp.intercept).max(initial=0.0) > self.tol:
+            return False
+        return r.oracle_y is None or bool(np.all(r.oracle_y == hyp.intercept))
+
+    def _check_budget(self) -> None:
+        if time.perf_counter() - self.t0 > self.cfg.max_seconds:
+            raise _Budget(f"time budget of {self.cfg.max_seconds:g} s ran out at cost "
+                          f"{self.stats.level}")
+        if self.stats.bank > self.cfg.max_bank:
+            raise _Budget(f"bank limit of {self.cfg.max_bank:,} distinct candidates reached at "
+                          f"cost {self.stats.level}")
+
+    def _done(self, accepted: list[Hypothesis]) -> SearchOutcome:
+        self.stats.seconds = time.perf_counter() - self.t0
+        return SearchOutcome(accepted, self.stats, self.approx)
+
+
+class _Budget(Exception):
+    pass
+
+
+def _compositions(total: int, parts: int) -> list[tuple[int, ...]]:
+    """Ordered ways to write total as `parts` positive integers, smallest first part first."""
+    if parts == 1:
+        return [(total,)]
+    out = []
+    for first in range(1, total - parts + 2):
+        out += [(first, *rest) for rest in _compositions(total - first, parts - 1)]
+    return out
+
+
+def _product(lists: list[list[Any]]) -> list[list[Any]]:
+    out: list[list[Any]] = [[]]
+    for options in lists:
+        out = [o + [x] for o in out for x in options]
+    return out
