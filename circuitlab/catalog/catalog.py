@@ -1,0 +1,599 @@
+"""`Catalog`: the one API over every backend, and `open_catalog(url)` that picks the backend.
+
+The catalog validates records, derives their ids and storage plans, and implements the
+domain-level operations (lineage, deletion rules, search arguments) once; backends only store
+plans and answer queries (see `backend.py`).
+
+Where the catalog lives: `open_catalog()` with no URL uses $CIRCUITLAB_CATALOG if set, else
+`~/.circuitlab/catalog.db` (SQLite). URLs: `sqlite:///abs/path.db`, `sqlite:rel/path.db`, a plain
+file path, `neo4j://host:7687` or `bolt://host:7687` (credentials from NEO4J_USER / NEO4J_PASSWORD,
+database from NEO4J_DATABASE).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from circuitlab.catalog import records as rec
+from circuitlab.catalog._check import NAME_RE
+from circuitlab.catalog.backend import BLOCKING_RELS, RELS, Backend, Link, Loaded, Plan, Query
+from circuitlab.catalog.errors import CatalogError, NotFoundError, RecordError
+
+DEFAULT_PATH = Path("~/.circuitlab/catalog.db")
+ENV_VAR = "CIRCUITLAB_CATALOG"
+_TOKEN_RE = re.compile(r"[^\W_]+")
+
+
+def default_url() -> str:
+    """$CIRCUITLAB_CATALOG, else the SQLite file ~/.circuitlab/catalog.db."""
+    return os.environ.get(ENV_VAR) or f"sqlite:///{DEFAULT_PATH.expanduser()}"
+
+
+def tokenize(text: str) -> list[str]:
+    """Words of `text` for full-text search: NFC, case-folded, runs of letters and digits.
+
+    Done here in Python for every backend, so SQLite's FTS5 and Neo4j see the same tokens.
+    """
+    return _TOKEN_RE.findall(unicodedata.normalize("NFC", text).casefold())
+
+
+@dataclass
+class Summary:
+    """A circuit as a search result shows it (without its graph)."""
+
+    id: str
+    task: str
+    model: str
+    label: str
+    n_nodes: int
+    n_edges: int
+    metrics: dict[str, float]
+    tags: list[str]
+    inputs: list[str]
+    output: str | None
+    signature: str | None
+
+
+@dataclass
+class CircuitGraph:
+    """A circuit's graph pruned by edge weight: kept edges (strongest first) and their nodes
+    (in the circuit's node order)."""
+
+    circuit: str
+    nodes: list[rec.Node]
+    edges: list[rec.Edge]
+
+
+@dataclass
+class Lineage:
+    """Everything upstream and downstream of one record.
+
+    Upstream: the model chain and task a circuit or model comes from; the circuits and functions
+    a function or program is built on. Downstream: derived models, extracted circuits, the
+    functions circuits implement, composites and programs using them.
+    nodes: id -> (kind, name); links: the relationships between them, ordered.
+    """
+
+    root: str
+    nodes: dict[str, tuple[str, str]]
+    links: list[Link]
+
+    def of_kind(self, kind: str) -> list[str]:
+        return sorted(i for i, (k, _) in self.nodes.items() if k == kind)
+
+
+@dataclass
+class Compatibility:
+    """`upstream`'s output can feed input `port` of `downstream` (equal `domain`)."""
+
+    upstream: str
+    downstream: str
+    port: str
+    domain: str
+
+
+@dataclass
+class Stats:
+    url: str
+    backend: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# (kind, rel, direction) rules for walking lineage: up from a record, down from a record.
+_UP = {
+    "model": [("TRAINED_ON", "out"), ("DERIVED_FROM", "out")],
+    "circuit": [("EXTRACTED_FROM", "out")],
+    "function": [("IMPLEMENTS", "in"), ("COMPOSES", "out")],
+    "program": [("CALLS", "out")],
+}
+_DOWN = {
+    "task": [("TRAINED_ON", "in")],
+    "model": [("DERIVED_FROM", "in"), ("EXTRACTED_FROM", "in")],
+    "circuit": [("IMPLEMENTS", "out"), ("CALLS", "in")],
+    "function": [("COMPOSES", "in"), ("CALLS", "in")],
+}
+
+
+class Catalog:
+    """Tasks, models, circuits, features, functions and programs, with their relationships.
+
+    Open with `open_catalog(url)`; use as a context manager or call `close()`.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.backend.url!r})"
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(self, record: rec.Record) -> str:
+        """Store a record (validated first) and return its id. Idempotent: the same content
+        gives the same id and replaces the stored copy. One transaction: on any failure the
+        catalog is left as it was."""
+        plan = self._plan(record)
+        self.backend.write(plan)
+        return plan.id
+
+    def put_many(self, records: Iterable[rec.Record]) -> list[str]:
+        """`put` each record in turn (each its own transaction); returns the ids."""
+        return [self.put(r) for r in records]
+
+    def delete(self, id: str, cascade: bool = False) -> list[str]:
+        """Delete a record and return the ids deleted.
+
+        Refused while other records reference it (models trained on a task, circuits extracted
+        from a model, programs calling a circuit...) unless `cascade`, which deletes those too.
+        Features used by other circuits survive a circuit's deletion; unused ones go with it.
+        IMPLEMENTS relationships go with either end.
+        """
+        root_id, root_kind = self._resolve(id)
+        targets = {root_id: root_kind}
+        frontier = [(root_id, root_kind)]
+        while frontier:
+            refs = [r for t in frontier for r in self._referrers(*t) if r[0] not in targets]
+            if refs and not cascade:
+                shown = ", ".join(f"{k} {i[:12]}" for i, k in refs[:3])
+                more = f" and {len(refs) - 3} more" if len(refs) > 3 else ""
+                raise CatalogError(
+                    f"{root_kind} {root_id[:12]} is referenced by {shown}{more}; "
+                    "delete those first or use cascade"
+                )
+            frontier = []
+            for ref_id, ref_kind in refs:
+                if ref_id not in targets:
+                    targets[ref_id] = ref_kind
+                    frontier.append((ref_id, ref_kind))
+        self.backend.delete(sorted(targets.items()))
+        return sorted(targets)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, id: str) -> rec.Record:
+        """The record with this id (or unique id prefix of at least 4 characters)."""
+        rid, kind = self._resolve(id)
+        loaded = self.backend.load(rid, kind)
+        if loaded is None:
+            raise NotFoundError(f"no record with id {id!r}")
+        return _rebuild(loaded)
+
+    def kind_of(self, id: str) -> str:
+        return self._resolve(id)[1]
+
+    def exists(self, id: str) -> bool:
+        return bool(self.backend.kinds([id]))
+
+    def ids(self, kind: str, limit: int | None = None, offset: int = 0) -> list[str]:
+        """Ids of one kind (task, model, circuit, feature, function, program, implements)."""
+        _check_kind(kind)
+        return self.backend.ids(kind, limit, offset)
+
+    def records(self, kind: str) -> Iterator[rec.Record]:
+        """Every record of one kind, by id (loaded one at a time)."""
+        for rid in self.ids(kind):
+            loaded = self.backend.load(rid, kind)
+            if loaded is not None:
+                yield _rebuild(loaded)
+
+    def search(
+        self,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        tags: Iterable[str] = (),
+        domain: str | None = None,
+        complexity: str | None = None,
+        text: str | None = None,
+        feature: str | None = None,
+        minimum: dict[str, float] | None = None,
+        maximum: dict[str, float] | None = None,
+        order_by: str = "id",
+        limit: int | None = 100,
+        offset: int = 0,
+    ) -> list[Summary]:
+        """Circuits matching every given filter, as summaries.
+
+        text: words that must all occur in the label, description, task, tags or signature.
+        minimum / maximum: metric bounds, e.g. {"sufficiency": 0.9}; metric names are those of
+        `Metrics` (sufficiency, necessity, accuracy, replacement_score, completeness), its
+        `extra` keys, and "generality". order_by: "id", "task" or a metric name (best first).
+        """
+        query = Query(
+            task=task,
+            model=model,
+            tags=sorted(set(tags)),
+            domain=domain,
+            complexity=complexity,
+            feature=feature,
+            minimum=_bounds(minimum, "minimum"),
+            maximum=_bounds(maximum, "maximum"),
+            order_by=order_by,
+            limit=limit,
+            offset=offset,
+        )
+        if text is not None:
+            query.tokens = sorted(set(tokenize(text)))
+            if not query.tokens:
+                raise CatalogError(f"search text {text!r} has no words to search for")
+        if order_by not in ("id", "task") and not NAME_RE.match(order_by):
+            raise CatalogError(f"order_by must be 'id', 'task' or a metric name; got {order_by!r}")
+        if limit is not None and limit < 0 or offset < 0:
+            raise CatalogError("limit and offset must be >= 0")
+        return self.summaries(self.backend.search(query))
+
+    def summaries(self, ids: list[str]) -> list[Summary]:
+        found = self.backend.summaries(ids)
+        return [Summary(id=i, **found[i]) for i in ids if i in found]
+
+    def features(
+        self,
+        *,
+        model: str | None = None,
+        node_type: str | None = None,
+        layer: int | None = None,
+        index: int | None = None,
+        position: int | None = None,
+        transcoder: str | None = None,
+        limit: int | None = 1000,
+    ) -> list[str]:
+        """Ids of features with these identity values (None = any), by id."""
+        filters = {
+            k: v
+            for k, v in dict(
+                model=model,
+                node_type=node_type,
+                layer=layer,
+                index=index,
+                position=position,
+                transcoder=transcoder,
+            ).items()
+            if v is not None
+        }
+        return self.backend.find_features(filters, limit)
+
+    def circuits_using(self, feature: str) -> list[Summary]:
+        """Circuits that have this feature among their nodes, by id."""
+        fid, kind = self._resolve(feature)
+        if kind != "feature":
+            raise CatalogError(f"{feature!r} is a {kind}, not a feature")
+        return self.search(feature=fid, limit=None)
+
+    def graph(
+        self, circuit: str, min_abs_weight: float = 0.0, top_k: int | None = None
+    ) -> CircuitGraph:
+        """A circuit's edges with |weight| >= min_abs_weight (strongest first, at most top_k)
+        and the nodes they touch."""
+        cid, kind = self._resolve(circuit)
+        if kind != "circuit":
+            raise CatalogError(f"{circuit!r} is a {kind}, not a circuit")
+        if min_abs_weight < 0 or (top_k is not None and top_k < 0):
+            raise CatalogError("min_abs_weight and top_k must be >= 0")
+        edges = [
+            rec.Edge(s, t, w) for s, t, w in self.backend.graph_edges(cid, min_abs_weight, top_k)
+        ]
+        full = self.get(cid)
+        touched = {e.source for e in edges} | {e.target for e in edges}
+        nodes = [n for n in full.nodes if n.feature.id in touched]
+        return CircuitGraph(cid, nodes, edges)
+
+    def lineage(self, id: str) -> Lineage:
+        """Upstream and downstream of a record (see `Lineage`)."""
+        root, kind = self._resolve(id)
+        nodes: dict[str, str] = {root: kind}
+        links: dict[tuple[str, str, str], Link] = {}
+        for rules in (_UP, _DOWN):
+            seen = {root}
+            frontier = {root: kind}
+            while frontier:
+                nxt: dict[str, str] = {}
+                by_kind: dict[str, list[str]] = {}
+                for i, k in frontier.items():
+                    by_kind.setdefault(k, []).append(i)
+                for k, ids in by_kind.items():
+                    for rel, direction in rules.get(k, []):
+                        for link in self.backend.links(sorted(ids), rel, direction):
+                            links[(link.src, link.rel, link.dst)] = link
+                            other, other_kind = (
+                                (link.dst, link.dst_kind)
+                                if direction == "out"
+                                else (link.src, link.src_kind)
+                            )
+                            nodes[other] = other_kind
+                            if other not in seen:
+                                seen.add(other)
+                                nxt[other] = other_kind
+                frontier = nxt
+        names = self.backend.names(sorted(nodes))
+        return Lineage(
+            root,
+            {i: (k, names.get(i, "")) for i, k in sorted(nodes.items())},
+            [links[key] for key in sorted(links)],
+        )
+
+    def compatible(self, circuit: str, direction: str = "downstream") -> list[Compatibility]:
+        """Which circuits this one can feed ("downstream") or be fed by ("upstream"): an output
+        domain equal to an input port's domain."""
+        if direction not in ("downstream", "upstream"):
+            raise CatalogError(f"direction must be 'downstream' or 'upstream'; got {direction!r}")
+        cid, kind = self._resolve(circuit)
+        if kind != "circuit":
+            raise CatalogError(f"{circuit!r} is a {kind}, not a circuit")
+        return [Compatibility(*row) for row in self.backend.compatible(cid, direction)]
+
+    def stats(self) -> Stats:
+        counts = dict.fromkeys((*rec.KINDS, "HAS_FEATURE", "ATTRIBUTES", *RELS), 0)
+        counts.update(self.backend.counts())
+        return Stats(self.backend.url, self.backend.name, counts)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _resolve(self, id: str) -> tuple[str, str]:
+        if not isinstance(id, str) or not id:
+            raise CatalogError(f"expected a record id, got {id!r}")
+        exact = self.backend.kinds([id])
+        if exact:
+            return id, exact[id]
+        if len(id) < 4:
+            raise NotFoundError(f"no record with id {id!r} (prefixes need at least 4 characters)")
+        found = self.backend.resolve(id, 2)
+        if not found:
+            raise NotFoundError(f"no record with id {id!r}")
+        if len(found) > 1:
+            raise CatalogError(f"id prefix {id!r} is ambiguous: give more characters")
+        return found[0]
+
+    def _referrers(self, id: str, kind: str) -> list[tuple[str, str]]:
+        refs = [
+            (link.src, link.src_kind)
+            for rel in BLOCKING_RELS
+            for link in self.backend.links([id], rel, "in")
+        ]
+        if kind == "task":
+            refs += [(i, "circuit") for i in self.backend.search(Query(task=id, limit=None))]
+        if kind == "feature":
+            refs += [(i, "circuit") for i in self.backend.search(Query(feature=id, limit=None))]
+        return sorted(set(refs))
+
+    def _plan(self, record: rec.Record) -> Plan:
+        if not isinstance(record, tuple(rec.RECORD_TYPES.values())):
+            raise RecordError("record", f"not a catalog record: {type(record).__name__}")
+        if isinstance(record, rec.Feature):
+            raise RecordError(
+                "feature", "features are stored by putting the circuits that use them"
+            )
+        data = record.to_dict()
+        del data["schema"]
+        rid = data.pop("id")
+        kind = data.pop("kind")
+        plan = Plan(kind=kind, id=rid, name="", data=data)
+        build = _PLANNERS[kind]
+        build(self, plan)
+        return plan
+
+
+# -- plans per record kind ----------------------------------------------------------------------
+
+
+def _plan_task(cat: Catalog, p: Plan) -> None:
+    p.name = p.data["spec"]
+
+
+def _plan_model(cat: Catalog, p: Plan) -> None:
+    d = p.data
+    p.name = f"{d['task']} model {p.id[:8]}"
+    p.task = d["task"]
+    p.requires.append((d["task"], ("task",)))
+    p.links.append(Link("TRAINED_ON", p.id, "model", d["task"], "task"))
+    if d["parent"] is not None:
+        p.requires.append((d["parent"], ("model",)))
+        p.links.append(
+            Link("DERIVED_FROM", p.id, "model", d["parent"], "model", {"how": d["derivation"]})
+        )
+
+
+def _plan_circuit(cat: Catalog, p: Plan) -> None:
+    d = p.data
+    nodes = d.pop("nodes")
+    edges = d.pop("edges")
+    p.name = d["interpretation"]["label"]
+    p.task, p.model = d["task"], d["model"]
+    p.requires += [(d["task"], ("task",)), (d["model"], ("model",))]
+    p.links.append(Link("EXTRACTED_FROM", p.id, "circuit", d["model"], "model"))
+    for n in nodes:
+        f = n["feature"]
+        fid = rec.feature_id(f)
+        p.features.append({"id": fid, **f})
+        p.nodes.append((fid, n["activation"], n["influence"]))
+    p.edges = [(e["source"], e["target"], e["weight"]) for e in edges]
+    tags = d["tags"]
+    p.tags = sorted(set(tags["priors"]) | set(tags["labels"]))
+    iface = d["interface"]
+    if iface is not None:
+        p.domains = [("in", port["name"], port["domain"]) for port in iface["inputs"]]
+        p.domains.append(("out", "", iface["output"]["domain"]))
+    p.metrics = rec.metric_values(d["metrics"], tags)
+    interp = d["interpretation"]
+    text = [interp["label"], interp["description"], d["task"], *p.tags]
+    if tags["complexity"]:
+        text.append(tags["complexity"])
+    if iface is not None and iface["signature"]:
+        text.append(iface["signature"])
+    p.tokens = sorted(set(tokenize(" ".join(text))))
+    p.summary = {
+        "task": d["task"],
+        "model": d["model"],
+        "label": interp["label"],
+        "n_nodes": len(nodes),
+        "n_edges": len(edges),
+        "metrics": p.metrics,
+        "tags": p.tags,
+        "inputs": [port["domain"] for port in iface["inputs"]] if iface else [],
+        "output": iface["output"]["domain"] if iface else None,
+        "signature": iface["signature"] if iface else None,
+    }
+
+
+def _plan_function(cat: Catalog, p: Plan) -> None:
+    p.name = p.data["name"]
+    for i, slot in enumerate(p.data["composes"]):
+        p.requires.append((slot["function"], ("function",)))
+        p.links.append(
+            Link(
+                "COMPOSES",
+                p.id,
+                "function",
+                slot["function"],
+                "function",
+                {"slot": slot["slot"]},
+                i,
+            )
+        )
+
+
+def _plan_program(cat: Catalog, p: Plan) -> None:
+    p.name = p.data["name"]
+    calls = p.data["calls"]
+    kinds = cat.backend.kinds(calls)
+    for i, target in enumerate(calls):
+        kind = kinds.get(target)
+        if kind not in ("function", "circuit"):
+            what = "nothing" if kind is None else f"a {kind}"
+            raise NotFoundError(
+                f"program.calls[{i}]: {target!r} is {what}, not a function or circuit"
+            )
+        p.requires.append((target, ("function", "circuit")))
+        p.links.append(Link("CALLS", p.id, "program", target, kind, {}, i))
+
+
+def _plan_implements(cat: Catalog, p: Plan) -> None:
+    d = p.data
+    p.name = f"{d['circuit'][:8]} implements {d['function'][:8]}"
+    p.requires += [(d["circuit"], ("circuit",)), (d["function"], ("function",))]
+    props = {"id": p.id, "agreement": d["agreement"], "n_examples": d["n_examples"]}
+    p.links.append(Link("IMPLEMENTS", d["circuit"], "circuit", d["function"], "function", props))
+
+
+_PLANNERS = {
+    "task": _plan_task,
+    "model": _plan_model,
+    "circuit": _plan_circuit,
+    "function": _plan_function,
+    "program": _plan_program,
+    "implements": _plan_implements,
+}
+
+
+def _rebuild(loaded: Loaded) -> rec.Record:
+    """A record from stored JSON. The circuit graph (validated when it was put) is rebuilt
+    directly, which keeps loading a 1,000-edge circuit in the low milliseconds."""
+    if loaded.kind == "feature":
+        return rec.record_from_dict({"kind": "feature", **_without_id(loaded.data)})
+    if loaded.kind != "circuit":
+        return rec.record_from_dict({"kind": loaded.kind, **loaded.data})
+    circuit = rec.record_from_dict({"kind": "circuit", **loaded.data, "nodes": [], "edges": []})
+    Feature, Node, Edge = rec.Feature, rec.Node, rec.Edge
+    circuit.nodes = [Node(Feature(**_without_id(f)), a, i) for f, a, i in loaded.nodes]
+    circuit.edges = [Edge(s, t, w) for s, t, w in loaded.edges]
+    return circuit
+
+
+def _without_id(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != "id"}
+
+
+def _bounds(bounds: dict[str, float] | None, what: str) -> dict[str, float]:
+    out = {}
+    for key, value in (bounds or {}).items():
+        if not isinstance(key, str) or not NAME_RE.match(key):
+            raise CatalogError(f"{what}: metric name must be letters, digits and '_'; got {key!r}")
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            raise CatalogError(f"{what}.{key}: expected a number, got {value!r}") from None
+        if out[key] != out[key]:
+            raise CatalogError(f"{what}.{key}: NaN is not a bound")
+    return out
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in rec.KINDS:
+        raise CatalogError(f"kind must be one of {', '.join(rec.KINDS)}; got {kind!r}")
+
+
+def open_catalog(url: str | os.PathLike[str] | None = None, *, create: bool = True) -> Catalog:
+    """Open the catalog at `url` (see the module docstring; None = the default location).
+
+    create=False refuses to create a new SQLite file (for read-only commands).
+    """
+    if url is None:
+        url = default_url()
+    url = os.fspath(url)
+    if not url.strip():
+        raise CatalogError("empty catalog URL")
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme in ("neo4j", "bolt", "neo4j+s", "neo4j+ssc", "bolt+s", "bolt+ssc"):
+        from circuitlab.catalog.neo4j import Neo4jBackend
+
+        return Catalog(Neo4jBackend(url))
+    if scheme == "sqlite":
+        path = url[len("sqlite:") :]
+        if path.startswith("///"):
+            path = path[2:]
+        elif path.startswith("//"):
+            raise CatalogError(
+                f"malformed SQLite URL {url!r}: use sqlite:///absolute/path.db or sqlite:rel.db"
+            )
+    elif scheme and len(scheme) > 1:  # one letter would be a Windows drive
+        raise CatalogError(
+            f"unsupported catalog URL {url!r}: use a file path, sqlite:///path.db, "
+            "neo4j://host:7687 or bolt://host:7687"
+        )
+    else:
+        path = url
+    if not path:
+        raise CatalogError(f"malformed SQLite URL {url!r}: no file path")
+    from circuitlab.catalog.sqlite import SqliteBackend
+
+    return Catalog(SqliteBackend(Path(path).expanduser(), create=create))

@@ -1,0 +1,663 @@
+"""Catalog records: the typed, JSON-able data the catalog stores (see DESIGN.md, "Catalog graph").
+
+Records are plain dataclasses of JSON data (str, int, float, bool, lists, dicts, nested records).
+They are validated when they enter the catalog (`Catalog.put`, `to_dict`, `from_dict`): a record
+that breaks the schema raises `RecordError` whose message starts with the dotted field path, e.g.
+``circuit.edges[3].weight: must be a finite number, got nan``.
+
+Ids. A Task's id is its spec (`add_mod_113`): a task is defined by its spec. Every other record's
+id is the sha256 (64 hex digits) of its canonical JSON (sorted keys, no spaces) without its
+`metadata`, so the same content always gets the same id and putting it twice stores it once;
+metadata (dates, versions, source run) describes where a record came from, not what it is. A
+Circuit's id does not depend on the order of its nodes and edges. A Feature's id hashes only its
+identity (model, transcoder, node type, layer, index, position): the same latent seen by two
+circuits is one Feature node, and its label and statistics are annotations that a later put
+updates. An Implements relationship's id hashes its two ends, so re-measuring the agreement of a
+circuit with a function replaces the old value.
+
+Graph relationships are carried by the records: Model.task (TRAINED_ON), Model.parent
+(DERIVED_FROM {how}), Circuit.model (EXTRACTED_FROM), Circuit.nodes (HAS_FEATURE), Circuit.edges
+(ATTRIBUTES {weight}), Function.composes (COMPOSES {slot}), Program.calls (CALLS), and the
+Implements record ((Circuit)-[:IMPLEMENTS {agreement}]->(Function)). Referenced records must be in
+the catalog before the record that references them is put.
+
+NaN and infinities are refused in every numeric field (JSON has no NaN and the backends would
+store it differently); use null (None) for a value that was not measured.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from circuitlab.catalog import _check as check
+from circuitlab.catalog._spec import (
+    Fast,
+    content_hash,
+    dump,
+    fast,
+    fld,
+    listof,
+    load,
+    nested,
+    optional,
+    prim,
+)
+from circuitlab.catalog.errors import RecordError, SchemaVersionError
+
+SCHEMA_VERSION = 1
+"""Version of the record JSON format; bumped (with a migration) when a field changes meaning."""
+
+PRIORS = ("Core_Number", "Core_Geometry", "Logic", "Sequence", "Task_Specific")
+"""Prior-alignment tags a circuit can carry (Circuit.tags.priors)."""
+
+NODE_TYPES = ("token", "feature", "neuron", "head", "error", "logit")
+"""What a graph node is: an input token, a transcoder feature, an MLP neuron, an attention head,
+a transcoder error node, or an output logit."""
+
+DERIVATIONS = ("prune", "lora", "finetune")
+"""How a Model can be derived from its parent (the `how` of DERIVED_FROM)."""
+
+ABLATIONS = ("mean", "zero", "resample", "none")
+"""Ablations that faithfulness metrics can be measured with."""
+
+_STR = prim(check.string)
+_OPT_STR = prim(check.opt_string)
+_ID = prim(check.record_id)
+_OPT_ID = optional(_ID)
+_REAL = prim(check.real)
+_OPT_REAL = prim(check.opt_real)
+_UNIT = prim(check.opt_real, lo=0.0, hi=1.0)
+_INT = prim(check.integer)
+_OPT_NAT = prim(check.opt_integer, lo=0)
+_JSON = prim(check.json_object)
+_REALS = prim(check.real_map)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _version() -> str:
+    from circuitlab import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# Records (the nodes of the catalog graph) and their parts
+
+
+class _Record:
+    """Shared behaviour of the records: validated JSON form and content id."""
+
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Validated JSON form, with `kind`, `schema` and `id` added."""
+        data = dump(self, self.kind)
+        return {"kind": self.kind, "schema": SCHEMA_VERSION, "id": self._id(data), **data}
+
+    @property
+    def id(self) -> str:
+        return self._id(dump(self, self.kind))
+
+    def _id(self, data: dict[str, Any]) -> str:
+        content = {k: v for k, v in data.items() if k != "metadata"}
+        return content_hash({"kind": self.kind, **content})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Load a record from its `to_dict` form; unknown fields are refused."""
+        return record_from_dict(data, expect=cls.kind)
+
+
+@dataclass
+class Metadata:
+    """Provenance of a record; excluded from its content id.
+
+    circuitlab_version: version of circuitlab that wrote the record.
+    created: ISO 8601 UTC time the record was made.
+    git_revision: git commit of the code that made it, when known.
+    source_run: run directory (or other path/URL) the record was derived from.
+    extra: any further JSON provenance (resolved config, host, command line).
+    """
+
+    circuitlab_version: str = fld(_STR, factory=_version)
+    created: str = fld(_STR, factory=_now)
+    git_revision: str | None = fld(_OPT_STR, default=None)
+    source_run: str | None = fld(_OPT_STR, default=None)
+    extra: dict[str, Any] = fld(_JSON, factory=dict)
+
+
+@dataclass
+class Feature(_Record):
+    """A node of an attribution graph: a latent of one model, shared by the circuits using it.
+
+    model: id of the Model whose activations the node lives in.
+    node_type: one of NODE_TYPES (token, feature, neuron, head, error, logit).
+    layer: layer index (tokens 0; logits n_layers + 1, as in circuit-tracer's graph JSON).
+    index: feature / neuron / head index within the layer, or the token id for token and logit.
+    position: token position the node is at, or None when position-independent.
+    transcoder: id or name of the transcoder the feature belongs to ("" for non-features).
+    label: short human label, e.g. "cos(w_14 (a+b))" (annotation: not part of the id).
+    description: longer interpretation (annotation).
+    stats: JSON annotations: top activating examples, logit effects, activation histogram.
+    """
+
+    model: str = fld(_ID)
+    node_type: str = fld(prim(check.choice, allowed=NODE_TYPES))
+    layer: int = fld(_INT)
+    index: int = fld(_INT)
+    position: int | None = fld(prim(check.opt_integer, lo=0), default=None)
+    transcoder: str = fld(_STR, default="")
+    label: str = fld(_STR, default="")
+    description: str = fld(_STR, default="")
+    stats: dict[str, Any] = fld(_JSON, factory=dict)
+
+    kind: ClassVar[str] = "feature"
+    IDENTITY: ClassVar[tuple[str, ...]] = (
+        "model",
+        "node_type",
+        "layer",
+        "index",
+        "position",
+        "transcoder",
+    )
+
+    def _id(self, data: dict[str, Any]) -> str:
+        return feature_id(data)
+
+
+def feature_id(data: dict[str, Any]) -> str:
+    """Id of a dumped Feature: hash of its identity fields only."""
+    return content_hash({"kind": "feature", **{k: data[k] for k in Feature.IDENTITY}})
+
+
+@dataclass
+class Node:
+    """A feature as used by one circuit (the HAS_FEATURE relationship and its properties).
+
+    feature: the Feature.
+    activation: its activation on the circuit's reference input(s), if recorded.
+    influence: its influence on the output (circuit-tracer's pruning score), if recorded.
+    """
+
+    feature: Feature = fld(nested(Feature))
+    activation: float | None = fld(_OPT_REAL, default=None)
+    influence: float | None = fld(_OPT_REAL, default=None)
+
+
+@dataclass
+class Edge:
+    """A weighted attribution between two of the circuit's features (ATTRIBUTES {weight}).
+
+    source: Feature id of the upstream node (must be one of the circuit's nodes).
+    target: Feature id of the downstream node (must be one of the circuit's nodes).
+    weight: direct effect of source on target (activation x decoder, propagated linearly).
+    """
+
+    source: str = fld(_ID)
+    target: str = fld(_ID)
+    weight: float = fld(_REAL)
+
+
+def _edges_fast(value: Any) -> list[dict[str, Any]]:
+    """Fast path for a circuit's edge list (often thousands): plain Edge objects with hex ids and
+    finite float weights; anything else goes to the field-by-field validator."""
+    if not isinstance(value, list):
+        raise Fast
+    out = []
+    hex64 = check.HEX64_RE.match
+    for e in value:
+        if type(e) is not Edge:
+            raise Fast
+        s, t, w = e.source, e.target, e.weight
+        if type(s) is not str or type(t) is not str or not hex64(s) or not hex64(t):
+            raise Fast
+        if type(w) is not float:
+            if isinstance(w, bool) or not isinstance(w, numbers.Real):
+                raise Fast
+            w = float(w)
+        if not math.isfinite(w):
+            raise Fast
+        out.append({"source": s, "target": t, "weight": w})
+    return out
+
+
+@dataclass
+class Port:
+    """One input of a circuit's interface.
+
+    name: argument name, e.g. "a".
+    domain: value domain, e.g. "Z_113", "S_5", "grid[3x3]:Z_10"; circuits connect on equal domains.
+    position: token position the input is read at.
+    encoding: how a value becomes input, e.g. "token" (value = token id) or "token+offset:10".
+    """
+
+    name: str = fld(prim(check.name))
+    domain: str = fld(prim(check.string, empty=False, max_len=200))
+    position: int = fld(prim(check.integer, lo=0))
+    encoding: str = fld(_STR, default="token")
+
+
+@dataclass
+class Output:
+    """The output of a circuit's interface.
+
+    domain: value domain of the result, e.g. "Z_113".
+    position: token position the answer is read at.
+    decoding: how logits become a value, e.g. "argmax" (value = output token id).
+    """
+
+    domain: str = fld(prim(check.string, empty=False, max_len=200))
+    position: int = fld(prim(check.integer, lo=0))
+    decoding: str = fld(_STR, default="argmax")
+
+
+@dataclass
+class Boundary:
+    """Statistics of the latent representation where a circuit reads or writes.
+
+    site: hook point name, e.g. "blocks.0.hook_resid_mid".
+    dim: dimension of the representation at that site.
+    stats: named statistics (mean_norm, std, effective_rank, ...), finite numbers.
+    """
+
+    site: str = fld(prim(check.string, empty=False))
+    dim: int = fld(prim(check.integer, lo=1))
+    stats: dict[str, float] = fld(_REALS, factory=dict)
+
+
+@dataclass
+class Interface:
+    """How to call a circuit as a function.
+
+    inputs: the input ports, in argument order (names unique).
+    output: the output.
+    reads: boundary statistics where the circuit reads the residual stream.
+    writes: boundary statistics where it writes.
+    signature: the symbolic signature it implements when verified, e.g.
+        "add_mod_113(a: Z_113, b: Z_113) -> Z_113", else None.
+    """
+
+    inputs: list[Port] = fld(listof(nested(Port)))
+    output: Output = fld(nested(Output))
+    reads: list[Boundary] = fld(listof(nested(Boundary)), factory=list)
+    writes: list[Boundary] = fld(listof(nested(Boundary)), factory=list)
+    signature: str | None = fld(_OPT_STR, default=None)
+
+    def _check(self, data: dict[str, Any], path: str) -> None:
+        check.unique([p["name"] for p in data["inputs"]], f"{path}.inputs")
+
+
+@dataclass
+class Interpretation:
+    """What a circuit does, in words.
+
+    label: short name, e.g. "Fourier addition, k = {14, 35, 41}".
+    description: the mechanism in a few sentences.
+    method: how the interpretation was obtained, e.g. "fourier", "manual", "auto".
+    """
+
+    label: str = fld(_STR, default="")
+    description: str = fld(_STR, default="")
+    method: str = fld(_STR, default="")
+
+
+@dataclass
+class Example:
+    """An activation example: an input and what the circuit (or one of its features) did on it.
+
+    tokens: input token ids.
+    text: the input rendered for people, e.g. "12 + 7 =".
+    value: the activation (or output logit) observed.
+    feature: Feature id when the example is for one feature, None for the whole circuit.
+    """
+
+    tokens: list[int] = fld(listof(_INT))
+    text: str = fld(_STR, default="")
+    value: float | None = fld(_OPT_REAL, default=None)
+    feature: str | None = fld(_OPT_ID, default=None)
+
+
+@dataclass
+class Metrics:
+    """Performance of a circuit. Faithfulness follows the usual definitions; `ablation` says
+    what replaced the activations outside (sufficiency) or inside (necessity) the circuit.
+
+    sufficiency: task metric with only the circuit active, as a fraction of the full model's.
+    necessity: drop of the task metric when the circuit is ablated, as a fraction.
+    ablation: one of ABLATIONS (mean, zero, resample, none).
+    accuracy: accuracy of the circuit alone on the task, in [0, 1].
+    replacement_score: share of influence reaching the logits from tokens, not error nodes.
+    completeness: influence-weighted share of node inputs not from error nodes.
+    n_examples: number of inputs the metrics were measured on.
+    extra: further named metrics (finite numbers), searchable like the ones above.
+    """
+
+    sufficiency: float | None = fld(_OPT_REAL, default=None)
+    necessity: float | None = fld(_OPT_REAL, default=None)
+    ablation: str = fld(prim(check.choice, allowed=ABLATIONS), default="mean")
+    accuracy: float | None = fld(_UNIT, default=None)
+    replacement_score: float | None = fld(_OPT_REAL, default=None)
+    completeness: float | None = fld(_OPT_REAL, default=None)
+    n_examples: int | None = fld(_OPT_NAT, default=None)
+    extra: dict[str, float] = fld(_REALS, factory=dict)
+
+    NAMED: ClassVar[tuple[str, ...]] = (
+        "sufficiency",
+        "necessity",
+        "accuracy",
+        "replacement_score",
+        "completeness",
+    )
+
+    def _check(self, data: dict[str, Any], path: str) -> None:
+        for key in data["extra"]:
+            if key in self.NAMED or key in ("generality", "n_examples"):
+                raise RecordError(f"{path}.extra.{key}", "clashes with a named metric")
+
+
+def metric_values(metrics: dict[str, Any], tags: dict[str, Any]) -> dict[str, float]:
+    """The searchable numbers of a dumped circuit: named metrics, extra metrics, generality."""
+    out = {k: metrics[k] for k in Metrics.NAMED if metrics[k] is not None}
+    out.update(metrics["extra"])
+    if tags["generality"] is not None:
+        out["generality"] = tags["generality"]
+    return out
+
+
+@dataclass
+class Tags:
+    """Searchable classification of a circuit.
+
+    priors: prior-alignment tags from PRIORS (Core_Number, Core_Geometry, Logic, Sequence,
+        Task_Specific).
+    complexity: complexity class, e.g. "low", "medium", "high" (free word), or None.
+    generality: how widely the circuit applies, in [0, 1] (e.g. share of task variants it
+        solves), or None.
+    labels: free tags (letters, digits, '_').
+    """
+
+    priors: list[str] = fld(listof(prim(check.choice, allowed=PRIORS)), factory=list)
+    complexity: str | None = fld(optional(prim(check.name)), default=None)
+    generality: float | None = fld(_UNIT, default=None)
+    labels: list[str] = fld(listof(prim(check.name)), factory=list)
+
+    def _check(self, data: dict[str, Any], path: str) -> None:
+        check.unique(data["priors"], f"{path}.priors")
+        check.unique(data["labels"], f"{path}.labels")
+
+
+@dataclass
+class Task(_Record):
+    """An algorithmic task. Its id is its spec.
+
+    spec: the task spec, e.g. "add_mod_113" (see `circuitlab tasks`).
+    family: task family, e.g. "modular".
+    description: one line for people.
+    d_vocab: input vocabulary size.
+    d_vocab_out: output vocabulary size.
+    n_ctx: input sequence length.
+    n_examples: number of examples in the full dataset.
+    params: family parameters as JSON (modulus, operation, grid shape...).
+    metadata: provenance.
+    """
+
+    spec: str = fld(prim(check.string, empty=False, max_len=300, spaces=False))
+    family: str = fld(_STR, default="")
+    description: str = fld(_STR, default="")
+    d_vocab: int | None = fld(_OPT_NAT, default=None)
+    d_vocab_out: int | None = fld(_OPT_NAT, default=None)
+    n_ctx: int | None = fld(_OPT_NAT, default=None)
+    n_examples: int | None = fld(_OPT_NAT, default=None)
+    params: dict[str, Any] = fld(_JSON, factory=dict)
+    metadata: Metadata = fld(nested(Metadata), factory=Metadata)
+
+    kind: ClassVar[str] = "task"
+
+    def _id(self, data: dict[str, Any]) -> str:
+        return data["spec"]
+
+
+@dataclass
+class Model(_Record):
+    """A trained checkpoint.
+
+    task: spec of the Task it was trained on (TRAINED_ON).
+    weights_sha256: sha256 of its weights file (model.safetensors): which checkpoint this is.
+    architecture: the model config as JSON (n_layers, d_model, n_heads, d_mlp, act_fn, ...).
+    n_params: number of parameters (non-zero ones for pruned models are in `metrics`).
+    attention: attention backend it was trained with, e.g. "sdpa", "einsum", "flash".
+    pruning: fraction of weights pruned, in [0, 1], or None if not pruned.
+    lora_rank: LoRA rank when it is a LoRA adaptation, else None.
+    parent: id of the Model it was derived from (DERIVED_FROM), or None.
+    derivation: how it was derived from `parent`: one of DERIVATIONS; required with a parent.
+    training: training details as JSON (recipe, optimizer, seed, steps, grokking step).
+    metrics: final metrics, e.g. {"train_acc": 1.0, "val_acc": 0.999, "val_loss": 0.01}.
+    metadata: provenance; `source_run` is the run directory.
+    """
+
+    task: str = fld(prim(check.string, empty=False, max_len=300, spaces=False))
+    weights_sha256: str = fld(prim(check.string, empty=False, max_len=64))
+    architecture: dict[str, Any] = fld(_JSON, factory=dict)
+    n_params: int | None = fld(_OPT_NAT, default=None)
+    attention: str = fld(_STR, default="")
+    pruning: float | None = fld(_UNIT, default=None)
+    lora_rank: int | None = fld(prim(check.opt_integer, lo=1), default=None)
+    parent: str | None = fld(_OPT_ID, default=None)
+    derivation: str | None = fld(optional(prim(check.choice, allowed=DERIVATIONS)), default=None)
+    training: dict[str, Any] = fld(_JSON, factory=dict)
+    metrics: dict[str, float] = fld(_REALS, factory=dict)
+    metadata: Metadata = fld(nested(Metadata), factory=Metadata)
+
+    kind: ClassVar[str] = "model"
+
+    def _check(self, data: dict[str, Any], path: str) -> None:
+        if not check.HEX64_RE.match(data["weights_sha256"]):
+            raise RecordError(f"{path}.weights_sha256", "must be 64 lowercase hex digits")
+        if (data["parent"] is None) != (data["derivation"] is None):
+            raise RecordError(f"{path}.derivation", "parent and derivation go together")
+
+
+@dataclass
+class Circuit(_Record):
+    """A circuit extracted from a model: a weighted subgraph of features with an interface.
+
+    task: spec of the Task the circuit computes (part of it).
+    model: id of the Model it was extracted from (EXTRACTED_FROM).
+    nodes: its features (HAS_FEATURE), each with activation and influence; features unique.
+    edges: weighted attributions between its features (ATTRIBUTES); (source, target) unique.
+    interface: how to call it (inputs, output, boundary statistics, signature), or None if not
+        yet defined.
+    interpretation: label, description and method.
+    examples: activation examples.
+    metrics: performance (faithfulness with the ablation used, accuracy, replacement score).
+    tags: prior alignment, complexity, generality score, free labels.
+    metadata: provenance (package version, dates, source run, extraction config in extra).
+    """
+
+    task: str = fld(prim(check.string, empty=False, max_len=300, spaces=False))
+    model: str = fld(_ID)
+    nodes: list[Node] = fld(listof(nested(Node)))
+    edges: list[Edge] = fld(fast(listof(nested(Edge)), _edges_fast), factory=list)
+    interface: Interface | None = fld(optional(nested(Interface)), default=None)
+    interpretation: Interpretation = fld(nested(Interpretation), factory=Interpretation)
+    examples: list[Example] = fld(listof(nested(Example)), factory=list)
+    metrics: Metrics = fld(nested(Metrics), factory=Metrics)
+    tags: Tags = fld(nested(Tags), factory=Tags)
+    metadata: Metadata = fld(nested(Metadata), factory=Metadata)
+
+    kind: ClassVar[str] = "circuit"
+
+    def _check(self, data: dict[str, Any], path: str) -> None:
+        ids: set[str] = set()
+        for i, node in enumerate(data["nodes"]):
+            feature = node["feature"]
+            if feature["model"] != data["model"]:
+                raise RecordError(
+                    f"{path}.nodes[{i}].feature.model",
+                    f"{feature['model']!r} is not the circuit's model {data['model']!r}",
+                )
+            fid = feature_id(feature)
+            if fid in ids:
+                raise RecordError(f"{path}.nodes[{i}].feature", f"duplicate feature {fid[:12]}")
+            ids.add(fid)
+        pairs: set[tuple[str, str]] = set()
+        for i, edge in enumerate(data["edges"]):
+            for end in ("source", "target"):
+                if edge[end] not in ids:
+                    raise RecordError(
+                        f"{path}.edges[{i}].{end}",
+                        f"{edge[end][:12]}... is not one of the circuit's nodes",
+                    )
+            pair = (edge["source"], edge["target"])
+            if pair in pairs:
+                raise RecordError(f"{path}.edges[{i}]", "duplicate edge (same source and target)")
+            pairs.add(pair)
+        for i, example in enumerate(data["examples"]):
+            if example["feature"] is not None and example["feature"] not in ids:
+                raise RecordError(
+                    f"{path}.examples[{i}].feature", "is not one of the circuit's nodes"
+                )
+
+    def _id(self, data: dict[str, Any]) -> str:
+        content = {k: v for k, v in data.items() if k != "metadata"}
+        content["nodes"] = sorted(
+            ({**n, "feature": feature_id(n["feature"])} for n in data["nodes"]),
+            key=lambda n: n["feature"],
+        )
+        content["edges"] = sorted(data["edges"], key=lambda e: (e["source"], e["target"]))
+        return content_hash({"kind": self.kind, **content})
+
+
+@dataclass
+class Slot:
+    """One argument slot of a composite Function (COMPOSES {slot}).
+
+    slot: where the inner function plugs in, e.g. "arg0" or "left".
+    function: id of the inner Function.
+    """
+
+    slot: str = fld(prim(check.string, empty=False, max_len=200))
+    function: str = fld(_ID)
+
+
+@dataclass
+class Function(_Record):
+    """An entry of the symbolic registry.
+
+    name: registry name, e.g. "add_mod".
+    signature: typed signature, e.g. "(a: Z_n, b: Z_n) -> Z_n".
+    expression: symbolic definition, e.g. "(a + b) % n".
+    input_domains: domain of each argument, e.g. ["Z_113", "Z_113"].
+    output_domain: domain of the result.
+    description: one line for people.
+    composes: inner functions when this is a composition (COMPOSES {slot}).
+    properties: JSON facts (commutative, associative, identity element, arity...).
+    metadata: provenance.
+    """
+
+    name: str = fld(prim(check.string, empty=False, max_len=300))
+    signature: str = fld(_STR, default="")
+    expression: str = fld(_STR, default="")
+    input_domains: list[str] = fld(listof(_STR), factory=list)
+    output_domain: str = fld(_STR, default="")
+    description: str = fld(_STR, default="")
+    composes: list[Slot] = fld(listof(nested(Slot)), factory=list)
+    properties: dict[str, Any] = fld(_JSON, factory=dict)
+    metadata: Metadata = fld(nested(Metadata), factory=Metadata)
+
+    kind: ClassVar[str] = "function"
+
+    def _check(self, data: dict[str, Any], path: str) -> None:
+        check.unique([s["slot"] for s in data["composes"]], f"{path}.composes")
+
+
+@dataclass
+class Program(_Record):
+    """A composition of circuits and functions that solves something.
+
+    name: name of the program.
+    body: the program itself as JSON (the compose package's serialised form).
+    calls: ids of the Functions and Circuits it calls (CALLS), in order; unique.
+    description: one line for people.
+    metadata: provenance.
+    """
+
+    name: str = fld(prim(check.string, empty=False, max_len=300))
+    body: dict[str, Any] = fld(_JSON, factory=dict)
+    calls: list[str] = fld(listof(_ID), factory=list)
+    description: str = fld(_STR, default="")
+    metadata: Metadata = fld(nested(Metadata), factory=Metadata)
+
+    kind: ClassVar[str] = "program"
+
+    def _check(self, data: dict[str, Any], path: str) -> None:
+        check.unique(data["calls"], f"{path}.calls")
+
+
+@dataclass
+class Implements(_Record):
+    """(Circuit)-[:IMPLEMENTS {agreement}]->(Function): a circuit verified against a function.
+
+    circuit: id of the Circuit.
+    function: id of the Function.
+    agreement: fraction of inputs where the circuit's output equals the function's, in [0, 1].
+    n_examples: number of inputs compared.
+    details: JSON details (mismatches, input mapping used).
+    """
+
+    circuit: str = fld(_ID)
+    function: str = fld(_ID)
+    agreement: float = fld(prim(check.real, lo=0.0, hi=1.0))
+    n_examples: int | None = fld(_OPT_NAT, default=None)
+    details: dict[str, Any] = fld(_JSON, factory=dict)
+
+    kind: ClassVar[str] = "implements"
+
+    def _id(self, data: dict[str, Any]) -> str:
+        return content_hash(
+            {"kind": self.kind, "circuit": data["circuit"], "function": data["function"]}
+        )
+
+
+Record = Task | Model | Circuit | Function | Program | Implements | Feature
+RECORD_TYPES: dict[str, type] = {
+    cls.kind: cls for cls in (Task, Model, Circuit, Feature, Function, Program, Implements)
+}
+KINDS = tuple(RECORD_TYPES)
+
+
+def record_from_dict(data: Any, expect: str | None = None) -> Any:
+    """Load any record from its `to_dict` form; refuses newer schemas, unknown kinds and fields."""
+    if not isinstance(data, dict):
+        raise RecordError("record", f"expected an object, got {type(data).__name__}")
+    kind = data.get("kind")
+    if kind not in RECORD_TYPES:
+        raise RecordError("kind", f"must be one of {', '.join(KINDS)}; got {kind!r}")
+    if expect is not None and kind != expect:
+        raise RecordError("kind", f"expected {expect!r}, got {kind!r}")
+    schema = data.get("schema", SCHEMA_VERSION)
+    if isinstance(schema, bool) or not isinstance(schema, int):
+        raise RecordError(f"{kind}.schema", f"expected an integer, got {schema!r}")
+    if schema > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{kind} record has schema version {schema}, newer than this circuitlab supports "
+            f"({SCHEMA_VERSION}): upgrade circuitlab"
+        )
+    body = {k: v for k, v in data.items() if k not in ("kind", "schema", "id")}
+    cls = RECORD_TYPES[kind]
+    record = load(cls, body, kind)
+    if kind == "feature":
+        return record
+    given = data.get("id")
+    if given is not None and given != record.id:
+        raise RecordError(
+            f"{kind}.id", f"{given!r} does not match the record's content ({record.id})"
+        )
+    return record
