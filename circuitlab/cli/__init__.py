@@ -10,6 +10,8 @@ import sys
 
 import typer
 
+from circuitlab.cli import discover as _discover_cmd
+from circuitlab.cli import registry as _registry_cmd
 from circuitlab.cli import tasks as _tasks_cmd
 from circuitlab.cli import training as _training_cmd
 from circuitlab.cli.common import CliError, console, err_console
@@ -31,6 +33,8 @@ def _root() -> None:
 
 # Command groups are attached here, one line each.
 _tasks_cmd.register(app)
+_discover_cmd.register(app)
+_registry_cmd.register(app)
 _training_cmd.register(app)
 
 

@@ -1,0 +1,107 @@
+"""`circuitlab discover DATA.csv`: find the function behind a table of examples."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from circuitlab.cli.common import CliError, console
+
+REGISTRY_ENV = "CIRCUITLAB_REGISTRY"
+
+
+def default_registry() -> str:
+    """The registry location: $CIRCUITLAB_REGISTRY, else ~/.circuitlab/functions."""
+    return os.environ.get(REGISTRY_ENV) or str(Path.home() / ".circuitlab" / "functions")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("discover")
+    def discover_cmd(
+        data: Annotated[Path, typer.Argument(help="CSV with a header; one row per example.")],
+        output: str = typer.Option(None, "--output", "-y",
+                                   help="Output column (default: the last column)."),
+        name: str = typer.Option(None, "--name", "-n",
+                                 help="Function name (default: the output column, upper-case)."),
+        registry: str = typer.Option(
+            None, "--registry", "-r",
+            help=f"Registry directory or catalog URL (default ${REGISTRY_ENV} or "
+                 "~/.circuitlab/functions). Its functions are building blocks.",
+        ),
+        save: bool = typer.Option(True, "--register/--no-register",
+                                  help="Store the function found in the registry."),
+        approximate: bool = typer.Option(False, "--approximate/--exact",
+                                         help="On noisy data, accept the best approximate fit."),
+        proposer: str = typer.Option("uniform", "--proposer",
+                                     help="Search order: uniform or guide (learned)."),
+        seed: int = typer.Option(0, "--seed"),
+        max_seconds: float = typer.Option(60.0, "--max-seconds", min=0.1),
+        max_cost: int = typer.Option(9, "--max-cost", min=1, max=30),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Discover the simplest function that reproduces DATA exactly (or approximately)."""
+        from rich.table import Table
+
+        from circuitlab.registry import Registry, RegistryError
+        from circuitlab.registry.discover import DiscoveryConfig, search
+        from circuitlab.registry.examples import Examples
+
+        try:
+            examples = Examples.from_csv(data, output)
+            fname = name or examples.output_name.upper()
+            reg = Registry.open(registry or default_registry())
+            if save:
+                reg.check_new_name(fname)
+            cfg = DiscoveryConfig(seed=seed, max_seconds=max_seconds, max_cost=max_cost,
+                                  approximate=approximate)
+            result = search(examples, name=fname, registry=reg, config=cfg,
+                            proposer=_proposer(proposer))
+            stored = reg.register(result.function) if save and result.function else None
+        except RegistryError as exc:
+            raise CliError(str(exc)) from None
+        if as_json:
+            out = result.summary()
+            out["table"] = [{k: v for k, v in vars(r).items() if not k.startswith("_")}
+                            for r in result.table]
+            out["registered"] = stored.ref if stored else None
+            if result.function is not None:
+                out["record"] = (stored or result.function).to_dict()
+            console.print_json(json.dumps(out))
+        else:
+            table = Table(title=f"{fname}: fits found (loss = MSE on training rows)")
+            for col in ("", "complexity", "loss", "score", "expression", "sympy"):
+                table.add_column(col)
+            for r in result.table:
+                table.add_row("*" if r.chosen else "", str(r.complexity), f"{r.loss:.4g}",
+                              f"{r.score:.3g}", r.expression, r.sympy)
+            console.print(table)
+            s = result.stats
+            console.print(f"{s.candidates:,} candidates and {s.pairs:,} pair fits in "
+                          f"{s.seconds:.2f} s (cost level {s.level}, proposer {result.proposer})")
+        if result.function is None:
+            raise CliError(result.message)
+        if not as_json:
+            fn = stored or result.function
+            ignored = [c for c, used in result.relevance.items() if not used]
+            console.print(f"[bold]{result.status}[/]: {fn.signature()} = {fn.render()}")
+            if ignored:
+                console.print(f"columns not used (resampling them leaves the output unchanged): "
+                              f"{', '.join(ignored)}")
+            if stored:
+                console.print(f"registered {stored.ref} (layer {stored.layer})")
+
+
+def _proposer(name: str):
+    from circuitlab.registry.proposer import UniformProposer
+
+    if name == "uniform":
+        return UniformProposer()
+    if name == "guide":
+        from circuitlab.registry.guide import load_guide
+
+        return load_guide()
+    raise CliError(f"--proposer must be uniform or guide, got {name!r}")

@@ -1,0 +1,88 @@
+"""`circuitlab discover` and `circuitlab registry`: results, registration, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from circuitlab.cli import app
+from circuitlab.registry import Registry
+
+runner = CliRunner()
+
+
+def _csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+@pytest.fixture
+def ke_csv(tmp_path: Path) -> Path:
+    rows = [f"{m},{v},{(m * 37 + v * 11) % 23 - 11.5},{0.5 * m * v * v}"
+            for m in range(1, 6) for v in range(1, 6)]
+    return _csv(tmp_path / "ke.csv", "m,v,junk,ke", rows)
+
+
+def test_discover_registers_and_lists(ke_csv: Path, tmp_path: Path):
+    reg = tmp_path / "reg"
+    res = runner.invoke(app, ["discover", str(ke_csv), "--registry", str(reg)])
+    assert res.exit_code == 0, res.output
+    assert "MUL(0.5, MUL(m, SQUARE(v)))" in res.output and "junk" in res.output
+    fn = Registry.open(reg).get("KE")
+    assert [i.name for i in fn.inputs] == ["m", "v"] and fn.provenance.source == "discovered"
+    res = runner.invoke(app, ["registry", "list", "--registry", str(reg)])
+    assert res.exit_code == 0 and "KE@1" in res.output
+    res = runner.invoke(app, ["registry", "show", "KE", "--registry", str(reg)])
+    assert json.loads(res.output)["constants"] == {"c0": 0.5}
+
+
+def test_discover_json_output(ke_csv: Path, tmp_path: Path):
+    res = runner.invoke(app, ["discover", str(ke_csv), "--registry", str(tmp_path / "r"),
+                              "--no-register", "--json", "--name", "KIN"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["status"] == "exact" and out["registered"] is None
+    assert out["relevance"] == {"m": True, "v": True, "junk": False}
+    assert out["record"]["name"] == "KIN" and out["table"][-1]["chosen"]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("header, rows, message", [
+    ("a,b,y", ["1,2,3", "2,3", "3,4,7", "4,5,9"], "line 3 has 2 values"),
+    ("a,b,y", ["1,2,3", "2,x,5", "3,4,7", "4,5,9"], "non-numeric value 'x'"),
+    ("a,b,y", ["1,2,3", "2,3,nan", "3,4,7", "4,5,9"], "outputs must be finite"),
+    ("a,b,y", ["1,2,3", "2,3,inf", "3,4,7", "4,5,9"], "outputs must be finite"),
+    ("a,b,c,y", ["1,2,3,4", "2,3,4,5"], "fewer than the unknowns"),
+    ("a,b,y", [], "at least one data row"),
+])
+def test_bad_csv_is_one_line_and_exit_2(tmp_path: Path, header, rows, message):
+    path = _csv(tmp_path / "bad.csv", header, rows)
+    res = runner.invoke(app, ["discover", str(path), "--registry", str(tmp_path / "r")])
+    assert res.exit_code != 0
+    assert message in str(res.exception) or message in res.output
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path: Path, ke_csv: Path):
+    exe = Path(sys.executable).with_name("circuitlab")
+    reg = tmp_path / "reg"
+    cmd = [str(exe), "discover", str(ke_csv), "--registry", str(reg)]
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    missing = subprocess.run([str(exe), "discover", str(tmp_path / "nope.csv")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    rng = np.random.default_rng(0)
+    noisy = _csv(tmp_path / "noise.csv", "a,b,y",
+                 [f"{a:.3f},{b:.3f},{c:.3f}" for a, b, c in rng.uniform(-1, 1, (30, 3))])
+    failed = subprocess.run([str(exe), "discover", str(noisy), "--registry", str(reg),
+                             "--max-cost", "3"], capture_output=True, text=True)
+    assert failed.returncode == 2 and "nothing registered" in failed.stderr
+    assert [f.name for f in Registry.open(reg)] == ["KE"]
