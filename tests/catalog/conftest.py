@@ -50,12 +50,11 @@ def cat(
     if request.param == "sqlite":
         catalog = open_catalog(tmp_path / "catalog.db")
     elif request.param == "arcadedb":
-        url = request.getfixturevalue("arcadedb_server")
-        from circuitlab.catalog.arcadedb import ROOT_PASSWORD, ROOT_USER
+        from circuitlab.catalog.arcadedb import LocalBoltServer
 
-        monkeypatch.setenv("NEO4J_USER", ROOT_USER)
-        monkeypatch.setenv("NEO4J_PASSWORD", ROOT_PASSWORD)
-        monkeypatch.setenv("NEO4J_DATABASE", "catalog")
+        url = request.getfixturevalue("arcadedb_server")
+        for key, value in LocalBoltServer.env().items():
+            monkeypatch.setenv(key, value)
         catalog = open_catalog(url)
         _wipe(catalog)
     else:

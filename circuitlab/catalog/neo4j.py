@@ -1,0 +1,616 @@
+"""Neo4j backend: the catalog graph in a Bolt + Cypher server, through the official driver.
+
+URLs: `neo4j://host:7687` or `bolt://host:7687`, optionally with a database name as the path
+(`bolt://host:7687/catalog`; else $NEO4J_DATABASE, else the server's default). Credentials come
+from $NEO4J_USER (or $NEO4J_USERNAME) and $NEO4J_PASSWORD, never from the URL.
+
+Graph layout (DESIGN.md): nodes Task, Model, Circuit, Feature, Function, Program, each with `id`
+(unique constraint, created idempotently), `name` and the record JSON in `data`; circuits also
+carry their search columns (task, model, tags, domains, tokens, metrics as `m_<name>`).
+Relationships: TRAINED_ON, DERIVED_FROM {how}, EXTRACTED_FROM, HAS_FEATURE {ordinal, activation,
+influence}, ATTRIBUTES {circuit, ordinal, weight}, IMPLEMENTS {id, agreement, data}, COMPOSES
+{slot}, CALLS. ATTRIBUTES carries its circuit's id because two circuits may weigh the same pair of
+features differently.
+
+Every query is a constant Cypher text with parameters; the only composition is picking labels
+and relationship types from the fixed tables below, never from user input. A put is one explicit
+transaction (edges sent in UNWIND batches); any error rolls it back, and a client that dies
+mid-put leaves an open transaction that the server rolls back when the connection drops. The
+Cypher is the subset that Neo4j 5 and ArcadeDB's Bolt plugin both run (see NOTES.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+from circuitlab.catalog.backend import Backend, Link, Loaded, Plan, Query
+from circuitlab.catalog.errors import CatalogError, NotFoundError, SchemaVersionError
+
+SCHEMA_VERSION = 1
+LABELS = {
+    "task": "Task",
+    "model": "Model",
+    "circuit": "Circuit",
+    "feature": "Feature",
+    "function": "Function",
+    "program": "Program",
+}
+KIND_OF_LABEL = {v: k for k, v in LABELS.items()}
+_NODE_KINDS = ("task", "model", "circuit", "function", "program")
+# (rel, source kind, target kind) of every link a record can own.
+_LINK_SHAPES = [
+    ("TRAINED_ON", "model", "task"),
+    ("DERIVED_FROM", "model", "model"),
+    ("EXTRACTED_FROM", "circuit", "model"),
+    ("IMPLEMENTS", "circuit", "function"),
+    ("COMPOSES", "function", "function"),
+    ("CALLS", "program", "function"),
+    ("CALLS", "program", "circuit"),
+]
+_OWNED = {  # links a record owns (replaced when it is put again); IMPLEMENTS is put on its own
+    "model": ["TRAINED_ON", "DERIVED_FROM"],
+    "circuit": ["EXTRACTED_FROM"],
+    "function": ["COMPOSES"],
+    "program": ["CALLS"],
+    "task": [],
+}
+_LINK_ENDS = {
+    "TRAINED_ON": ("Model", "Task"),
+    "DERIVED_FROM": ("Model", "Model"),
+    "EXTRACTED_FROM": ("Circuit", "Model"),
+    "IMPLEMENTS": ("Circuit", "Function"),
+    "COMPOSES": ("Function", "Function"),
+    "CALLS": ("Program", ""),
+}
+
+
+def _paged(query: str) -> dict[bool, str]:
+    """The query with and without `LIMIT $limit` (an unbounded search must not pass a huge
+    LIMIT: ArcadeDB sizes a top-k heap by it)."""
+    return {True: f"{query} LIMIT $limit", False: query}
+
+
+# -- constant Cypher ------------------------------------------------------------------------------
+
+_CONSTRAINTS = [
+    f"CREATE CONSTRAINT catalog_{label.lower()}_id IF NOT EXISTS "
+    f"FOR (n:{label}) REQUIRE n.id IS UNIQUE"
+    for label in LABELS.values()
+] + ["CREATE CONSTRAINT catalog_meta_key IF NOT EXISTS FOR (n:CatalogMeta) REQUIRE n.key IS UNIQUE"]
+_SCHEMA = (
+    "MERGE (m:CatalogMeta {key: 'schema'}) ON CREATE SET m.version = $version "
+    "RETURN m.version AS version"
+)
+_EXISTS = {k: f"MATCH (n:{LABELS[k]}) WHERE n.id IN $ids RETURN n.id AS id" for k in _NODE_KINDS}
+_KINDS = " UNION ALL ".join(
+    [
+        f"MATCH (n:{label}) WHERE n.id IN $ids RETURN n.id AS id, '{kind}' AS kind"
+        for kind, label in LABELS.items()
+    ]
+    + [
+        "MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) WHERE r.id IN $ids "
+        "RETURN r.id AS id, 'implements' AS kind"
+    ]
+)
+_RESOLVE = " UNION ALL ".join(
+    [
+        f"MATCH (n:{label}) WHERE n.id >= $lo AND n.id < $hi RETURN n.id AS id, '{kind}' AS kind"
+        for kind, label in LABELS.items()
+    ]
+    + [
+        "MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) WHERE r.id >= $lo AND r.id < $hi "
+        "RETURN r.id AS id, 'implements' AS kind"
+    ]
+)
+_NAMES = " UNION ALL ".join(
+    f"MATCH (n:{LABELS[k]}) WHERE n.id IN $ids RETURN n.id AS id, n.name AS name"
+    for k in _NODE_KINDS
+) + (
+    " UNION ALL MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) WHERE r.id IN $ids "
+    "RETURN r.id AS id, r.name AS name"
+)
+_IDS = {
+    k: _paged(f"MATCH (n:{LABELS[k]}) RETURN n.id AS id ORDER BY id SKIP $offset") for k in LABELS
+}
+_IDS["implements"] = _paged(
+    "MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) RETURN r.id AS id ORDER BY id SKIP $offset"
+)
+_PUT_NODE = {k: f"MERGE (n:{LABELS[k]} {{id: $id}}) SET n = $props" for k in _NODE_KINDS}
+_LOAD_NODE = {k: f"MATCH (n:{LABELS[k]} {{id: $id}}) RETURN n.data AS data" for k in _NODE_KINDS}
+_CREATE_LINK = {
+    (rel, src, dst): f"UNWIND $rows AS r MATCH (a:{LABELS[src]} {{id: r.src}}), "
+    f"(b:{LABELS[dst]} {{id: r.dst}}) CREATE (a)-[x:{rel}]->(b) SET x += r.props"
+    for rel, src, dst in _LINK_SHAPES
+}
+_DROP_OWNED = {
+    (kind, rel): f"MATCH (n:{LABELS[kind]} {{id: $id}})-[r:{rel}]->() DELETE r"
+    for kind, rels in _OWNED.items()
+    for rel in rels
+}
+_DETACH = {k: f"MATCH (n:{LABELS[k]} {{id: $id}}) DETACH DELETE n" for k in _NODE_KINDS}
+
+
+def _links_query(rel: str, direction: str) -> str:
+    src, dst = _LINK_ENDS[rel]
+    dst_pattern = f"b:{dst}" if dst else "b"
+    anchor = "a" if direction == "out" else "b"
+    return (
+        f"MATCH (a:{src})-[r:{rel}]->({dst_pattern}) WHERE {anchor}.id IN $ids "
+        "RETURN a.id AS src, labels(a) AS src_labels, b.id AS dst, labels(b) AS dst_labels, "
+        "r.props AS props, r.ordinal AS ordinal"
+    )
+
+
+_LINKS = {(rel, d): _links_query(rel, d) for rel in _LINK_ENDS for d in ("out", "in")}
+
+_COUNTS = " UNION ALL ".join(
+    [f"MATCH (n:{label}) RETURN '{kind}' AS k, count(n) AS n" for kind, label in LABELS.items()]
+    + [
+        f"MATCH ()-[r:{rel}]->() RETURN '{rel}' AS k, count(r) AS n"
+        for rel in ("HAS_FEATURE", "ATTRIBUTES", *_LINK_ENDS)
+    ]
+)
+
+_CIRCUIT_STRUCTURE_FEATURES = (
+    "MATCH (c:Circuit {id: $id})-[:HAS_FEATURE]->(f:Feature) RETURN f.id AS id"
+)
+_DROP_ATTRIBUTES = (
+    "MATCH (c:Circuit {id: $id})-[:HAS_FEATURE]->(:Feature)-[r:ATTRIBUTES]->(:Feature) "
+    "WHERE r.circuit = $id DELETE r"
+)
+_DROP_HAS_FEATURE = "MATCH (c:Circuit {id: $id})-[h:HAS_FEATURE]->(:Feature) DELETE h"
+_DROP_ORPHANS = (
+    "MATCH (f:Feature) WHERE f.id IN $ids AND NOT EXISTS { MATCH ()-[:HAS_FEATURE]->(f) } "
+    "DETACH DELETE f"
+)
+_PUT_FEATURES = (
+    "UNWIND $rows AS r MERGE (f:Feature {id: r.id}) ON CREATE SET f += r.identity "
+    "SET f.data = r.data"
+)
+_PUT_HAS_FEATURE = (
+    "MATCH (c:Circuit {id: $id}) UNWIND $rows AS r MATCH (f:Feature {id: r.f}) "
+    "CREATE (c)-[h:HAS_FEATURE]->(f) SET h += r.p"
+)
+# Edges refer to the circuit's nodes by position, so a batch needs no per-row id lookup.
+_PUT_ATTRIBUTES = (
+    "MATCH (c:Circuit {id: $id})-[h:HAS_FEATURE]->(f:Feature) WITH f ORDER BY h.ordinal "
+    "WITH collect(f) AS fs UNWIND $rows AS r WITH fs[r[0]] AS a, fs[r[1]] AS b, r "
+    "CREATE (a)-[:ATTRIBUTES {circuit: $id, ordinal: r[2], weight: r[3]}]->(b)"
+)
+_DROP_IMPLEMENTS = "MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) WHERE r.id = $id DELETE r"
+_LOAD_IMPLEMENTS = (
+    "MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) WHERE r.id = $id RETURN r.data AS data"
+)
+_LOAD_FEATURE = (
+    "MATCH (f:Feature {id: $id}) RETURN f.model AS model, f.node_type AS node_type, "
+    "f.layer AS layer, f.idx AS idx, f.position AS position, f.transcoder AS transcoder, "
+    "f.data AS data"
+)
+_LOAD_NODES = (
+    "MATCH (c:Circuit {id: $id})-[h:HAS_FEATURE]->(f:Feature) RETURN f.id AS id, "
+    "f.model AS model, f.node_type AS node_type, f.layer AS layer, f.idx AS idx, "
+    "f.position AS position, f.transcoder AS transcoder, f.data AS data, "
+    "h.activation AS activation, h.influence AS influence ORDER BY h.ordinal"
+)
+_LOAD_EDGES = (
+    "MATCH (c:Circuit {id: $id})-[:HAS_FEATURE]->(f:Feature)-[r:ATTRIBUTES]->(g:Feature) "
+    "WHERE r.circuit = $id RETURN f.id AS s, g.id AS t, r.weight AS w ORDER BY r.ordinal"
+)
+_SEARCH_TAIL = (
+    " WHERE ($task IS NULL OR c.task = $task)"
+    " AND ($model IS NULL OR c.model = $model)"
+    " AND ($complexity IS NULL OR c.complexity = $complexity)"
+    " AND ($domain IS NULL OR $domain IN c.domains)"
+    " AND ALL(t IN $tags WHERE t IN c.tags)"
+    " AND ALL(w IN $tokens WHERE w IN c.tokens)"
+    " AND ALL(b IN $minimum WHERE c[b.key] >= b.value)"
+    " AND ALL(b IN $maximum WHERE c[b.key] <= b.value)"
+    " WITH c, CASE WHEN $by_task THEN c.task ELSE '' END AS k1,"
+    " CASE WHEN $metric IS NULL THEN null ELSE c[$metric] END AS k2"
+    " RETURN c.id AS id ORDER BY k1, (k2 IS NULL), k2 DESC, c.id SKIP $offset"
+)
+_SEARCH = _paged("MATCH (c:Circuit)" + _SEARCH_TAIL)
+_SEARCH_FEATURE = _paged(
+    "MATCH (:Feature {id: $feature})<-[:HAS_FEATURE]-(c:Circuit)" + _SEARCH_TAIL
+)
+_SUMMARIES = "MATCH (c:Circuit) WHERE c.id IN $ids RETURN c.id AS id, c.summary AS summary"
+_FIND_FEATURES = _paged(
+    "MATCH (f:Feature) WHERE ($model IS NULL OR f.model = $model)"
+    " AND ($node_type IS NULL OR f.node_type = $node_type)"
+    " AND ($layer IS NULL OR f.layer = $layer) AND ($index IS NULL OR f.idx = $index)"
+    " AND ($position IS NULL OR f.position = $position)"
+    " AND ($transcoder IS NULL OR f.transcoder = $transcoder)"
+    " RETURN f.id AS id ORDER BY id"
+)
+_GRAPH = _paged(
+    "MATCH (c:Circuit {id: $id})-[:HAS_FEATURE]->(f:Feature)-[r:ATTRIBUTES]->(g:Feature) "
+    "WHERE r.circuit = $id AND abs(r.weight) >= $min RETURN f.id AS s, g.id AS t, "
+    "r.weight AS w ORDER BY abs(r.weight) DESC, r.ordinal"
+)
+_COMPATIBLE = {
+    "downstream": (
+        "MATCH (a:Circuit {id: $id}) WHERE a.domain_out IS NOT NULL "
+        "MATCH (b:Circuit) WHERE a.domain_out IN b.domains_in "
+        "UNWIND range(0, size(b.ports_in) - 1) AS i WITH a, b, i "
+        "WHERE b.domains_in[i] = a.domain_out "
+        "RETURN a.id AS up, b.id AS down, b.ports_in[i] AS port, a.domain_out AS domain "
+        "ORDER BY up, down, port"
+    ),
+    "upstream": (
+        "MATCH (b:Circuit {id: $id}) MATCH (a:Circuit) WHERE a.domain_out IS NOT NULL "
+        "AND a.domain_out IN b.domains_in "
+        "UNWIND range(0, size(b.ports_in) - 1) AS i WITH a, b, i "
+        "WHERE b.domains_in[i] = a.domain_out "
+        "RETURN a.id AS up, b.id AS down, b.ports_in[i] AS port, a.domain_out AS domain "
+        "ORDER BY up, down, port"
+    ),
+}
+_WIPE = {
+    label: f"MATCH (n:{label}) WITH n LIMIT 20000 DETACH DELETE n RETURN count(*) AS n"
+    for label in (*LABELS.values(), "CatalogMeta")
+}
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+class Neo4jBackend(Backend):
+    name = "neo4j"
+    edge_batch = 5000  # ATTRIBUTES rows per UNWIND
+
+    def __init__(self, url: str) -> None:
+        try:
+            import neo4j
+        except ImportError:
+            raise CatalogError(
+                "the Neo4j backend needs the neo4j driver: pip install 'circuitlab[neo4j]'"
+            ) from None
+        self._neo4j = neo4j
+        parsed = urlparse(url)
+        if parsed.username or parsed.password:
+            raise CatalogError(
+                "put Neo4j credentials in NEO4J_USER and NEO4J_PASSWORD, not in the URL"
+            )
+        try:
+            port = parsed.port
+        except ValueError:
+            raise CatalogError(f"malformed Neo4j URL {url!r}: bad port") from None
+        if not parsed.hostname:
+            raise CatalogError(f"malformed Neo4j URL {url!r}: no host")
+        database = parsed.path.strip("/") or os.environ.get("NEO4J_DATABASE") or None
+        if parsed.query or parsed.fragment or (database and "/" in database):
+            raise CatalogError(
+                f"malformed Neo4j URL {url!r}: expected scheme://host:port[/database]"
+            )
+        self.database = database
+        self.url = f"{parsed.scheme}://{parsed.hostname}:{port or 7687}" + (
+            f"/{database}" if database else ""
+        )
+        user = os.environ.get("NEO4J_USER") or os.environ.get("NEO4J_USERNAME")
+        password = os.environ.get("NEO4J_PASSWORD", "")
+        self._user = user
+        auth = (user, password) if user else None
+        driver_url = f"{parsed.scheme}://{parsed.hostname}:{port or 7687}"
+        try:
+            self._driver = neo4j.GraphDatabase.driver(
+                driver_url,
+                auth=auth,
+                connection_timeout=10.0,
+                max_transaction_retry_time=0.0,
+                notifications_min_severity="OFF",
+            )
+        except (ValueError, neo4j.exceptions.ConfigurationError) as exc:
+            raise CatalogError(f"malformed Neo4j URL {url!r}: {_one_line(exc)}") from None
+        try:
+            with self._guard():
+                self._driver.verify_connectivity()
+                self._setup()
+        except BaseException:
+            self._driver.close()
+            raise
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Driver errors become one-line CatalogErrors naming the server."""
+        exc_mod = self._neo4j.exceptions
+        try:
+            yield
+        except exc_mod.AuthError:
+            who = f"user {self._user!r}" if self._user else "no credentials"
+            raise CatalogError(
+                f"Neo4j at {self.url} refused the credentials ({who}): set NEO4J_USER and "
+                "NEO4J_PASSWORD"
+            ) from None
+        except exc_mod.ServiceUnavailable as exc:
+            raise CatalogError(f"cannot reach Neo4j at {self.url}: {_one_line(exc)}") from None
+        except (exc_mod.Neo4jError, exc_mod.DriverError) as exc:
+            message = getattr(exc, "message", None) or exc
+            raise CatalogError(f"Neo4j at {self.url}: {_one_line(message)}") from None
+        except OSError as exc:
+            raise CatalogError(f"cannot reach Neo4j at {self.url}: {_one_line(exc)}") from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """One explicit transaction; rolled back on any exception."""
+        with self._guard(), self._driver.session(database=self.database) as session:
+            tx = session.begin_transaction()
+            try:
+                yield tx
+            except BaseException:
+                if not tx.closed():
+                    tx.rollback()
+                raise
+            else:
+                tx.commit()
+
+    def _rows(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        with self._tx() as tx:
+            return [r.data() for r in tx.run(query, params)]
+
+    def _setup(self) -> None:
+        with self._driver.session(database=self.database) as session:
+            for statement in _CONSTRAINTS:
+                session.run(statement).consume()
+            version = session.run(_SCHEMA, version=SCHEMA_VERSION).single()["version"]
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"catalog at {self.url} has schema version {version}, newer than this "
+                f"circuitlab supports ({SCHEMA_VERSION}): upgrade circuitlab"
+            )
+
+    def close(self) -> None:
+        self._driver.close()
+
+    def wipe(self) -> None:
+        """Delete every catalog node and relationship (tests and benchmarks only)."""
+        for query in _WIPE.values():
+            while self._rows(query)[0]["n"]:
+                pass
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def write(self, plan: Plan) -> None:
+        with self._tx() as tx:
+            self._check_requires(tx, plan)
+            if plan.kind == "implements":
+                tx.run(_DROP_IMPLEMENTS, id=plan.id).consume()
+                link = plan.links[0]
+                props = {
+                    **link.props,
+                    "props": _dumps(link.props),
+                    "ordinal": 0,
+                    "name": plan.name,
+                    "data": _dumps(plan.data),
+                }
+                rows = [{"src": link.src, "dst": link.dst, "props": props}]
+                tx.run(_CREATE_LINK[("IMPLEMENTS", "circuit", "function")], rows=rows).consume()
+                return
+            existed = bool(tx.run(_EXISTS[plan.kind], ids=[plan.id]).data())
+            old_features: list[str] = []
+            if existed:
+                old_features = self._clear_owned(tx, plan.kind, plan.id)
+            tx.run(_PUT_NODE[plan.kind], id=plan.id, props=self._node_props(plan)).consume()
+            if plan.kind == "circuit":
+                self._write_circuit(tx, plan)
+            by_shape: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+            for k in plan.links:
+                props = {**k.props, "props": _dumps(k.props), "ordinal": k.ordinal}
+                by_shape.setdefault((k.rel, k.src_kind, k.dst_kind), []).append(
+                    {"src": k.src, "dst": k.dst, "props": props}
+                )
+            for shape, rows in by_shape.items():
+                tx.run(_CREATE_LINK[shape], rows=rows).consume()
+            if old_features:
+                tx.run(_DROP_ORPHANS, ids=old_features).consume()
+
+    def _check_requires(self, tx: Any, plan: Plan) -> None:
+        for rid, allowed in plan.requires:
+            found = [k for k in allowed if tx.run(_EXISTS[k], ids=[rid]).data()]
+            if not found:
+                raise NotFoundError(
+                    f"{plan.kind} {plan.id[:12]} refers to {rid!r}, which is not a "
+                    f"{' or '.join(allowed)} in the catalog: put it first"
+                )
+
+    def _node_props(self, plan: Plan) -> dict[str, Any]:
+        props: dict[str, Any] = {"id": plan.id, "name": plan.name, "data": _dumps(plan.data)}
+        if plan.kind == "model":
+            props["task"] = plan.task
+        if plan.kind == "circuit":
+            ins = [(port, dom) for side, port, dom in plan.domains if side == "in"]
+            out = [dom for side, _, dom in plan.domains if side == "out"]
+            props.update(
+                task=plan.task,
+                model=plan.model,
+                complexity=plan.data["tags"]["complexity"],
+                tags=plan.tags,
+                tokens=plan.tokens,
+                summary=_dumps(plan.summary),
+                domains=sorted({dom for _, _, dom in plan.domains}),
+                ports_in=[p for p, _ in ins],
+                domains_in=[d for _, d in ins],
+                domain_out=out[0] if out else None,
+                **{f"m_{k}": v for k, v in plan.metrics.items()},
+            )
+        return {k: v for k, v in props.items() if v is not None}
+
+    def _write_circuit(self, tx: Any, plan: Plan) -> None:
+        identity = ("model", "node_type", "layer", "index", "position", "transcoder")
+        rows = [
+            {
+                "id": f["id"],
+                "identity": {
+                    ("idx" if k == "index" else k): f[k] for k in identity if f[k] is not None
+                },
+                "data": _dumps({k: f[k] for k in ("label", "description", "stats")}),
+            }
+            for f in plan.features
+        ]
+        tx.run(_PUT_FEATURES, rows=rows).consume()
+        nodes = [
+            {"f": fid, "p": {"ordinal": i, "activation": a, "influence": inf}}
+            for i, (fid, a, inf) in enumerate(plan.nodes)
+        ]
+        tx.run(_PUT_HAS_FEATURE, id=plan.id, rows=nodes).consume()
+        position = {fid: i for i, (fid, _, _) in enumerate(plan.nodes)}
+        edges = plan.edges
+        for start in range(0, len(edges), self.edge_batch):
+            batch = [
+                [position[s], position[t], start + j, w]
+                for j, (s, t, w) in enumerate(edges[start : start + self.edge_batch])
+            ]
+            tx.run(_PUT_ATTRIBUTES, id=plan.id, rows=batch).consume()
+
+    def _clear_owned(self, tx: Any, kind: str, rid: str) -> list[str]:
+        """Remove what a record owns before it is written again; returns its old features."""
+        for rel in _OWNED[kind]:
+            tx.run(_DROP_OWNED[(kind, rel)], id=rid).consume()
+        if kind != "circuit":
+            return []
+        features = [r["id"] for r in tx.run(_CIRCUIT_STRUCTURE_FEATURES, id=rid)]
+        tx.run(_DROP_ATTRIBUTES, id=rid).consume()
+        tx.run(_DROP_HAS_FEATURE, id=rid).consume()
+        return features
+
+    def delete(self, targets: list[tuple[str, str]]) -> None:
+        with self._tx() as tx:
+            orphans: list[str] = []
+            for rid, kind in targets:
+                if kind == "implements":
+                    tx.run(_DROP_IMPLEMENTS, id=rid).consume()
+                elif kind == "feature":
+                    tx.run("MATCH (f:Feature {id: $id}) DETACH DELETE f", id=rid).consume()
+                else:
+                    orphans += self._clear_owned(tx, kind, rid)
+                    tx.run(_DETACH[kind], id=rid).consume()
+            if orphans:
+                tx.run(_DROP_ORPHANS, ids=sorted(set(orphans))).consume()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def kinds(self, ids: list[str]) -> dict[str, str]:
+        return {r["id"]: r["kind"] for r in self._rows(_KINDS, ids=list(ids))}
+
+    def resolve(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        rows = self._rows(_RESOLVE, lo=prefix, hi=prefix + "\U0010ffff")
+        return sorted((r["id"], r["kind"]) for r in rows)[:limit]
+
+    def load(self, id: str, kind: str) -> Loaded | None:
+        with self._tx() as tx:
+            if kind == "feature":
+                row = tx.run(_LOAD_FEATURE, id=id).single()
+                return None if row is None else Loaded("feature", id, _feature_json(id, row))
+            query = _LOAD_IMPLEMENTS if kind == "implements" else _LOAD_NODE[kind]
+            row = tx.run(query, id=id).single()
+            if row is None:
+                return None
+            loaded = Loaded(kind, id, json.loads(row["data"]))
+            if kind != "circuit":
+                return loaded
+            loaded.nodes = [
+                (_feature_json(r["id"], r), r["activation"], r["influence"])
+                for r in tx.run(_LOAD_NODES, id=id)
+            ]
+            loaded.edges = [(r["s"], r["t"], r["w"]) for r in tx.run(_LOAD_EDGES, id=id)]
+            return loaded
+
+    def names(self, ids: list[str]) -> dict[str, str]:
+        return {r["id"]: r["name"] for r in self._rows(_NAMES, ids=list(ids))}
+
+    def ids(self, kind: str, limit: int | None, offset: int) -> list[str]:
+        rows = self._rows(_IDS[kind][limit is not None], offset=offset, limit=limit)
+        return [r["id"] for r in rows]
+
+    def search(self, query: Query) -> list[str]:
+        metric = None if query.order_by in ("id", "task") else f"m_{query.order_by}"
+        params = {
+            "task": query.task,
+            "model": query.model,
+            "complexity": query.complexity,
+            "domain": query.domain,
+            "tags": query.tags,
+            "tokens": query.tokens,
+            "minimum": [{"key": f"m_{k}", "value": v} for k, v in sorted(query.minimum.items())],
+            "maximum": [{"key": f"m_{k}", "value": v} for k, v in sorted(query.maximum.items())],
+            "by_task": query.order_by == "task",
+            "metric": metric,
+            "offset": query.offset,
+            "limit": query.limit,
+            "feature": query.feature,
+        }
+        cypher = (_SEARCH if query.feature is None else _SEARCH_FEATURE)[query.limit is not None]
+        return [r["id"] for r in self._rows(cypher, **params)]
+
+    def summaries(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {r["id"]: json.loads(r["summary"]) for r in self._rows(_SUMMARIES, ids=list(ids))}
+
+    def find_features(self, filters: dict[str, Any], limit: int | None) -> list[str]:
+        params = {
+            k: filters.get(k)
+            for k in ("model", "node_type", "layer", "index", "position", "transcoder")
+        }
+        rows = self._rows(_FIND_FEATURES[limit is not None], limit=limit, **params)
+        return [r["id"] for r in rows]
+
+    def graph_edges(
+        self, circuit: str, min_abs_weight: float, top_k: int | None
+    ) -> list[tuple[str, str, float]]:
+        rows = self._rows(_GRAPH[top_k is not None], id=circuit, min=min_abs_weight, limit=top_k)
+        return [(r["s"], r["t"], r["w"]) for r in rows]
+
+    def links(self, ids: list[str], rel: str, direction: str) -> list[Link]:
+        rows = self._rows(_LINKS[(rel, direction)], ids=list(ids))
+        out = [
+            Link(
+                rel,
+                r["src"],
+                _kind(r["src_labels"]),
+                r["dst"],
+                _kind(r["dst_labels"]),
+                json.loads(r["props"]),
+                r["ordinal"],
+            )
+            for r in rows
+        ]
+        return sorted(out, key=lambda k: (k.src, k.dst))
+
+    def compatible(self, circuit: str, direction: str) -> list[tuple[str, str, str, str]]:
+        rows = self._rows(_COMPATIBLE[direction], id=circuit)
+        return [(r["up"], r["down"], r["port"], r["domain"]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        out = {r["k"]: r["n"] for r in self._rows(_COUNTS)}
+        out["implements"] = out.get("IMPLEMENTS", 0)
+        return out
+
+
+def _kind(labels: list[str]) -> str:
+    for label in labels:
+        if label in KIND_OF_LABEL:
+            return KIND_OF_LABEL[label]
+    raise CatalogError(f"node with unexpected labels {labels}")
+
+
+def _feature_json(fid: str, row: Any) -> dict[str, Any]:
+    return {
+        "id": fid,
+        "model": row["model"],
+        "node_type": row["node_type"],
+        "layer": row["layer"],
+        "index": row["idx"],
+        "position": row["position"],
+        "transcoder": row["transcoder"],
+        **json.loads(row["data"]),
+    }
