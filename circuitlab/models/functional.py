@@ -266,6 +266,7 @@ def forward(
                 if cfg.normalization
                 else x
             )
+            h = hook(f"{pre}.hook_mlp_in", h)  # what the MLP (and a transcoder) reads
             mlp = f"{pre}.mlp"
             pre_act = hook(
                 f"{mlp}.hook_pre",
@@ -301,6 +302,7 @@ HOOK_NAMES_PER_LAYER = (
     "hook_resid_mid",
     "ln2.hook_scale",
     "ln2.hook_normalized",
+    "hook_mlp_in",
     "mlp.hook_pre",
     "mlp.hook_post",
     "hook_mlp_out",

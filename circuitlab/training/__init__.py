@@ -1,7 +1,14 @@
 """Training: recipes, the (stacked) trainer, run directories."""
 
 from circuitlab.training.recipe import Recipe, RecipeError, get_recipe, recipes, register_recipe
-from circuitlab.training.rundir import RunDirError, RunInfo, find_runs, read_metrics, read_run
+from circuitlab.training.rundir import (
+    RunDirError,
+    RunInfo,
+    find_runs,
+    load_run,
+    read_metrics,
+    read_run,
+)
 from circuitlab.training.trainer import RunResult, RunSpec, train_stack
 
 __all__ = [
@@ -13,6 +20,7 @@ __all__ = [
     "RunSpec",
     "find_runs",
     "get_recipe",
+    "load_run",
     "read_metrics",
     "read_run",
     "recipes",

@@ -133,3 +133,17 @@ def find_runs(root: str | Path) -> list[RunInfo]:
         except RunDirError:
             continue
     return found
+
+
+def load_run(run_dir: str | Path):
+    """(RunInfo, Transformer) for a finished run; RunDirError/CheckpointError say what is wrong."""
+    from circuitlab.models import ModelConfig, ModelConfigError, Transformer
+
+    info = read_run(run_dir)
+    try:
+        cfg = ModelConfig.from_dict(info.config["model"])
+    except (KeyError, TypeError, ModelConfigError) as exc:
+        raise RunDirError(f"config.json in {info.path} has no valid model config: {exc}") from None
+    model = Transformer.load(info.path / "model.safetensors", cfg)
+    model.eval()
+    return info, model
