@@ -72,7 +72,7 @@ class DiscoveryConfig:
     approximate: bool = False  # on failure, return the best fit by description length
     approximate_max_cost: int = 5
     groups: tuple[str, ...] = DEFAULT_GROUPS  # primitive groups searched
-    exclude: tuple[str, ...] = ()  # primitives left out by name
+    exclude: tuple[str, ...] = ("POW",)  # primitives left out by name (POW: fitted only)
     moduli: tuple[int, ...] | None = None  # None: inferred (max(y) + 1 for integer outputs)
     use_registry: bool = True  # offer registered functions as building blocks
 
@@ -278,18 +278,26 @@ class _Builder:
 
     def snap(self, hyp: Hypothesis) -> Hypothesis:
         """Replace each fitted constant by the shortest value that keeps exact agreement."""
-        coefs = [c for c, _ in hyp.terms] + [hyp.intercept]
+        refs = [r for _, r in hyp.terms]
+        inner = [hyp.wrap[1]] if hyp.wrap else []
+        coefs = inner + [c for c, _ in hyp.terms] + [hyp.intercept]
+
+        def make(values: list[float]) -> Hypothesis:
+            wrap = (hyp.wrap[0], values[0]) if hyp.wrap else None
+            body = values[len(inner):]
+            return Hypothesis(list(zip(body[:-1], refs, strict=True)), body[-1], hyp.train_mse,
+                              wrap)
+
         for i in range(len(coefs)):
             for candidate in _nice(coefs[i]):
                 trial = coefs.copy()
                 trial[i] = candidate
-                h = Hypothesis(list(zip(trial[:-1], [r for _, r in hyp.terms], strict=True)),
-                               trial[-1])
-                if self._fits(h):
+                if self._fits(make(trial)):
                     coefs = trial
                     break
-        terms = [(c, r) for c, (_, r) in zip(coefs[:-1], hyp.terms, strict=True) if c != 0.0]
-        return Hypothesis(terms, coefs[-1], hyp.train_mse)
+        out = make(coefs)
+        out.terms = [(c, r) for c, r in out.terms if c != 0.0]
+        return out
 
     def _fits(self, hyp: Hypothesis) -> bool:
         pred = self.s.predict(hyp)
@@ -306,7 +314,8 @@ class _Builder:
             return ex.Const(key)
 
         ordered = sorted(hyp.terms, key=lambda t: (t[0] < 0, t[1]))
-        parts = [(c, self.s.bank.expr(r, self.s.ops)) for c, r in ordered]
+        parts = [(c, self._wrapped(self.s.bank.expr(r, self.s.ops), hyp, const))
+                 for c, r in ordered]
         acc: ex.Expr | None = None
         for coef, e in parts:
             if acc is None:
@@ -318,7 +327,7 @@ class _Builder:
         b = hyp.intercept
         if acc is None:
             return const(b), consts
-        if b > 0 and all(c < 0 for c, _ in parts):  # b - f reads better than NEG(f) + b
+        if b > 0 and all(c < 0 for c, _ in parts) and hyp.wrap is None:  # b - f, not -f + b
             pos = Hypothesis([(-c, r) for c, r in hyp.terms], 0.0)
             inner, inner_consts = self.expression(pos)
             consts = {}
@@ -334,6 +343,15 @@ class _Builder:
         elif b != 0:
             acc = ex.call("ADD" if b > 0 else "SUB", acc, const(abs(b)))
         return acc, consts
+
+    @staticmethod
+    def _wrapped(e: ex.Expr, hyp: Hypothesis, const: Callable[[float], ex.Const]) -> ex.Expr:
+        if hyp.wrap is None:
+            return e
+        name, c = hyp.wrap
+        if name == "POW":
+            return ex.call("POW", e, const(c))
+        return ex.call(name, e if c == 1 else ex.call("MUL", const(c), e))
 
     def relevance(self, expr: ex.Expr, consts: dict[str, float]) -> dict[int, bool]:
         """Column j is relevant iff resampling it (all rows and probes) changes the output."""

@@ -293,7 +293,7 @@ def _sympy_prim(node: Call, a: list[Any]) -> Any:
         "COND": lambda: sympy.Piecewise((a[1], sympy.Ne(a[0], 0)), (a[2], True)),
         "SQRT": lambda: sympy.sqrt(a[0]), "EXP": lambda: sympy.exp(a[0]),
         "LOG": lambda: sympy.log(a[0]), "SIN": lambda: sympy.sin(a[0]),
-        "COS": lambda: sympy.cos(a[0]),
+        "COS": lambda: sympy.cos(a[0]), "POW": lambda: a[0] ** a[1],
     }
     if op in table:
         return table[op]()

@@ -247,6 +247,8 @@ for _p in [
     Primitive("EXP", 1, _real, _safe(np.exp), "elementary", "e^a, NaN on overflow"),
     Primitive("LOG", 1, _real, _safe(np.log), "elementary", "ln(a), NaN for a <= 0"),
     Primitive("SIN", 1, _real, _safe(np.sin), "elementary", "sin(a)"),
+    Primitive("POW", 2, _real, _safe(np.power), "elementary",
+              "a ** b, NaN where undefined (used for fitted exponents)"),
     Primitive("COS", 1, _real, _safe(np.cos), "elementary", "cos(a)"),
     # grids: (..., H, W) integer colour arrays, as in the grid tasks
     Primitive("ROT90", 1, _grid, lambda g: np.rot90(g, 1, axes=(-2, -1)), "grid",

@@ -59,6 +59,8 @@ class Hypothesis:
     terms: list[tuple[float, Ref]]
     intercept: float
     train_mse: float = 0.0
+    # a*u(c*f) + b (u = EXP, SIN, COS) or a*f**c + b (u = POW): one term, constant c inside
+    wrap: tuple[str, float] | None = None
 
     @property
     def n_constants(self) -> int:
@@ -113,6 +115,8 @@ class SearchConfig:
     chunk: int = 1 << 20  # values per evaluation batch (rows x candidates)
     seed: int = 0
     track_approximate: bool = True
+    nonlinear_max_cost: int = 2  # levels whose candidates are tried inside EXP/SIN/COS/POW
+    nonlinear_limit: int = 200  # representatives per level tried that way
 
 
 @dataclass
@@ -262,6 +266,9 @@ class Searcher:
                     return self._done(self.accepted)
                 self.bank.finish(level)
                 if self.cfg.pairs and self.rows.n_train >= 5 and self._pairs(level):
+                    return self._done(self.accepted)
+                if level <= self.cfg.nonlinear_max_cost and self.rows.n_train >= 5 and \
+                        self._nonlinear(level):
                     return self._done(self.accepted)
             self.stats.stopped = f"no exact fit up to cost {self.cfg.max_cost}"
         except _Budget as stop:
@@ -497,8 +504,59 @@ class Searcher:
     def predict(self, hyp: Hypothesis) -> np.ndarray:
         out = np.full(self.rows.X.shape[0], hyp.intercept, dtype=np.float64)
         for coef, ref in hyp.terms:
-            out = out + coef * self.bank.value(ref)
+            f = self.bank.value(ref)
+            if hyp.wrap is not None:
+                with np.errstate(all="ignore"):
+                    f = NONLINEAR[hyp.wrap[0]](f, hyp.wrap[1])
+            out = out + coef * f
         return out
+
+    # -- constants inside nonlinear functions ----------------------------------------------------
+
+    def _nonlinear(self, level: int) -> bool:
+        """Test a*u(c*f) + b and a*f**c + b for the new representatives of this level.
+
+        a and b enter linearly, so for each trial c they are solved exactly (variable
+        projection) and only c is searched: a grid of starts, then scipy's least_squares.
+        """
+        from scipy.optimize import least_squares
+
+        tr, y = self.rows.train, self.rows.y_train
+        new = [r for r in self.rep_refs if r[0] == level][: self.cfg.nonlinear_limit]
+        ones = np.ones(self.rows.n_train)
+        for ref in new:
+            f = self.bank.value(ref)[tr]
+            for name, u in NONLINEAR.items():
+                if name == "POW" and f.min() <= 0:
+                    continue
+
+                def resid(c: np.ndarray, f: np.ndarray = f, u: Callable = u) -> np.ndarray:
+                    with np.errstate(all="ignore"):
+                        g = u(f, c[0])
+                    if not np.isfinite(g).all():
+                        return np.full_like(y, 1e30)
+                    A = np.stack([g, ones], axis=1)
+                    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+                    return A @ coef - y
+
+                self.stats.candidates += 1
+                for c0 in _NONLINEAR_STARTS[name]:
+                    r0 = resid(np.array([c0]))
+                    if not np.isfinite(r0).all() or np.abs(r0).max() >= 1e29:
+                        continue
+                    sol = least_squares(resid, x0=[c0], xtol=1e-15, ftol=1e-15, gtol=1e-15,
+                                        max_nfev=200)
+                    if np.abs(sol.fun).max() > self.tol:
+                        continue
+                    c = float(sol.x[0])
+                    g = u(f, c)
+                    coef, *_ = np.linalg.lstsq(np.stack([g, ones], axis=1), y, rcond=None)
+                    hyp = Hypothesis([(float(coef[0]), ref)], float(coef[1]), wrap=(name, c))
+                    if coef[0] != 0 and self._verify(hyp):
+                        self.accepted.append(hyp)
+                        return True
+                self._check_budget()
+        return False
 
     def _verify(self, hyp: Hypothesis) -> bool:
         pred = self.predict(hyp)
@@ -535,6 +593,20 @@ class Searcher:
 
 class _Budget(Exception):
     pass
+
+
+NONLINEAR: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    "EXP": lambda f, c: np.exp(c * f),
+    "SIN": lambda f, c: np.sin(c * f),
+    "COS": lambda f, c: np.cos(c * f),
+    "POW": lambda f, c: np.power(f, c),
+}
+_NONLINEAR_STARTS: dict[str, tuple[float, ...]] = {
+    "EXP": (-1.0, -0.1, 0.1, 1.0),
+    "SIN": tuple(np.round(np.geomspace(0.05, 20, 24), 4)),
+    "COS": tuple(np.round(np.geomspace(0.05, 20, 24), 4)),
+    "POW": (-2.0, -0.5, 0.5, 1.5, 3.0),
+}
 
 
 def _compositions(total: int, parts: int) -> list[tuple[int, ...]]:

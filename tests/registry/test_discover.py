@@ -173,3 +173,17 @@ def test_failed_discovery_registers_nothing(tmp_path):
         discover((X, y), name="NOISE", registry=reg, register=True,
                  config=DiscoveryConfig(max_cost=4))
     assert len(Registry.open(tmp_path)) == 0 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("truth, expected", [
+    (lambda x: 2 * np.exp(0.3 * x) + 1, "INC(MUL(2, EXP(MUL(0.3, x))))"),
+    (lambda x: 3 * np.sin(2 * x), "MUL(3, SIN(MUL(2, x)))"),
+    (lambda x: x**1.5, "POW(x, 1.5)"),
+])
+def test_constants_inside_nonlinear_functions(truth, expected):
+    rng = np.random.default_rng(0)
+    x, junk = rng.uniform(0.5, 4, 30), rng.uniform(-100, 100, 30)
+    fn = discover((np.stack([x, junk], 1), truth(x)), names=["x", "j"])
+    assert fn.render() == expected
+    fresh = rng.uniform(0.5, 4, 20)
+    assert np.allclose(fn.evaluate(fresh), truth(fresh), rtol=1e-9)
