@@ -50,6 +50,7 @@ from circuitlab.catalog.records import (
     Task,
     record_from_dict,
 )
+from circuitlab.catalog.transfer import export_catalog, import_catalog
 
 __all__ = [
     "ABLATIONS",
@@ -90,6 +91,8 @@ __all__ = [
     "Tags",
     "Task",
     "default_url",
+    "export_catalog",
+    "import_catalog",
     "open_catalog",
     "record_from_dict",
     "tokenize",

@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from circuitlab.cli import catalog as _catalog_cmd
 from circuitlab.cli import discover as _discover_cmd
 from circuitlab.cli import registry as _registry_cmd
 from circuitlab.cli import tasks as _tasks_cmd
@@ -36,6 +37,7 @@ _tasks_cmd.register(app)
 _discover_cmd.register(app)
 _registry_cmd.register(app)
 _training_cmd.register(app)
+_catalog_cmd.register(app)
 
 
 def main() -> None:

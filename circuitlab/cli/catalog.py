@@ -1,0 +1,363 @@
+"""`circuitlab catalog ...`: browse, search and move the circuit catalog.
+
+    circuitlab catalog list                       # circuits in the default catalog
+    circuitlab catalog search --task add_mod_113 --min sufficiency=0.9 --order-by sufficiency
+    circuitlab catalog show 3fa2c1 --json         # any record by id or unique prefix
+    circuitlab catalog export all.jsonl
+    circuitlab catalog --catalog bolt://host:7687/neo4j import all.jsonl   # SQLite -> Neo4j
+
+The catalog is $CIRCUITLAB_CATALOG or ~/.circuitlab/catalog.db unless --catalog is given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from circuitlab.cli.common import CliError, console
+
+catalog_app = typer.Typer(
+    help="Browse, search, export and import the circuit catalog.", no_args_is_help=True
+)
+
+_CATALOG_HELP = (
+    "Catalog URL or path: sqlite:///path.db, a file path, neo4j://host:7687 or bolt://host:7687 "
+    "(credentials from NEO4J_USER / NEO4J_PASSWORD). Default: $CIRCUITLAB_CATALOG, else "
+    "~/.circuitlab/catalog.db."
+)
+
+
+@catalog_app.callback()
+def _catalog_options(
+    ctx: typer.Context,
+    catalog: str = typer.Option(None, "--catalog", "-c", help=_CATALOG_HELP),
+) -> None:
+    """Browse, search, export and import the circuit catalog."""
+    ctx.obj = {"catalog": catalog}
+
+
+@contextmanager
+def _open(ctx: typer.Context, create: bool = False) -> Iterator[Any]:
+    from circuitlab.catalog import CatalogError, open_catalog
+
+    try:
+        with open_catalog(ctx.obj["catalog"], create=create) as cat:
+            yield cat
+    except CatalogError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def _summaries_table(title: str, hits: list[Any]) -> Table:
+    table = Table(title=title)
+    for column in ("id", "task", "label", "nodes", "edges", "suff.", "nec.", "gen.", "tags"):
+        table.add_column(column, overflow="fold")
+    for s in hits:
+        table.add_row(
+            s.id[:12],
+            s.task,
+            s.label,
+            str(s.n_nodes),
+            str(s.n_edges),
+            _fmt(s.metrics.get("sufficiency")),
+            _fmt(s.metrics.get("necessity")),
+            _fmt(s.metrics.get("generality")),
+            ", ".join(s.tags),
+        )
+    return table
+
+
+def _bounds(pairs: list[str] | None, flag: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise CliError(
+                f"{flag} expects NAME=NUMBER (e.g. {flag} sufficiency=0.9), got {pair!r}"
+            )
+    return out
+
+
+@catalog_app.command("list")
+def list_cmd(
+    ctx: typer.Context,
+    kind: str = typer.Option(
+        "circuit", help="task, model, circuit, feature, function, program, implements."
+    ),
+    limit: int = typer.Option(50, min=0, help="At most this many."),
+    offset: int = typer.Option(0, min=0, help="Skip this many first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List records of one kind (circuits by default), by id."""
+    from circuitlab.catalog import CatalogError
+
+    with _open(ctx) as cat:
+        try:
+            if kind == "circuit":
+                hits = cat.search(limit=limit, offset=offset)
+                if as_json:
+                    _echo_json([asdict(h) for h in hits])
+                else:
+                    console.print(_summaries_table(f"circuits in {cat.url}", hits))
+                return
+            ids = cat.ids(kind, limit=limit, offset=offset)
+            names = cat.backend.names(ids)
+        except CatalogError as exc:
+            raise CliError(str(exc)) from None
+        if as_json:
+            _echo_json([{"id": i, "name": names.get(i, "")} for i in ids])
+            return
+        table = Table(title=f"{kind} records in {cat.url}")
+        table.add_column("id")
+        table.add_column("name")
+        for i in ids:
+            table.add_row(i if kind == "task" else i[:12], names.get(i, ""))
+        console.print(table)
+
+
+@catalog_app.command("show")
+def show_cmd(
+    ctx: typer.Context,
+    record_id: str = typer.Argument(
+        ..., metavar="ID", help="Record id or unique prefix (>= 4 chars)."
+    ),
+    top: int = typer.Option(10, min=0, help="Strongest edges to show for a circuit."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
+) -> None:
+    """Show one record: a circuit's interface, metrics and strongest edges; others as fields."""
+    from circuitlab.catalog import CatalogError
+
+    with _open(ctx) as cat:
+        try:
+            record = cat.get(record_id)
+            graph = cat.graph(record.id, top_k=top) if record.kind == "circuit" else None
+        except CatalogError as exc:
+            raise CliError(str(exc)) from None
+        data = record.to_dict()
+        if as_json:
+            _echo_json(data)
+            return
+        if graph is None:
+            table = Table(title=f"{record.kind} {data['id']}", show_header=False)
+            table.add_column("field")
+            table.add_column("value", overflow="fold")
+            for key, value in data.items():
+                if key not in ("kind", "schema", "id"):
+                    text = (
+                        value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                    )
+                    table.add_row(key, text)
+            console.print(table)
+            return
+        _show_circuit(record, data, graph)
+
+
+def _show_circuit(circuit: Any, data: dict[str, Any], graph: Any) -> None:
+    console.print(f"[bold]circuit {data['id']}[/]  {circuit.interpretation.label}")
+    console.print(
+        f"task {circuit.task}   model {circuit.model[:12]}   "
+        f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges"
+    )
+    if circuit.interpretation.description:
+        console.print(circuit.interpretation.description)
+    iface = circuit.interface
+    if iface is not None:
+        ins = ", ".join(f"{p.name}: {p.domain} @{p.position}" for p in iface.inputs)
+        console.print(
+            f"interface ({ins}) -> {iface.output.domain} @{iface.output.position}"
+            + (f"   signature {iface.signature}" if iface.signature else "")
+        )
+    m = {k: v for k, v in data["metrics"].items() if v not in (None, {})}
+    console.print("metrics " + ", ".join(f"{k}={v}" for k, v in m.items()))
+    tags = circuit.tags
+    console.print(
+        f"tags {', '.join(tags.priors + tags.labels) or '-'}   complexity "
+        f"{tags.complexity or '-'}   generality {_fmt(tags.generality) or '-'}"
+    )
+    names = {n.feature.id: n.feature for n in circuit.nodes}
+    table = Table(title=f"strongest {len(graph.edges)} edges")
+    for column in ("source", "target", "weight"):
+        table.add_column(column)
+
+    def label(fid: str) -> str:
+        f = names[fid]
+        pos = "" if f.position is None else f"@{f.position}"
+        return f.label or f"{f.node_type} L{f.layer}#{f.index}{pos}"
+
+    for e in graph.edges:
+        table.add_row(label(e.source), label(e.target), f"{e.weight:+.4g}")
+    console.print(table)
+
+
+@catalog_app.command("search")
+def search_cmd(
+    ctx: typer.Context,
+    task: str = typer.Option(None, help="Task spec, e.g. add_mod_113."),
+    model: str = typer.Option(None, help="Model id."),
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Tag that must be present (repeatable).")
+    ] = None,
+    domain: str = typer.Option(None, help="An input or output domain, e.g. Z_113."),
+    complexity: str = typer.Option(None, help="Complexity class, e.g. low."),
+    text: str = typer.Option(None, help="Words that must all occur in label, description, tags..."),
+    feature: str = typer.Option(None, help="Feature id the circuit must use."),
+    minimum: Annotated[
+        list[str] | None,
+        typer.Option("--min", help="NAME=VALUE lower bound on a metric (repeatable)."),
+    ] = None,
+    maximum: Annotated[
+        list[str] | None,
+        typer.Option("--max", help="NAME=VALUE upper bound on a metric (repeatable)."),
+    ] = None,
+    order_by: str = typer.Option("id", help="id, task, or a metric name (best first)."),
+    limit: int = typer.Option(50, min=0, help="At most this many results."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Search circuits by task, tags, interface domain, metric thresholds and text."""
+    from circuitlab.catalog import CatalogError
+
+    with _open(ctx) as cat:
+        try:
+            hits = cat.search(
+                task=task,
+                model=model,
+                tags=tag or (),
+                domain=domain,
+                complexity=complexity,
+                text=text,
+                feature=feature,
+                minimum=_bounds(minimum, "--min"),
+                maximum=_bounds(maximum, "--max"),
+                order_by=order_by,
+                limit=limit,
+            )
+        except CatalogError as exc:
+            raise CliError(str(exc)) from None
+        if as_json:
+            _echo_json([asdict(h) for h in hits])
+        else:
+            console.print(_summaries_table(f"{len(hits)} circuits", hits))
+
+
+@catalog_app.command("stats")
+def stats_cmd(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Numbers of records and relationships in the catalog."""
+    with _open(ctx) as cat:
+        stats = cat.stats()
+    if as_json:
+        _echo_json(asdict(stats))
+        return
+    table = Table(title=f"{stats.backend} catalog {stats.url}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key, value in stats.counts.items():
+        table.add_row(key, f"{value:,}")
+    console.print(table)
+
+
+@catalog_app.command("lineage")
+def lineage_cmd(
+    ctx: typer.Context,
+    record_id: str = typer.Argument(..., metavar="ID", help="Record id or unique prefix."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Task -> models -> derived models -> circuits -> functions -> programs around a record."""
+    from circuitlab.catalog import CatalogError
+
+    with _open(ctx) as cat:
+        try:
+            lin = cat.lineage(record_id)
+        except CatalogError as exc:
+            raise CliError(str(exc)) from None
+    if as_json:
+        _echo_json(
+            {
+                "root": lin.root,
+                "nodes": [{"id": i, "kind": k, "name": n} for i, (k, n) in lin.nodes.items()],
+                "links": [asdict(k) for k in lin.links],
+            }
+        )
+        return
+    table = Table(title=f"lineage of {lin.root[:12]}")
+    for column in ("kind", "id", "name"):
+        table.add_column(column)
+    order = ("task", "model", "circuit", "function", "program")
+    for kind in order:
+        for i in lin.of_kind(kind):
+            table.add_row(kind, i if kind == "task" else i[:12], lin.nodes[i][1])
+    console.print(table)
+
+
+@catalog_app.command("delete")
+def delete_cmd(
+    ctx: typer.Context,
+    record_id: str = typer.Argument(..., metavar="ID", help="Record id or unique prefix."),
+    cascade: bool = typer.Option(False, help="Also delete the records that depend on it."),
+) -> None:
+    """Delete a record (refused while others depend on it, unless --cascade)."""
+    from circuitlab.catalog import CatalogError
+
+    with _open(ctx) as cat:
+        try:
+            gone = cat.delete(record_id, cascade=cascade)
+        except CatalogError as exc:
+            raise CliError(str(exc)) from None
+    console.print(f"deleted {len(gone)} record(s): " + ", ".join(i[:12] for i in gone))
+
+
+@catalog_app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="JSON Lines file to write (replaced atomically).")],
+) -> None:
+    """Write the whole catalog to one file (moves catalogs between backends)."""
+    from circuitlab.catalog import CatalogError, export_catalog
+
+    with _open(ctx) as cat:
+        try:
+            counts = export_catalog(cat, path)
+        except (CatalogError, OSError) as exc:
+            raise CliError(f"export to {path} failed: {exc}") from None
+    console.print(f"exported to {path}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+@catalog_app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="File written by `circuitlab catalog export`.")],
+) -> None:
+    """Put every record of an export file into the catalog (same content, same ids)."""
+    from circuitlab.catalog import CatalogError, import_catalog
+
+    with _open(ctx, create=True) as cat:
+        try:
+            counts = import_catalog(cat, path)
+        except CatalogError as exc:
+            raise CliError(str(exc)) from None
+        url = cat.url
+    console.print(f"imported into {url}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(catalog_app, name="catalog")
