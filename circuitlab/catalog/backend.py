@@ -76,7 +76,8 @@ class Loaded:
     kind: str
     id: str
     data: dict[str, Any]
-    # circuits: [(feature JSON incl. annotations, activation, influence)] and [(src, dst, w)]
+    # circuits: [(feature JSON incl. annotations, without id, activation, influence)] and
+    # [(source id, target id, weight)]
     nodes: list[tuple[dict[str, Any], float | None, float | None]] = field(default_factory=list)
     edges: list[tuple[str, str, float]] = field(default_factory=list)
 

@@ -18,7 +18,6 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from circuitlab.catalog import records as rec
@@ -528,18 +527,14 @@ def _rebuild(loaded: Loaded) -> rec.Record:
     """A record from stored JSON. The circuit graph (validated when it was put) is rebuilt
     directly, which keeps loading a 1,000-edge circuit in the low milliseconds."""
     if loaded.kind == "feature":
-        return rec.record_from_dict({"kind": "feature", **_without_id(loaded.data)})
+        return rec.record_from_dict({"kind": "feature", **loaded.data})
     if loaded.kind != "circuit":
         return rec.record_from_dict({"kind": loaded.kind, **loaded.data})
     circuit = rec.record_from_dict({"kind": "circuit", **loaded.data, "nodes": [], "edges": []})
     Feature, Node, Edge = rec.Feature, rec.Node, rec.Edge
-    circuit.nodes = [Node(Feature(**_without_id(f)), a, i) for f, a, i in loaded.nodes]
+    circuit.nodes = [Node(Feature(**f), a, i) for f, a, i in loaded.nodes]
     circuit.edges = [Edge(s, t, w) for s, t, w in loaded.edges]
     return circuit
-
-
-def _without_id(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k != "id"}
 
 
 def _bounds(bounds: dict[str, float] | None, what: str) -> dict[str, float]:

@@ -511,7 +511,7 @@ class Neo4jBackend(Backend):
         with self._tx() as tx:
             if kind == "feature":
                 row = tx.run(_LOAD_FEATURE, id=id).single()
-                return None if row is None else Loaded("feature", id, _feature_json(id, row))
+                return None if row is None else Loaded("feature", id, _feature_json(row))
             query = _LOAD_IMPLEMENTS if kind == "implements" else _LOAD_NODE[kind]
             row = tx.run(query, id=id).single()
             if row is None:
@@ -520,7 +520,7 @@ class Neo4jBackend(Backend):
             if kind != "circuit":
                 return loaded
             loaded.nodes = [
-                (_feature_json(r["id"], r), r["activation"], r["influence"])
+                (_feature_json(r), r["activation"], r["influence"])
                 for r in tx.run(_LOAD_NODES, id=id)
             ]
             loaded.edges = [(r["s"], r["t"], r["w"]) for r in tx.run(_LOAD_EDGES, id=id)]
@@ -603,9 +603,8 @@ def _kind(labels: list[str]) -> str:
     raise CatalogError(f"node with unexpected labels {labels}")
 
 
-def _feature_json(fid: str, row: Any) -> dict[str, Any]:
+def _feature_json(row: Any) -> dict[str, Any]:
     return {
-        "id": fid,
         "model": row["model"],
         "node_type": row["node_type"],
         "layer": row["layer"],

@@ -28,8 +28,10 @@ store it differently); use null (None) for a value that was not measured.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import numbers
+import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -173,8 +175,17 @@ class Feature(_Record):
 
 
 def feature_id(data: dict[str, Any]) -> str:
-    """Id of a dumped Feature: hash of its identity fields only."""
-    return content_hash({"kind": "feature", **{k: data[k] for k in Feature.IDENTITY}})
+    """Id of a dumped Feature: hash of its identity fields only (memoised: circuits of one
+    model share most of their features)."""
+    return _feature_id(_identity(data))
+
+
+_identity = operator.itemgetter(*Feature.IDENTITY)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _feature_id(identity: tuple[Any, ...]) -> str:
+    return content_hash({"kind": "feature", **dict(zip(Feature.IDENTITY, identity, strict=True))})
 
 
 @dataclass
@@ -206,17 +217,16 @@ class Edge:
 
 
 def _edges_fast(value: Any) -> list[dict[str, Any]]:
-    """Fast path for a circuit's edge list (often thousands): plain Edge objects with hex ids and
-    finite float weights; anything else goes to the field-by-field validator."""
+    """Fast path for a circuit's edge list (often thousands): plain Edge objects with string
+    ends and finite float weights; anything else goes to the field-by-field validator."""
     if not isinstance(value, list):
         raise Fast
     out = []
-    hex64 = check.HEX64_RE.match
     for e in value:
         if type(e) is not Edge:
             raise Fast
         s, t, w = e.source, e.target, e.weight
-        if type(s) is not str or type(t) is not str or not hex64(s) or not hex64(t):
+        if type(s) is not str or type(t) is not str:  # Circuit._check: both are node ids
             raise Fast
         if type(w) is not float:
             if isinstance(w, bool) or not isinstance(w, numbers.Real):
@@ -225,6 +235,64 @@ def _edges_fast(value: Any) -> list[dict[str, Any]]:
         if not math.isfinite(w):
             raise Fast
         out.append({"source": s, "target": t, "weight": w})
+    return out
+
+
+def _text_ok(value: Any) -> bool:
+    if type(value) is not str:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _real_ok(value: Any) -> bool:
+    return type(value) is float and math.isfinite(value)
+
+
+_NODE_TYPE_SET = frozenset(NODE_TYPES)
+
+
+def _nodes_fast(value: Any) -> list[dict[str, Any]]:
+    """Fast path for a circuit's node list: Node/Feature objects of plain, valid values."""
+    if not isinstance(value, list):
+        raise Fast
+    out = []
+    hex64 = check.HEX64_RE.match
+    for n in value:
+        if type(n) is not Node or type(n.feature) is not Feature:
+            raise Fast
+        f = n.feature
+        a, i = n.activation, n.influence
+        if not ((a is None or _real_ok(a)) and (i is None or _real_ok(i))):
+            raise Fast
+        if not (type(f.model) is str and hex64(f.model) and f.node_type in _NODE_TYPE_SET):
+            raise Fast
+        if not (type(f.layer) is int and type(f.index) is int):
+            raise Fast
+        if not (f.position is None or (type(f.position) is int and f.position >= 0)):
+            raise Fast
+        if not (_text_ok(f.transcoder) and _text_ok(f.label) and _text_ok(f.description)):
+            raise Fast
+        if type(f.stats) is not dict:
+            raise Fast
+        stats = check.json_object(f.stats, "stats") if f.stats else {}
+        feature = {
+            "model": f.model,
+            "node_type": f.node_type,
+            "layer": f.layer,
+            "index": f.index,
+            "position": f.position,
+            "transcoder": f.transcoder,
+            "label": f.label,
+            "description": f.description,
+            "stats": stats,
+        }
+        out.append({"feature": feature, "activation": a, "influence": i})
     return out
 
 
@@ -483,7 +551,7 @@ class Circuit(_Record):
 
     task: str = fld(prim(check.string, empty=False, max_len=300, spaces=False))
     model: str = fld(_ID)
-    nodes: list[Node] = fld(listof(nested(Node)))
+    nodes: list[Node] = fld(fast(listof(nested(Node)), _nodes_fast))
     edges: list[Edge] = fld(fast(listof(nested(Edge)), _edges_fast), factory=list)
     interface: Interface | None = fld(optional(nested(Interface)), default=None)
     interpretation: Interpretation = fld(nested(Interpretation), factory=Interpretation)

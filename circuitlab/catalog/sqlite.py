@@ -54,7 +54,8 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE features (
             fk INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, model TEXT NOT NULL,
             node_type TEXT NOT NULL, layer INTEGER NOT NULL, idx INTEGER NOT NULL,
-            position INTEGER, transcoder TEXT NOT NULL, data TEXT NOT NULL
+            position INTEGER, transcoder TEXT NOT NULL, label TEXT NOT NULL,
+            description TEXT NOT NULL, stats TEXT NOT NULL
         )""",
         "CREATE INDEX features_identity ON features(model, layer, idx)",
         """CREATE TABLE circuit_features (
@@ -222,10 +223,13 @@ class SqliteBackend(Backend):
             "INSERT INTO circuits (id, task, model, complexity, summary) VALUES (?, ?, ?, ?, ?)",
             (plan.id, plan.task, plan.model, complexity, _dumps(plan.summary)),
         ).lastrowid
-        annotations = ("label", "description", "stats")
         db.executemany(
-            "INSERT INTO features (id, model, node_type, layer, idx, position, transcoder, data) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+            "INSERT INTO features (id, model, node_type, layer, idx, position, transcoder, "
+            "label, description, stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET label = excluded.label, "
+            "description = excluded.description, stats = excluded.stats "
+            "WHERE label != excluded.label OR description != excluded.description "
+            "OR stats != excluded.stats",
             [
                 (
                     f["id"],
@@ -235,7 +239,9 @@ class SqliteBackend(Backend):
                     f["index"],
                     f["position"],
                     f["transcoder"],
-                    _dumps({k: f[k] for k in annotations}),
+                    f["label"],
+                    f["description"],
+                    _dumps(f["stats"]) if f["stats"] else "{}",
                 )
                 for f in plan.features
             ],
@@ -354,11 +360,9 @@ class SqliteBackend(Backend):
         with self._read() as db:
             if kind == "feature":
                 row = db.execute(
-                    "SELECT model, node_type, layer, idx, position, transcoder, data FROM features "
-                    "WHERE id = ?",
-                    (id,),
+                    f"SELECT {_FEATURE_SELECT} FROM features f WHERE id = ?", (id,)
                 ).fetchone()
-                return None if row is None else Loaded("feature", id, _feature_json(id, row))
+                return None if row is None else Loaded("feature", id, _feature_json(row))
             row = db.execute(
                 "SELECT data FROM records WHERE id = ? AND kind = ?", (id, kind)
             ).fetchone()
@@ -370,13 +374,13 @@ class SqliteBackend(Backend):
             ck = db.execute("SELECT ck FROM circuits WHERE id = ?", (id,)).fetchone()[0]
             fid: dict[int, str] = {}
             for r in db.execute(
-                "SELECT f.fk, f.id, f.model, f.node_type, f.layer, f.idx, f.position, "
-                "f.transcoder, f.data, cf.activation, cf.influence FROM circuit_features cf "
-                "JOIN features f ON f.fk = cf.fk WHERE cf.ck = ? ORDER BY cf.ordinal",
+                f"SELECT f.fk, f.id, {_FEATURE_SELECT}, cf.activation, cf.influence "
+                "FROM circuit_features cf JOIN features f ON f.fk = cf.fk WHERE cf.ck = ? "
+                "ORDER BY cf.ordinal",
                 (ck,),
             ):
                 fid[r[0]] = r[1]
-                loaded.nodes.append((_feature_json(r[1], r[2:9]), r[9], r[10]))
+                loaded.nodes.append((_feature_json(r[2:11]), r[11], r[12]))
             loaded.edges = [
                 (fid[s], fid[t], w)
                 for s, t, w in db.execute(
@@ -525,15 +529,22 @@ class SqliteBackend(Backend):
         return out
 
 
-def _feature_json(fid: str, row: tuple[Any, ...]) -> dict[str, Any]:
-    model, node_type, layer, idx, position, transcoder, data = row
+_FEATURE_SELECT = (
+    "f.model, f.node_type, f.layer, f.idx, f.position, f.transcoder, f.label, f.description, "
+    "f.stats"
+)
+
+
+def _feature_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    model, node_type, layer, idx, position, transcoder, label, description, stats = row
     return {
-        "id": fid,
         "model": model,
         "node_type": node_type,
         "layer": layer,
         "index": idx,
         "position": position,
         "transcoder": transcoder,
-        **json.loads(data),
+        "label": label,
+        "description": description,
+        "stats": {} if stats == "{}" else json.loads(stats),
     }
