@@ -1,0 +1,265 @@
+"""Task-level circuits: which transcoder features compute the task, measured by ablation.
+
+Method:
+ 1. Rank features by importance aggregated over all of the task's inputs (from attribution
+    graphs: each feature's influence on the answer logits, summed over prompts).
+ 2. Faithfulness of a feature set S, on all inputs, with an ablation kind (zero, mean over the
+    inputs, or resample = the activation on another input):
+    - sufficiency: the replacement model with every feature outside S and every error node
+      ablated; S alone must carry the task (accuracy and loss).
+    - necessity: the real model with only S's contribution ablated (other features and the
+      transcoder's error untouched); accuracy should collapse.
+ 3. The circuit is the smallest top-k set whose sufficiency accuracy meets the target (binary
+    search on k; sufficiency grows with k in practice, and the final set is re-measured).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+ABLATIONS = ("zero", "mean", "resample")
+
+
+class CircuitError(ValueError):
+    """A circuit request that cannot be met (bad ablation kind, shapes, empty feature set)."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Clean statistics the ablations draw from, per layer over (inputs, positions)."""
+
+    acts: list[Tensor]  # per layer (N, S, F): feature activations on every input
+    errors: list[Tensor]  # per layer (N, S, D): true MLP output minus reconstruction
+    permutation: Tensor  # (N,) the input each input is resampled from
+
+
+@torch.no_grad()
+def reference(model, tc, tokens: Tensor, seed: int = 0, batch_size: int = 4096) -> Reference:
+    """Feature activations and error terms of the replacement model on every input."""
+    n_layers = tc.n_layers
+    acts: list[list[Tensor]] = [[] for _ in range(n_layers)]
+    errors: list[list[Tensor]] = [[] for _ in range(n_layers)]
+    mlp_in: dict[int, Tensor] = {}
+
+    def read(x: Tensor, name: str) -> None:
+        mlp_in[int(name.split(".")[1])] = x
+
+    def write(y: Tensor, name: str) -> None:
+        t = int(name.split(".")[1])
+        a = tc.encode(t, mlp_in[t])
+        acts[t].append(a)
+        recon = tc.b_dec[t].expand_as(y).clone()
+        for s in range(t + 1):
+            if t - s < tc.n_targets(s):
+                recon = recon + acts[s][-1] @ tc.W_dec[s][t - s]
+        errors[t].append(y - recon)
+
+    with model.hooks(
+        [
+            (lambda n: n.endswith("hook_mlp_in"), read),
+            (lambda n: n.endswith("hook_mlp_out"), write),
+        ]
+    ):
+        for start in range(0, tokens.shape[0], batch_size):
+            model(tokens[start : start + batch_size], answers_only=False)
+    gen = torch.Generator().manual_seed(seed)
+    return Reference(
+        acts=[torch.cat(a) for a in acts],
+        errors=[torch.cat(e) for e in errors],
+        permutation=torch.randperm(tokens.shape[0], generator=gen),
+    )
+
+
+def _ablated(ref_values: Tensor, index: Tensor, ablation: str) -> Tensor:
+    """What an ablated activation is replaced with, for the inputs at `index`."""
+    if ablation == "zero":
+        return torch.zeros_like(ref_values[index])
+    if ablation == "mean":
+        return ref_values.mean(0, keepdim=True).expand_as(ref_values[index])
+    return ref_values[index]  # resample: `index` already points at the other inputs
+
+
+@contextmanager
+def ablation_hooks(
+    model, tc, ref: Reference, keep: list[Tensor], mode: str, ablation: str, index: Tensor
+) -> Iterator[None]:
+    """Hooks that make `model` the sufficiency or necessity model for the inputs at `index`.
+
+    keep: per layer (F,) bool, the circuit's features. mode: "sufficiency" | "necessity".
+    """
+    if ablation not in ABLATIONS:
+        raise CircuitError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    source = ref.permutation[index] if ablation == "resample" else index
+    mlp_in: dict[int, Tensor] = {}
+    delta: dict[int, Tensor] = {}
+
+    def read(x: Tensor, name: str) -> None:
+        mlp_in[int(name.split(".")[1])] = x
+
+    def write(y: Tensor, name: str) -> Tensor:
+        t = int(name.split(".")[1])
+        a = tc.encode(t, mlp_in[t])
+        ablated = _ablated(ref.acts[t], source, ablation)
+        k = keep[t].to(a.dtype)
+        if mode == "sufficiency":
+            delta[t] = a * k + ablated * (1 - k)
+            out = tc.b_dec[t].expand_as(y) + _ablated(ref.errors[t], source, ablation)
+        else:
+            delta[t] = (ablated - a) * k
+            out = y
+        for s in range(t + 1):
+            if t - s < tc.n_targets(s):
+                out = out + delta[s] @ tc.W_dec[s][t - s]
+        return out
+
+    with model.hooks(
+        [
+            (lambda n: n.endswith("hook_mlp_in"), read),
+            (lambda n: n.endswith("hook_mlp_out"), write),
+        ]
+    ):
+        yield
+
+
+@dataclass
+class Faithfulness:
+    """Accuracy and loss of the full model, the circuit alone, and the model without it."""
+
+    ablation: str
+    n_features: int
+    n_features_total: int
+    n_inputs: int
+    full_accuracy: float
+    full_loss: float
+    sufficiency_accuracy: float
+    sufficiency_loss: float
+    necessity_accuracy: float
+    necessity_loss: float
+    curve: list[dict[str, float]] = field(default_factory=list)  # k -> sufficiency, for plots
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def _accuracy_loss(model, tokens, targets, batch_size, hooks=None) -> tuple[float, float]:
+    correct = loss = 0.0
+    answers = list(model.cfg.answer_positions)
+    for start in range(0, tokens.shape[0], batch_size):
+        index = torch.arange(start, min(start + batch_size, tokens.shape[0]))
+        if hooks is None:
+            logits = model(tokens[index], answers_only=False)[:, answers]
+        else:
+            with hooks(index):
+                logits = model(tokens[index], answers_only=False)[:, answers]
+        target = targets[index]
+        logp = logits.float().log_softmax(-1)
+        correct += float((logits.argmax(-1) == target).sum())
+        loss += float(-logp.gather(-1, target.unsqueeze(-1)).sum())
+    n = targets.numel()
+    return correct / n, loss / n
+
+
+def measure(
+    model,
+    tc,
+    tokens: Tensor,
+    targets: Tensor,
+    keep: list[Tensor],
+    ref: Reference,
+    ablation: str = "mean",
+    batch_size: int = 4096,
+    full: tuple[float, float] | None = None,
+) -> Faithfulness:
+    """Sufficiency and necessity of the feature set `keep` on every input."""
+    targets = torch.as_tensor(targets).long()
+    full = full or _accuracy_loss(model, tokens, targets, batch_size)
+
+    def hooks(mode):
+        return lambda index: ablation_hooks(model, tc, ref, keep, mode, ablation, index)
+
+    suff = _accuracy_loss(model, tokens, targets, batch_size, hooks("sufficiency"))
+    nec = _accuracy_loss(model, tokens, targets, batch_size, hooks("necessity"))
+    return Faithfulness(
+        ablation=ablation,
+        n_features=int(sum(int(k.sum()) for k in keep)),
+        n_features_total=int(sum(k.numel() for k in keep)),
+        n_inputs=int(tokens.shape[0]),
+        full_accuracy=full[0],
+        full_loss=full[1],
+        sufficiency_accuracy=suff[0],
+        sufficiency_loss=suff[1],
+        necessity_accuracy=nec[0],
+        necessity_loss=nec[1],
+    )
+
+
+def top_k_mask(importance: Tensor, k: int) -> list[Tensor]:
+    """The k most important features over all layers; importance (L, F) -> per-layer masks."""
+    flat = importance.flatten()
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[flat.argsort(descending=True)[:k]] = True
+    return list(keep.view(importance.shape).unbind(0))
+
+
+def select_circuit(
+    model,
+    tc,
+    tokens: Tensor,
+    targets: Tensor,
+    importance: Tensor,
+    *,
+    target_accuracy: float = 0.99,
+    ablation: str = "mean",
+    ref: Reference | None = None,
+    batch_size: int = 4096,
+) -> tuple[list[Tensor], Faithfulness]:
+    """The smallest top-k feature set (by `importance`) whose sufficiency meets the target."""
+    if importance.dim() != 2 or importance.shape[0] != tc.n_layers:
+        raise CircuitError(
+            f"importance must be (n_layers={tc.n_layers}, n_features), got {tuple(importance.shape)}"
+        )
+    targets = torch.as_tensor(targets).long()
+    ref = ref or reference(model, tc, tokens, batch_size=batch_size)
+    full = _accuracy_loss(model, tokens, targets, batch_size)
+    candidates = int((importance > 0).sum())
+    if candidates == 0:
+        raise CircuitError("no feature has positive importance: nothing to build a circuit from")
+    goal = min(target_accuracy, full[0])  # never ask more of the circuit than of the model
+    curve: list[dict[str, float]] = []
+
+    def sufficiency(k: int) -> float:
+        keep = top_k_mask(importance, k)
+        hooks = lambda index: ablation_hooks(model, tc, ref, keep, "sufficiency", ablation, index)  # noqa: E731
+        acc, loss = _accuracy_loss(model, tokens, targets, batch_size, hooks)
+        curve.append({"k": k, "sufficiency_accuracy": acc, "sufficiency_loss": loss})
+        return acc
+
+    lo, hi = 1, candidates
+    if sufficiency(hi) < goal:
+        k = hi  # even every ranked feature falls short: report it honestly
+    else:
+        while lo < hi:  # smallest k with sufficiency >= goal
+            mid = (lo + hi) // 2
+            if sufficiency(mid) >= goal:
+                hi = mid
+            else:
+                lo = mid + 1
+        k = lo
+    # a few more points for the plot, on a log scale of k
+    for extra in sorted({max(1, int(round(candidates ** (i / 8)))) for i in range(9)}):
+        if all(c["k"] != extra for c in curve):
+            sufficiency(extra)
+    keep = top_k_mask(importance, k)
+    result = measure(model, tc, tokens, targets, keep, ref, ablation, batch_size, full=full)
+    result.curve = sorted(curve, key=lambda c: c["k"])
+    if not math.isfinite(result.sufficiency_loss):
+        raise CircuitError("sufficiency loss is not finite; the transcoder may be broken")
+    return keep, result
