@@ -1,0 +1,1 @@
+"""Circuit extraction: activations, transcoders, attribution graphs, circuits, interpretation."""
