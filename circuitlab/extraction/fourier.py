@@ -1,0 +1,550 @@
+"""Fourier analysis of modular-arithmetic models (Nanda et al. 2023, "Progress measures for
+grokking via mechanistic interpretability", sections 4-5).
+
+A grokked model of (a op b) mod p embeds numbers as cos/sin of a few key frequencies w_k = 2 pi
+k / p, multiplies them (trig identities) into cos/sin(w_k (a+b)) in attention and the MLP, and
+reads the answer as sum_k alpha_k cos(w_k (a+b-c)). The measurements, in the order `analyze`
+runs them:
+
+1. Basis: the orthonormal Fourier basis of functions on Z_p: a constant, then cos(w_k x) and
+   sin(w_k x) for k = 1..(p-1)/2 (`fourier_basis`).
+2. Key frequencies, from the embedding alone: the norm of each frequency's cos/sin components in
+   the DFT of W_E over the p number tokens, cut at the largest gap in log power
+   (`key_frequencies`; the cut is documented there).
+3. Units: for any matrix of activations over all p*p inputs (MLP neurons or transcoder features),
+   each unit's dominant frequency and purity: the share of its variance (around its mean) that
+   frequency k's terms in the 2-D basis of (a, b) explain (`unit_frequencies`).
+4. Restricted and excluded loss: the last MLP's activations at the answer position replaced by
+   their mean plus their projection onto cos/sin(w_k c) for the key frequencies (c the correct
+   answer, i.e. cos/sin(w_k (a+b)) for addition), or with that projection removed; patched at
+   `blocks.{L-1}.mlp.hook_post` (`fourier_losses`).
+5. Logits: the share of (per-input centred) logit variance explained by
+   sum_k alpha_k cos(w_k (c* - c)) over the key frequencies, c* the correct answer
+   (`logit_fourier_fit`).
+6. A label and description built from these numbers (`FourierReport.label`).
+
+Everything is a pure function of tensors except `fourier_losses` and `analyze`, which run the
+model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Minimum ratio between the power of the weakest key frequency and the strongest other one for
+# `key_frequencies` to call the embedding sparse (a factor 4 in power is 2 in norm). Noise
+# frequencies of a trained embedding differ by far less; planted or grokked ones by far more.
+MIN_GAP = 4.0
+PURE_THRESHOLD = 0.85  # Nanda et al.: ~85% of neurons are > 85% explained by one frequency
+
+
+class FourierError(ValueError):
+    """Input that the Fourier analysis cannot use (p not odd, incomplete grid, shape mismatch)."""
+
+
+# --- 1. basis ------------------------------------------------------------------------------
+
+
+def n_frequencies(p: int) -> int:
+    """Number of non-constant frequencies of Z_p: (p-1)/2 for odd p."""
+    return (p - 1) // 2
+
+
+def fourier_basis(p: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, list[str]]:
+    """Orthonormal Fourier basis of R^p as rows (p, p), and their names.
+
+    Row 0 is the constant 1/sqrt(p); rows 2k-1 and 2k are cos(w_k x) and sin(w_k x) scaled to unit
+    norm, for k = 1..(p-1)/2. p must be odd (every modulus circuitlab uses is an odd prime), so
+    there is no Nyquist row and the rows span R^p exactly.
+    """
+    if p < 3 or p % 2 == 0:
+        raise FourierError(f"p must be odd and >= 3 for the Fourier basis of Z_p, got {p}")
+    x = torch.arange(p, dtype=dtype)
+    rows, names = [torch.ones(p, dtype=dtype)], ["const"]
+    for k in range(1, n_frequencies(p) + 1):
+        w = 2 * math.pi * k / p
+        rows += [torch.cos(w * x), torch.sin(w * x)]
+        names += [f"cos {k}", f"sin {k}"]
+    basis = torch.stack(rows)
+    return basis / basis.norm(dim=1, keepdim=True), names
+
+
+# --- 2. key frequencies from the embedding --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyFrequencies:
+    """Key frequencies of an embedding and the evidence for the cut.
+
+    frequencies: the key k (1-based, ascending).
+    norms: (p-1)/2 norms, entry k-1 = sqrt(|cos_k . W_E|^2 + |sin_k . W_E|^2).
+    power_fraction: share of the embedding's non-constant power in the key frequencies.
+    gap: power of the weakest key / power of the strongest non-key (inf when all are keys).
+    sparse: the gap reaches `MIN_GAP` (otherwise the embedding has no clear key set and
+        `frequencies` is the best cut only).
+    """
+
+    frequencies: tuple[int, ...]
+    norms: tuple[float, ...]
+    power_fraction: float
+    gap: float
+    sparse: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["frequencies"], out["norms"] = list(self.frequencies), list(self.norms)
+        out["gap"] = None if math.isinf(self.gap) else self.gap
+        return out
+
+
+def frequency_norms(embedding: torch.Tensor) -> torch.Tensor:
+    """(p, D) embedding of the p number tokens -> ((p-1)/2,) norm of each frequency's cos/sin
+    components (the rows of the DFT along the token axis)."""
+    if embedding.dim() != 2:
+        raise FourierError(f"embedding must be (p, d_model), got shape {tuple(embedding.shape)}")
+    p = embedding.shape[0]
+    basis, _ = fourier_basis(p)
+    coef = basis @ embedding.detach().to(torch.float64)  # (p, D)
+    power = coef[1:].pow(2).sum(-1).view(-1, 2).sum(-1)  # (K,) cos^2 + sin^2 per frequency
+    return power.sqrt()
+
+
+def key_frequencies(
+    embedding: torch.Tensor, *, max_keys: int | None = None, min_gap: float = MIN_GAP
+) -> KeyFrequencies:
+    """Key frequencies of an embedding (p, D) over the number tokens, by the largest power gap.
+
+    The cut: sort the frequencies' power (squared norms) in decreasing order and keep the top m,
+    where m maximises power[m-1] / power[m] among m = 1..max_keys (default: half the
+    frequencies, since keys are by definition a minority). This is the knee of the sorted power
+    spectrum on a log scale; it needs no threshold on absolute size, so it works for any weight
+    norm. Whether the result is a real key set is reported by `gap` and `sparse`
+    (gap >= min_gap), not hidden: a dense embedding still returns its best cut.
+    """
+    norms = frequency_norms(embedding)
+    n = len(norms)
+    limit = max(1, n // 2) if max_keys is None else max(1, min(int(max_keys), n))
+    power = norms.pow(2)
+    order = torch.argsort(power, descending=True)
+    sorted_power = power[order]
+    if n == 1:
+        m, gap = 1, math.inf
+    else:
+        tiny = sorted_power[0] * 1e-300 + 1e-300  # keeps ratios finite for exact zeros
+        ratios = sorted_power[:-1] / (sorted_power[1:] + tiny)
+        m = int(torch.argmax(ratios[:limit])) + 1
+        gap = float(ratios[m - 1])
+    keys = sorted(int(k) + 1 for k in order[:m])
+    total = float(power.sum())
+    fraction = float(sorted_power[:m].sum()) / total if total > 0 else 0.0
+    return KeyFrequencies(
+        frequencies=tuple(keys),
+        norms=tuple(float(x) for x in norms),
+        power_fraction=fraction,
+        gap=gap,
+        sparse=gap >= min_gap,
+    )
+
+
+# --- 3. units: dominant frequency and purity --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitFrequencies:
+    """Per-unit (neuron or feature) Fourier summary over the p x p grid of inputs (a, b).
+
+    explained: (N, K) share of each unit's variance explained by frequency k's 8 terms:
+        cos/sin(w_k a), cos/sin(w_k b) and the 4 products cos/sin(w_k a) cos/sin(w_k b) (which
+        span cos/sin(w_k (a+b)) and cos/sin(w_k (a-b))).
+    dominant: (N,) the k (1-based) explaining most; 0 for a constant (dead) unit.
+    purity: (N,) the share explained by the dominant frequency; 0 for a constant unit.
+    sum_share: (N,) share explained by cos/sin(w_dominant (a+b)) alone.
+    variance: (N,) variance of each unit over the grid (exactly 0 for constant units).
+    """
+
+    explained: torch.Tensor
+    dominant: torch.Tensor
+    purity: torch.Tensor
+    sum_share: torch.Tensor
+    variance: torch.Tensor
+
+    def pure_fraction(
+        self, threshold: float = PURE_THRESHOLD, keys: tuple[int, ...] | None = None
+    ) -> float:
+        """Share of live units at least `threshold` explained by one frequency (a key one when
+        `keys` is given)."""
+        live = self.variance > 0
+        if not bool(live.any()):
+            return 0.0
+        pure = self.purity >= threshold
+        if keys is not None:
+            pure &= torch.isin(self.dominant, torch.tensor(keys, dtype=self.dominant.dtype))
+        return float((pure & live).sum()) / float(live.sum())
+
+
+def activation_grid(
+    acts: torch.Tensor,
+    inputs: torch.Tensor | np.ndarray,
+    p: int,
+    positions: tuple[int, int] = (0, 1),
+) -> torch.Tensor:
+    """Scatter activations (n, N) of inputs (n, S) into a (p, p, N) grid indexed by the tokens at
+    `positions` (a, b). Every pair must appear exactly once."""
+    tokens = torch.as_tensor(np.asarray(inputs), dtype=torch.long)
+    if acts.dim() != 2 or acts.shape[0] != tokens.shape[0]:
+        raise FourierError(
+            f"acts must be (n_inputs, n_units) with n_inputs = {tokens.shape[0]}, "
+            f"got {tuple(acts.shape)}"
+        )
+    a, b = tokens[:, positions[0]], tokens[:, positions[1]]
+    if (a.min() < 0) or (b.min() < 0) or (a.max() >= p) or (b.max() >= p):
+        raise FourierError(f"input tokens at positions {positions} must be residues 0..{p - 1}")
+    flat = a * p + b
+    if len(flat) != p * p or len(torch.unique(flat)) != p * p:
+        raise FourierError(
+            f"the Fourier analysis needs every pair (a, b) of Z_{p} exactly once "
+            f"({p * p} inputs), got {len(flat)} inputs covering {len(torch.unique(flat))} pairs"
+        )
+    grid = torch.empty(p * p, acts.shape[1], dtype=acts.dtype)
+    grid[flat] = acts.detach()
+    return grid.view(p, p, -1)
+
+
+def unit_frequencies(grid: torch.Tensor) -> UnitFrequencies:
+    """Dominant frequency and purity of every unit from its activations (p, p, N) over (a, b).
+
+    The activations are expanded in the 2-D basis B (a) x B (b) (orthonormal, so squared
+    coefficients partition the variance); the constant term is dropped and frequency k collects
+    its 2 terms in a, 2 in b and 4 products. Cross-frequency products (k1 != k2) belong to no
+    frequency, so a unit's shares sum to at most 1.
+    """
+    if grid.dim() != 3 or grid.shape[0] != grid.shape[1]:
+        raise FourierError(f"grid must be (p, p, n_units), got shape {tuple(grid.shape)}")
+    p = grid.shape[0]
+    basis, _ = fourier_basis(p)
+    x = grid.detach().to(torch.float64)
+    coef = torch.einsum("ia,abn,jb->ijn", basis, x, basis)  # (p, p, N)
+    energy = coef.pow(2)
+    energy[0, 0] = 0.0  # the mean
+    total = energy.sum((0, 1))  # = p^2 * variance
+    k = n_frequencies(p)
+    idx = torch.arange(1, p).view(k, 2)  # rows 2k-1, 2k
+    per_k = []
+    sum_terms = []
+    for i in range(k):
+        r = idx[i]
+        block = energy[r][:, r].sum((0, 1))  # 4 products
+        linear = energy[r, 0].sum(0) + energy[0, r].sum(0)  # cos/sin in a alone, in b alone
+        per_k.append(block + linear)
+        # cos(w(a+b)) = cc - ss and sin(w(a+b)) = sc + cs (orthonormal rows, so /sqrt 2 each)
+        cc, cs, sc, ss = coef[r[0], r[0]], coef[r[0], r[1]], coef[r[1], r[0]], coef[r[1], r[1]]
+        sum_terms.append(((cc - ss).pow(2) + (sc + cs).pow(2)) / 2)
+    explained_energy = torch.stack(per_k, dim=1)  # (N, K)
+    live = total > 1e-12 * max(float(total.max()), 1e-300)
+    safe = torch.where(live, total, torch.ones_like(total))
+    explained = torch.where(live[:, None], explained_energy / safe[:, None], 0.0)
+    purity, best = explained.max(dim=1)
+    dominant = torch.where(live, best + 1, torch.zeros_like(best))
+    sums = torch.stack(sum_terms, dim=1) / safe[:, None]  # (N, K)
+    sum_share = torch.where(live, sums.gather(1, best[:, None])[:, 0], 0.0)
+    return UnitFrequencies(
+        explained=explained,
+        dominant=dominant,
+        purity=torch.where(live, purity, 0.0),
+        sum_share=sum_share,
+        variance=torch.where(live, total / (p * p), 0.0),
+    )
+
+
+# --- 4. restricted and excluded loss --------------------------------------------------------
+
+
+def answer_directions(answers: torch.Tensor, p: int, keys: tuple[int, ...]) -> torch.Tensor:
+    """(n, 2K) columns cos(w_k c), sin(w_k c) for the answers c of n inputs (for addition
+    cos/sin(w_k (a+b)), since cos is p-periodic)."""
+    c = answers.to(torch.float64)
+    cols = []
+    for k in keys:
+        w = 2 * math.pi * k / p
+        cols += [torch.cos(w * c), torch.sin(w * c)]
+    return torch.stack(cols, dim=1)
+
+
+def project_onto(acts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Least-squares projection of the centred columns of acts (n, N) onto span(directions)
+    (n, m) over the n inputs (QR, so the directions need not be orthogonal on a partial grid)."""
+    q, _ = torch.linalg.qr(directions.to(torch.float64))
+    centred = acts.to(torch.float64) - acts.to(torch.float64).mean(0, keepdim=True)
+    return (q @ (q.T @ centred)).to(acts.dtype)
+
+
+@dataclass(frozen=True)
+class FourierLosses:
+    """Cross-entropy on the answers (mean over inputs), all under the same forward pass.
+
+    full: the unmodified model on all inputs; full_train: on the training inputs only.
+    restricted: all inputs, last MLP activations = mean + projection on the key directions.
+    excluded: training inputs, last MLP activations minus that projection.
+    log_p: ln p, the loss of a uniform guess (excluded loss above it means the model relies on
+        the key frequencies rather than on memorisation).
+    restricted_accuracy / excluded_accuracy: top-1 accuracy under the same patches (all inputs /
+        training inputs).
+    """
+
+    full: float
+    full_train: float
+    restricted: float
+    excluded: float
+    log_p: float
+    restricted_accuracy: float
+    excluded_accuracy: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _mlp_post_name(model: Any) -> str:
+    if not model.cfg.d_mlp:
+        raise FourierError("restricted/excluded loss needs an MLP (the model has d_mlp = 0)")
+    return f"blocks.{model.cfg.n_layers - 1}.mlp.hook_post"
+
+
+@torch.no_grad()
+def _loss_with_post(
+    model: Any, tokens: torch.Tensor, answers: torch.Tensor, post: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input cross-entropy and correctness with the last MLP's answer-position activations
+    replaced by `post` (n, F), or unmodified when None."""
+    name = _mlp_post_name(model)
+    hooks = [] if post is None else [(name, lambda x, _n: post.view_as(x).to(x.dtype))]
+    with model.hooks(hooks):
+        logits = model(tokens)[:, 0]  # (n, O): one answer position
+    loss = F.cross_entropy(logits.float(), answers, reduction="none")
+    return loss, (logits.argmax(-1) == answers).float()
+
+
+@torch.no_grad()
+def fourier_losses(
+    model: Any,
+    tokens: torch.Tensor,
+    answers: torch.Tensor,
+    keys: tuple[int, ...],
+    p: int,
+    train_mask: torch.Tensor | None = None,
+) -> FourierLosses:
+    """Restricted and excluded loss (Nanda et al. 2023, section 5.1) of a one-answer model.
+
+    tokens (n, S) are the inputs (normally all p*p pairs), answers (n,) the correct outputs,
+    train_mask (n,) bool the training inputs (all when None). The projection is fitted over all
+    n inputs at once, then patched into `blocks.{L-1}.mlp.hook_post`.
+    """
+    if len(model.cfg.answer_positions) != 1:
+        raise FourierError("restricted/excluded loss needs a model with one answer position")
+    if not keys:
+        raise FourierError("restricted/excluded loss needs at least one key frequency")
+    mask = torch.ones(len(tokens), dtype=torch.bool) if train_mask is None else train_mask.bool()
+    name = _mlp_post_name(model)
+    _, cache = model.run_with_cache(tokens, names=name, answers_only=True)
+    post = cache[name][:, 0]  # (n, F)
+    proj = project_onto(post, answer_directions(answers, p, keys))
+    mean = post.mean(0, keepdim=True)
+    full, _ = _loss_with_post(model, tokens, answers, None)
+    restricted, restricted_ok = _loss_with_post(model, tokens, answers, mean + proj)
+    excluded, excluded_ok = _loss_with_post(model, tokens, answers, post - proj)
+    return FourierLosses(
+        full=float(full.mean()),
+        full_train=float(full[mask].mean()),
+        restricted=float(restricted.mean()),
+        excluded=float(excluded[mask].mean()),
+        log_p=math.log(p),
+        restricted_accuracy=float(restricted_ok.mean()),
+        excluded_accuracy=float(excluded_ok[mask].mean()),
+    )
+
+
+# --- 5. logits ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogitFit:
+    """logits[i, c] - mean_c ~ sum_k alpha_k cos(w_k (answer_i - c)), least squares.
+
+    alphas: alpha_k per key frequency (same order as `keys`).
+    explained: share of the per-input centred logit variance the fit explains.
+    """
+
+    keys: tuple[int, ...]
+    alphas: tuple[float, ...]
+    explained: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": list(self.keys), "alphas": list(self.alphas), "explained": self.explained}
+
+
+def logit_fourier_fit(
+    logits: torch.Tensor, answers: torch.Tensor, keys: tuple[int, ...]
+) -> LogitFit:
+    """Fit logits (n, p) by sum_k alpha_k cos(w_k (answer - c)) over all n*p entries."""
+    if logits.dim() != 2 or logits.shape[0] != answers.shape[0]:
+        raise FourierError(
+            f"logits must be (n, p) matching answers (n,), got {tuple(logits.shape)}"
+        )
+    p = logits.shape[1]
+    y = logits.detach().to(torch.float64)
+    y = y - y.mean(1, keepdim=True)
+    c = torch.arange(p, dtype=torch.float64)
+    diff = answers.to(torch.float64)[:, None] - c[None, :]  # (n, p)
+    design = torch.stack([torch.cos(2 * math.pi * k / p * diff).reshape(-1) for k in keys], 1)
+    target = y.reshape(-1, 1)
+    alphas = torch.linalg.lstsq(design, target).solution[:, 0]
+    residual = target[:, 0] - design @ alphas
+    total = float(target.pow(2).sum())
+    explained = 1.0 - float(residual.pow(2).sum()) / total if total > 0 else 0.0
+    return LogitFit(tuple(keys), tuple(float(a) for a in alphas), explained)
+
+
+# --- 6. the whole analysis and its label ----------------------------------------------------
+
+
+@dataclass
+class FourierReport:
+    """Everything `analyze` measured on one modular model, and the words built from it."""
+
+    p: int
+    keys: KeyFrequencies
+    neuron_pure_fraction: float  # live MLP neurons >= PURE_THRESHOLD explained by a key freq
+    neuron_purity_quantiles: dict[str, float]  # purity at q10, q25, q50, q75, q90
+    neuron_dominant_counts: dict[int, int]  # dominant frequency -> live neurons
+    losses: FourierLosses | None
+    logits: LogitFit
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fourier_algorithm(self) -> bool:
+        """The measurements support the Fourier-multiplication mechanism: a sparse key set in the
+        embedding, logits mostly sum_k alpha_k cos(w_k (a+b-c)), and (when measured) the key
+        directions of the last MLP alone answer >= 99% of inputs correctly. Neuron purity is
+        described, not required: small-p models grok with fewer, less pure neurons."""
+        restricted_ok = self.losses is None or self.losses.restricted_accuracy >= 0.99
+        return self.keys.sparse and self.logits.explained >= 0.5 and restricted_ok
+
+    def label(self) -> str:
+        freqs = "{" + ", ".join(str(k) for k in self.keys.frequencies) + "}"
+        if self.fourier_algorithm:
+            return f"Fourier multiplication, frequencies {freqs}"
+        return f"no clear Fourier circuit (best embedding frequencies {freqs})"
+
+    def description(self) -> str:
+        k = self.keys
+        parts = [
+            f"Embedding: {len(k.frequencies)} key frequencies hold {k.power_fraction:.0%} of the "
+            f"non-constant power of W_E (weakest key / strongest other = {k.gap:.1f}x).",
+            f"MLP: {self.neuron_pure_fraction:.0%} of live neurons are >= {PURE_THRESHOLD:.0%} "
+            f"explained by one key frequency (median purity "
+            f"{self.neuron_purity_quantiles.get('q50', 0.0):.2f}).",
+            f"Logits: sum_k alpha_k cos(w_k (a+b-c)) explains {self.logits.explained:.0%} of the "
+            "logit variance.",
+        ]
+        if self.losses is not None:
+            lo = self.losses
+            parts.append(
+                f"Loss: full {lo.full:.3g}, restricted to the key frequencies {lo.restricted:.3g}, "
+                f"excluding them (train) {lo.excluded:.3g} vs ln p = {lo.log_p:.3g}."
+            )
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "p": self.p,
+            "label": self.label(),
+            "description": self.description(),
+            "fourier_algorithm": self.fourier_algorithm,
+            "keys": self.keys.to_dict(),
+            "neuron_pure_fraction": self.neuron_pure_fraction,
+            "neuron_purity_quantiles": dict(self.neuron_purity_quantiles),
+            "neuron_dominant_counts": {str(k): v for k, v in self.neuron_dominant_counts.items()},
+            "losses": None if self.losses is None else self.losses.to_dict(),
+            "logits": self.logits.to_dict(),
+            "timings": dict(self.timings),
+        }
+
+
+def modulus_of(task: Any) -> int:
+    """p of a two-operand modular task (`a b =` with numbers 0..p-1), else a FourierError."""
+    p = getattr(task, "p", None)
+    if p is None or getattr(task, "n_ctx", None) != 3 or task.d_vocab_out != p:
+        raise FourierError(
+            f"Fourier analysis needs a two-operand modular task such as add_mod_113, "
+            f"got {getattr(task, 'spec', task)!r}"
+        )
+    return int(p)
+
+
+@torch.no_grad()
+def analyze(
+    model: Any,
+    task: Any,
+    *,
+    train_index: np.ndarray | None = None,
+    max_keys: int | None = None,
+) -> FourierReport:
+    """Run steps 2-6 on a model of a two-operand modular task over all its p*p inputs.
+
+    train_index: indices into `task.dataset()` the model was trained on (for the excluded loss);
+    None measures it on all inputs. Timings (seconds) of each step are recorded.
+    """
+    p = modulus_of(task)
+    data = task.dataset()
+    tokens = torch.from_numpy(data.inputs).long()
+    answers = torch.from_numpy(data.targets[:, 0]).long()
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    keys = key_frequencies(model.param("embed.W_E")[:p], max_keys=max_keys)
+    timings["key_frequencies"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    name = _mlp_post_name(model)
+    logits, cache = model.run_with_cache(tokens, names=name, answers_only=True)
+    units = unit_frequencies(activation_grid(cache[name][:, 0], data.inputs, p))
+    live = units.variance > 0
+    purity = units.purity[live]
+    qs = (0.1, 0.25, 0.5, 0.75, 0.9)
+    quantiles = (
+        {f"q{int(q * 100)}": float(torch.quantile(purity, q)) for q in qs} if len(purity) else {}
+    )
+    dominant = units.dominant[live].tolist()
+    counts = {int(k): dominant.count(k) for k in sorted(set(dominant))}
+    timings["neuron_frequencies"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    losses = None
+    if len(model.cfg.answer_positions) == 1:
+        mask = None
+        if train_index is not None:
+            mask = torch.zeros(len(tokens), dtype=torch.bool)
+            mask[torch.as_tensor(train_index, dtype=torch.long)] = True
+        losses = fourier_losses(model, tokens, answers, keys.frequencies, p, mask)
+    timings["restricted_excluded_loss"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fit = logit_fourier_fit(logits[:, 0], answers, keys.frequencies)
+    timings["logit_fit"] = time.perf_counter() - t0
+
+    return FourierReport(
+        p=p,
+        keys=keys,
+        neuron_pure_fraction=units.pure_fraction(PURE_THRESHOLD, keys.frequencies),
+        neuron_purity_quantiles=quantiles,
+        neuron_dominant_counts=counts,
+        losses=losses,
+        logits=fit,
+        timings=timings,
+    )

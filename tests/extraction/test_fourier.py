@@ -1,0 +1,231 @@
+"""Fourier analysis: exact hand-built cases, then a small grokked add_mod_p model trained here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from circuitlab.extraction import fourier as fo
+from circuitlab.tasks import get_task
+
+P = 23
+
+
+def _wave(k: int, x: torch.Tensor, p: int, fn=torch.cos) -> torch.Tensor:
+    return fn(2 * math.pi * k * x.to(torch.float64) / p)
+
+
+def _planted_embedding(
+    p: int, keys: dict[int, float], d: int = 32, noise: float = 1e-3, seed: int = 0
+) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.arange(p)
+    emb = noise * torch.randn(p, d, generator=gen, dtype=torch.float64)
+    for k, amp in keys.items():
+        u, v = torch.randn(2, d, generator=gen, dtype=torch.float64)
+        emb += amp * (_wave(k, x, p)[:, None] * u + _wave(k, x, p, torch.sin)[:, None] * v)
+    return emb
+
+
+def test_basis_is_orthonormal_and_named():
+    basis, names = fo.fourier_basis(P)
+    assert basis.shape == (P, P)
+    assert torch.allclose(basis @ basis.T, torch.eye(P, dtype=basis.dtype), atol=1e-12)
+    assert names[:3] == ["const", "cos 1", "sin 1"] and names[-1] == f"sin {(P - 1) // 2}"
+
+
+@pytest.mark.parametrize("p", [2, 10, 1])
+def test_basis_refuses_even_or_tiny_p(p):
+    with pytest.raises(fo.FourierError, match="odd"):
+        fo.fourier_basis(p)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [{3: 1.0, 7: 1.0, 10: 1.0}, {2: 3.0, 9: 1.0}, {5: 1.0}, {1: 1.0, 4: 0.5, 6: 2.0, 11: 1.0}],
+)
+def test_planted_frequencies_are_found_exactly(planted):
+    keys = fo.key_frequencies(_planted_embedding(P, planted))
+    assert keys.frequencies == tuple(sorted(planted))
+    assert keys.sparse and keys.gap > 100
+    assert keys.power_fraction > 0.99
+
+
+def test_norms_agree_with_an_independent_numpy_fft():
+    emb = _planted_embedding(P, {4: 1.0, 8: 2.0}, noise=0.3)
+    ours = fo.frequency_norms(emb).numpy()
+    spectrum = np.fft.rfft(emb.numpy(), axis=0)[1:]  # (K, D): frequencies 1..(p-1)/2
+    theirs = np.sqrt((np.abs(spectrum) ** 2).sum(1))
+    # rfft of a real signal: |X_k|^2 = (p/2) (|cos coef|^2 + |sin coef|^2) in the unit basis
+    np.testing.assert_allclose(ours, theirs / math.sqrt(P / 2), rtol=1e-10)
+
+
+def test_dense_embedding_is_reported_as_not_sparse():
+    emb = torch.randn(P, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    keys = fo.key_frequencies(emb)
+    assert not keys.sparse
+    assert keys.gap < fo.MIN_GAP
+    assert 1 <= len(keys.frequencies) <= (P - 1) // 4
+
+
+def test_key_frequencies_refuses_bad_shapes():
+    with pytest.raises(fo.FourierError, match="embedding"):
+        fo.frequency_norms(torch.zeros(P))
+
+
+def _grid_of(*units: torch.Tensor) -> torch.Tensor:
+    return torch.stack(units, dim=-1)
+
+
+def test_unit_frequencies_of_hand_built_units():
+    a = torch.arange(P).view(P, 1).expand(P, P)
+    b = torch.arange(P).view(1, P).expand(P, P)
+    units = fo.unit_frequencies(
+        _grid_of(
+            _wave(5, a + b, P),  # cos(w5 (a+b)): the sum term
+            2.0 + _wave(7, a, P, torch.sin),  # sin(w7 a) plus an offset (the mean is ignored)
+            _wave(3, a, P) * _wave(3, b, P, torch.sin) + 0.1,  # a product term of k = 3
+            _wave(2, a, P) + _wave(9, b, P),  # two frequencies, equal power
+            torch.full((P, P), 4.0, dtype=torch.float64),  # constant: dead
+            torch.relu(_wave(6, a + b, P)),  # a ReLU neuron: mostly k = 6, some harmonics
+        )
+    )
+    assert units.dominant.tolist()[:3] == [5, 7, 3]
+    torch.testing.assert_close(units.purity[:3], torch.ones(3, dtype=torch.float64))
+    assert units.sum_share[0] == pytest.approx(1.0) and units.sum_share[1] == pytest.approx(0.0)
+    assert units.dominant[3] in (2, 9) and units.purity[3] == pytest.approx(0.5)
+    assert units.explained[3, 1] == pytest.approx(0.5) and units.explained[3, 8] == pytest.approx(
+        0.5
+    )
+    assert units.dominant[4] == 0 and units.purity[4] == 0 and units.variance[4] == 0
+    assert units.dominant[5] == 6 and 0.5 < units.purity[5] < 1.0
+    # shares partition at most the variance
+    assert bool((units.explained.sum(1) <= 1 + 1e-9).all())
+    assert units.pure_fraction(0.99) == pytest.approx(3 / 5)  # of the 5 live units
+    assert units.pure_fraction(0.99, keys=(5, 7)) == pytest.approx(2 / 5)
+
+
+def test_activation_grid_reorders_and_checks_coverage():
+    data = get_task(f"add_mod_{P}").dataset()
+    acts = torch.from_numpy(data.inputs[:, :2].astype(np.float64))  # unit 0 = a, unit 1 = b
+    order = np.random.default_rng(0).permutation(len(data))
+    grid = fo.activation_grid(acts[order], data.inputs[order], P)
+    assert grid[4, 9].tolist() == [4.0, 9.0]
+    with pytest.raises(fo.FourierError, match="every pair"):
+        fo.activation_grid(acts[1:], data.inputs[1:], P)
+    with pytest.raises(fo.FourierError, match="n_inputs"):
+        fo.activation_grid(acts[:, 0], data.inputs, P)
+
+
+def test_logit_fit_recovers_planted_alphas():
+    data = get_task(f"add_mod_{P}").dataset()
+    answers = torch.from_numpy(data.targets[:, 0])
+    c = torch.arange(P)
+    diff = answers[:, None] - c[None, :]
+    alphas = {3: 2.0, 8: -1.5, 10: 0.75}
+    logits = sum(a * _wave(k, diff, P) for k, a in alphas.items())
+    logits = logits + torch.randn(len(answers), 1, dtype=torch.float64)  # per-input shifts
+    fit = fo.logit_fourier_fit(logits, answers, tuple(alphas))
+    assert fit.explained == pytest.approx(1.0)
+    assert fit.alphas == pytest.approx(tuple(alphas.values()))
+    noisy = logits + torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)) * 2
+    assert fo.logit_fourier_fit(noisy, answers, tuple(alphas)).explained < 0.9
+    assert fo.logit_fourier_fit(logits, answers, (3,)).explained < 1.0
+
+
+def test_projection_keeps_key_directions_and_removes_the_rest():
+    data = get_task(f"add_mod_{P}").dataset()
+    answers = torch.from_numpy(data.targets[:, 0])
+    a = torch.from_numpy(data.inputs[:, 0])
+    inside = _wave(4, answers, P, torch.sin)
+    outside = _wave(4, a, P)  # depends on a alone: orthogonal to every function of a+b
+    acts = torch.stack([inside + 1.0, outside], dim=1)
+    proj = fo.project_onto(acts, fo.answer_directions(answers, P, (4, 6)))
+    torch.testing.assert_close(proj[:, 0], inside)
+    torch.testing.assert_close(proj[:, 1], torch.zeros_like(outside), atol=1e-9, rtol=0)
+
+
+# --- a grokked model, trained here ----------------------------------------------------------
+
+GROK_P = 31
+
+
+@pytest.fixture(scope="module")
+def grokked(tmp_path_factory):
+    from circuitlab.training import RunSpec, get_recipe, load_run, read_run, train_stack
+
+    run_dir = tmp_path_factory.mktemp("fourier") / "run"
+    recipe = get_recipe("fast").replace(train_fraction=0.5, max_steps=1500)
+    threads = torch.get_num_threads()
+    try:  # one thread: this tiny model trains slower on two contended ones
+        train_stack([RunSpec(f"add_mod_{GROK_P}", recipe, 0, run_dir)], threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    info = read_run(run_dir)
+    assert info.summary["final"]["val_acc"] >= 0.99, "the test model did not grok"
+    _, model = load_run(run_dir)
+    task = get_task(info.task)
+    split = task.split(recipe.train_fraction, 0)
+    return model, task, fo.analyze(model, task, train_index=split.train_index)
+
+
+def test_grokked_model_has_a_small_sparse_key_set(grokked):
+    model, task, report = grokked
+    keys = report.keys
+    assert keys.sparse
+    assert 1 <= len(keys.frequencies) <= 6  # of 15
+    # the keys are the top frequencies of an independent numpy DFT of the number embeddings
+    emb = model.param("embed.W_E")[:GROK_P].detach().double().numpy()
+    spectrum = np.sqrt((np.abs(np.fft.rfft(emb, axis=0)[1:]) ** 2).sum(1))
+    top = np.argsort(-spectrum)[: len(keys.frequencies)] + 1
+    assert set(top.tolist()) == set(keys.frequencies)
+
+
+def test_grokked_neurons_are_mostly_pure_in_the_key_frequencies(grokked):
+    _, _, report = grokked
+    live = sum(report.neuron_dominant_counts.values())
+    in_keys = sum(
+        n for k, n in report.neuron_dominant_counts.items() if k in report.keys.frequencies
+    )
+    assert in_keys / live >= 0.9
+    assert report.neuron_purity_quantiles["q50"] >= 0.8
+
+
+def test_grokked_restricted_and_excluded_loss(grokked):
+    _, _, report = grokked
+    lo = report.losses
+    assert lo is not None
+    # the key directions of the last MLP alone carry the answer ...
+    assert lo.restricted <= lo.full and lo.restricted_accuracy == 1.0
+    # ... and the model cannot fit even its training set without them
+    assert lo.excluded > lo.log_p > lo.full_train
+    assert lo.excluded_accuracy < 0.5
+
+
+def test_grokked_logits_and_label(grokked):
+    _, _, report = grokked
+    assert report.logits.explained >= 0.75
+    assert report.fourier_algorithm
+    freqs = ", ".join(str(k) for k in report.keys.frequencies)
+    assert report.label() == f"Fourier multiplication, frequencies {{{freqs}}}"
+    text = report.description()
+    assert f"{len(report.keys.frequencies)} key frequencies" in text and "ln p" in text
+    data = report.to_dict()
+    assert data["label"] == report.label() and data["keys"]["frequencies"] == list(
+        report.keys.frequencies
+    )
+    assert set(report.timings) == {
+        "key_frequencies",
+        "neuron_frequencies",
+        "restricted_excluded_loss",
+        "logit_fit",
+    }
+
+
+def test_analyze_refuses_non_modular_tasks(grokked):
+    model, _, _ = grokked
+    with pytest.raises(fo.FourierError, match="modular task"):
+        fo.analyze(model, get_task("s3_compose"))
