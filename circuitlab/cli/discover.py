@@ -14,9 +14,18 @@ from circuitlab.cli.common import CliError, console
 REGISTRY_ENV = "CIRCUITLAB_REGISTRY"
 
 
+CATALOG_ENV = "CIRCUITLAB_CATALOG"
+
+
 def default_registry() -> str:
-    """The registry location: $CIRCUITLAB_REGISTRY, else ~/.circuitlab/functions."""
-    return os.environ.get(REGISTRY_ENV) or str(Path.home() / ".circuitlab" / "functions")
+    """Where functions live: $CIRCUITLAB_REGISTRY; else the catalog named by $CIRCUITLAB_CATALOG
+    (functions beside circuits); else the directory ~/.circuitlab/functions."""
+    if os.environ.get(REGISTRY_ENV):
+        return os.environ[REGISTRY_ENV]
+    catalog = os.environ.get(CATALOG_ENV)
+    if catalog:
+        return catalog if "://" in catalog else f"sqlite:///{Path(catalog).expanduser().resolve()}"
+    return str(Path.home() / ".circuitlab" / "functions")
 
 
 def register(app: typer.Typer) -> None:
@@ -29,8 +38,9 @@ def register(app: typer.Typer) -> None:
                                  help="Function name (default: the output column, upper-case)."),
         registry: str = typer.Option(
             None, "--registry", "-r",
-            help=f"Registry directory or catalog URL (default ${REGISTRY_ENV} or "
-                 "~/.circuitlab/functions). Its functions are building blocks.",
+            help=f"Registry directory or catalog URL (sqlite:///..., neo4j://...); default "
+                 f"${REGISTRY_ENV}, else the catalog ${CATALOG_ENV}, else "
+                 "~/.circuitlab/functions. Its functions are building blocks.",
         ),
         save: bool = typer.Option(True, "--register/--no-register",
                                   help="Store the function found in the registry."),
