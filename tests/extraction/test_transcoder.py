@@ -256,3 +256,38 @@ def test_replacement_hooks_reject_a_mismatched_model():
     tc = Transcoder(TranscoderConfig(n_features=4), 1, 16)
     with pytest.raises(TranscoderError, match="layers"), replacement_hooks(tiny_model(2), tc):
         pass
+
+
+@pytest.mark.parametrize("activation", ["jumprelu", "relu"])
+def test_saelens_loads_the_export_and_computes_the_same_outputs(tmp_path, activation):
+    sae_lens = pytest.importorskip("sae_lens")
+    from circuitlab.extraction.saelens_export import export_saelens
+
+    model = tiny_model(2, "LN")
+    acts = mlp_activations(model, all_inputs())
+    cfg = FAST.replace(kind="per_layer", activation=activation, steps=40)
+    tc, _ = train_transcoder(acts, cfg)
+    export_saelens(tc, tmp_path / "sae", model_name="tiny")
+    expected_class = {"jumprelu": "JumpReLUTranscoder", "relu": "Transcoder"}[activation]
+    for layer in range(2):
+        sae = sae_lens.SAE.load_from_disk(tmp_path / "sae" / f"layer_{layer}")
+        assert type(sae).__name__ == expected_class
+        assert sae.cfg.metadata.hook_name == f"blocks.{layer}.hook_mlp_in"
+        x = acts.mlp_in[layer].flatten(0, 1)
+        with torch.no_grad():
+            ours = tc.encode(layer, x)
+            recon = tc.decode([ours if l == layer else torch.zeros_like(ours) for l in range(2)])
+            assert (ours > 0).any()
+            assert torch.allclose(sae.encode(x), ours, atol=1e-5)
+            assert torch.allclose(sae(x), recon[layer], atol=1e-5)
+
+
+def test_saelens_export_refuses_what_saelens_cannot_load(tmp_path):
+    from circuitlab.extraction.saelens_export import export_saelens
+
+    with pytest.raises(TranscoderError, match="per-layer"):
+        export_saelens(Transcoder(TranscoderConfig(kind="cross_layer"), 2, 8), tmp_path / "a")
+    topk = TranscoderConfig(kind="per_layer", activation="topk", top_k=4)
+    with pytest.raises(TranscoderError, match="topk"):
+        export_saelens(Transcoder(topk, 1, 8), tmp_path / "b")
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,94 @@
+"""Export per-layer transcoders in the on-disk format sae-lens loads.
+
+One directory per layer, `layer_{l}/cfg.json` + `layer_{l}/sae_weights.safetensors`, readable with
+`sae_lens.SAE.load_from_disk(path)` (sae-lens >= 6; tested with 6.54): a JumpReLU transcoder
+becomes sae-lens's `JumpReLUTranscoder`, a ReLU one its `Transcoder`. sae-lens reads
+`blocks.{l}.hook_mlp_in` and writes `blocks.{l}.hook_mlp_out` of the TransformerLens export of the
+model (`circuitlab.models.export`). Writing needs no sae-lens; the format is plain JSON and
+safetensors. sae-lens has no TopK transcoder and no cross-layer transcoders, so those are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from circuitlab.extraction.transcoder import Transcoder, TranscoderError
+
+SAE_LENS_FORMAT_VERSION = "6.54.12"  # the sae-lens version whose format this writes
+ARCHITECTURES = {"jumprelu": "jumprelu_transcoder", "relu": "transcoder"}
+
+
+def saelens_config(tc: Transcoder, layer: int, model_name: str = "circuitlab") -> dict[str, Any]:
+    """The cfg.json sae-lens expects for layer `layer` of a per-layer transcoder."""
+    import circuitlab
+
+    return {
+        "architecture": ARCHITECTURES[tc.cfg.activation],
+        "d_in": tc.d_model,
+        "d_sae": tc.n_features,
+        "d_out": tc.d_model,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": SAE_LENS_FORMAT_VERSION,
+            "sae_lens_training_version": None,
+            "model_name": model_name,
+            "model_class_name": "HookedTransformer",
+            "hook_name": f"blocks.{layer}.hook_mlp_in",
+            "hook_name_out": f"blocks.{layer}.hook_mlp_out",
+            "hook_head_index": None,
+            "prepend_bos": False,
+            "trained_with": f"circuitlab {circuitlab.__version__}",
+        },
+    }
+
+
+def export_saelens(tc: Transcoder, directory: str | Path, model_name: str = "circuitlab") -> Path:
+    """Write `directory/layer_{l}/` for every layer, all at once or not at all."""
+    if tc.cfg.kind != "per_layer" and tc.n_layers > 1:
+        raise TranscoderError(
+            "sae-lens loads per-layer transcoders only; this one is cross_layer with "
+            f"{tc.n_layers} layers (train with kind='per_layer' to export)"
+        )
+    if tc.cfg.activation not in ARCHITECTURES:
+        raise TranscoderError(
+            f"sae-lens has no {tc.cfg.activation!r} transcoder; exportable activations: "
+            f"{sorted(ARCHITECTURES)}"
+        )
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = tc.tensors()
+    for layer in range(tc.n_layers):
+        out = tmp / f"layer_{layer}"
+        out.mkdir()
+        weights = {
+            "W_enc": tensors[f"W_enc.{layer}"],
+            "b_enc": tensors[f"b_enc.{layer}"],
+            "W_dec": tensors[f"W_dec.{layer}.{layer}"],
+            "b_dec": tensors[f"b_dec.{layer}"],
+        }
+        if tc.cfg.activation == "jumprelu":
+            weights["threshold"] = tensors[f"threshold.{layer}"]
+        save_file(weights, str(out / "sae_weights.safetensors"))
+        cfg = saelens_config(tc, layer, model_name)
+        (out / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if directory.exists():
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+    return directory
