@@ -35,8 +35,10 @@ class CircuitError(ValueError):
 class Reference:
     """Clean statistics the ablations draw from, per layer over (inputs, positions)."""
 
-    acts: list[Tensor]  # per layer (N, S, F): feature activations on every input
-    errors: list[Tensor]  # per layer (N, S, D): true MLP output minus reconstruction
+    # per layer, at the positions an answers-only forward computes (all positions, except the
+    # answer positions only in the last layer)
+    acts: list[Tensor]  # per layer (N, S_l, F): feature activations on every input
+    errors: list[Tensor]  # per layer (N, S_l, D): true MLP output minus reconstruction
     permutation: Tensor  # (N,) the input each input is resampled from
 
 
@@ -47,6 +49,7 @@ def reference(model, tc, tokens: Tensor, seed: int = 0, batch_size: int = 4096) 
     acts: list[list[Tensor]] = [[] for _ in range(n_layers)]
     errors: list[list[Tensor]] = [[] for _ in range(n_layers)]
     mlp_in: dict[int, Tensor] = {}
+    answers = list(model.cfg.answer_positions)
 
     def read(x: Tensor, name: str) -> None:
         mlp_in[int(name.split(".")[1])] = x
@@ -58,7 +61,7 @@ def reference(model, tc, tokens: Tensor, seed: int = 0, batch_size: int = 4096) 
         recon = tc.b_dec[t].expand_as(y).clone()
         for s in range(t + 1):
             if t - s < tc.n_targets(s):
-                recon = recon + acts[s][-1] @ tc.W_dec[s][t - s]
+                recon = recon + _aligned(acts[s][-1], y, answers) @ tc.W_dec[s][t - s]
         errors[t].append(y - recon)
 
     with model.hooks(
@@ -68,13 +71,19 @@ def reference(model, tc, tokens: Tensor, seed: int = 0, batch_size: int = 4096) 
         ]
     ):
         for start in range(0, tokens.shape[0], batch_size):
-            model(tokens[start : start + batch_size], answers_only=False)
+            model(tokens[start : start + batch_size])  # answers_only: the layout ablations use
     gen = torch.Generator().manual_seed(seed)
     return Reference(
         acts=[torch.cat(a) for a in acts],
         errors=[torch.cat(e) for e in errors],
         permutation=torch.randperm(tokens.shape[0], generator=gen),
     )
+
+
+def _aligned(a: Tensor, y: Tensor, answers: list[int]) -> Tensor:
+    """Rows of an earlier layer's (B, S, .) tensor at the positions of y (B, Q, .): in an
+    answers-only pass the last block runs at the answer positions only."""
+    return a if a.shape[1] == y.shape[1] else a[:, answers]
 
 
 def _ablated(ref_values: Tensor, index: Tensor, ablation: str) -> Tensor:
@@ -99,6 +108,7 @@ def ablation_hooks(
     source = ref.permutation[index] if ablation == "resample" else index
     mlp_in: dict[int, Tensor] = {}
     delta: dict[int, Tensor] = {}
+    answers = list(model.cfg.answer_positions)
 
     def read(x: Tensor, name: str) -> None:
         mlp_in[int(name.split(".")[1])] = x
@@ -116,7 +126,7 @@ def ablation_hooks(
             out = y
         for s in range(t + 1):
             if t - s < tc.n_targets(s):
-                out = out + delta[s] @ tc.W_dec[s][t - s]
+                out = out + _aligned(delta[s], y, answers) @ tc.W_dec[s][t - s]
         return out
 
     with model.hooks(
@@ -151,14 +161,13 @@ class Faithfulness:
 @torch.no_grad()
 def _accuracy_loss(model, tokens, targets, batch_size, hooks=None) -> tuple[float, float]:
     correct = loss = 0.0
-    answers = list(model.cfg.answer_positions)
     for start in range(0, tokens.shape[0], batch_size):
         index = torch.arange(start, min(start + batch_size, tokens.shape[0]))
         if hooks is None:
-            logits = model(tokens[index], answers_only=False)[:, answers]
+            logits = model(tokens[index])
         else:
             with hooks(index):
-                logits = model(tokens[index], answers_only=False)[:, answers]
+                logits = model(tokens[index])
         target = targets[index]
         logp = logits.float().log_softmax(-1)
         correct += float((logits.argmax(-1) == target).sum())
@@ -263,3 +272,70 @@ def select_circuit(
     if not math.isfinite(result.sufficiency_loss):
         raise CircuitError("sufficiency loss is not finite; the transcoder may be broken")
     return keep, result
+
+
+# --- from per-prompt attribution graphs to a task-level circuit -------------------------------
+
+
+def importance_from_graph(graph, n_features: int) -> Tensor:
+    """(L, F): each feature's influence on the answer logits, averaged over the prompts.
+
+    Influence is circuit-tracer's (|edges| row-normalised, logits weighted by probability), so a
+    feature ranks high when it matters on many inputs, through any path.
+    """
+    from circuitlab.extraction.graph import node_influence
+
+    infl = node_influence(graph.adjacency, graph.logit_weights())[:, : graph.n_feature_slots]
+    layer, feature = graph.features[..., 0], graph.features[..., 2]
+    flat = (layer * n_features + feature)[graph.feature_mask]
+    out = torch.zeros(graph.n_layers * n_features, dtype=infl.dtype)
+    out.index_add_(0, flat, infl[graph.feature_mask])
+    return out.view(graph.n_layers, n_features) / max(graph.n_prompts, 1)
+
+
+@dataclass(frozen=True)
+class TaskEdges:
+    """Edges of a task-level circuit, averaged over prompts (absent = 0 on that prompt).
+
+    Node keys: ("token", position), ("feature", layer, index), ("logit", answer position);
+    logit in-edges are weighted by the logit's probability, so they target the model's answer.
+    """
+
+    keys: list[tuple[int, ...] | tuple[str, int] | tuple[str, int, int]]
+    weights: Tensor  # (n_keys, n_keys) [target, source]
+
+
+def task_edges(graph, keep: list[Tensor], n_features: int) -> TaskEdges:
+    """Average the direct effects among the circuit's features, the tokens and the logits."""
+    L, F = graph.n_layers, n_features
+    kept = torch.stack(keep).flatten().nonzero().flatten().tolist()  # layer * F + feature
+    key_of_flat = {flat: i for i, flat in enumerate(kept)}
+    keys: list = [("feature", f // F, f % F) for f in kept]
+    n_pos = graph.n_pos
+    token_base = len(keys)
+    keys += [("token", p) for p in range(n_pos)]
+    answers = sorted(set(graph.logit_positions.tolist()))
+    logit_base = len(keys)
+    keys += [("logit", a) for a in answers]
+    # node index -> key index per prompt (-1: not in the circuit)
+    B, K = graph.n_prompts, graph.n_feature_slots
+    lookup = torch.full((L * F,), -1, dtype=torch.long)
+    for flat, i in key_of_flat.items():
+        lookup[flat] = i
+    feat_key = lookup[(graph.features[..., 0] * F + graph.features[..., 2]).clamp(0, L * F - 1)]
+    feat_key = torch.where(graph.feature_mask, feat_key, -1)
+    errors = torch.full((B, L * n_pos), -1, dtype=torch.long)
+    tokens = (token_base + torch.arange(n_pos)).expand(B, -1)
+    answer_index = torch.tensor([answers.index(int(a)) for a in graph.logit_positions])
+    logits = (logit_base + answer_index).expand(B, -1)
+    logits = torch.where(graph.logit_mask, logits, -1)
+    node_key = torch.cat([feat_key, errors, tokens, logits], dim=1)  # (B, N)
+    adjacency = graph.adjacency.clone()
+    adjacency[:, graph.logit_start :] *= graph.logit_probs.unsqueeze(-1)
+    n = len(keys)
+    valid = (node_key.unsqueeze(2) >= 0) & (node_key.unsqueeze(1) >= 0)
+    pair = node_key.unsqueeze(2) * n + node_key.unsqueeze(1)
+    weights = torch.zeros(n * n, dtype=adjacency.dtype)
+    weights.index_add_(0, pair[valid], adjacency[valid])
+    del K
+    return TaskEdges(keys, weights.view(n, n) / max(B, 1))

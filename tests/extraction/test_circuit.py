@@ -78,7 +78,9 @@ def test_mean_sufficiency_of_everything_replaces_only_the_error(setup):
             if name.endswith("hook_mlp_in"):
                 mlp_in[t] = y
                 return None
-            acts = [tc.encode(l, mlp_in[l]) for l in range(t + 1)]
+            answers = list(model.cfg.answer_positions)
+            rows = [x if x.shape[1] == y.shape[1] else x[:, answers] for x in mlp_in.values()]
+            acts = [tc.encode(l, rows[l]) for l in range(t + 1)]
             acts += [torch.zeros_like(acts[0])] * (tc.n_layers - t - 1)
             return tc.decode(acts)[t] + ref.errors[t].mean(0, keepdim=True)
 
