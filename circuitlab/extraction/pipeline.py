@@ -1,0 +1,343 @@
+"""`extract`: from a run directory to a measured circuit in the catalog.
+
+Phases (the progress output uses the same names):
+ 1. activations   MLP inputs and outputs over all of the task's inputs
+ 2. transcoder    train a (cross-layer) transcoder; measure NMSE, L0, dead features and the
+                  replacement model's agreement and loss on every input
+ 3. attribution   attribution graphs of every input, batched; replacement/completeness scores
+ 4. circuit       rank features by influence over all inputs; the smallest set meeting the
+                  sufficiency target; necessity of that set; averaged edges
+ 5. interpret     Fourier analysis for modular arithmetic (Nanda et al. 2023)
+ 6. write         artifacts into RUN/extraction/ (written as extraction.partial, then renamed)
+ 7. catalog       Task, Model and Circuit records through the catalog API
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitlab.extraction import circuit as circ
+from circuitlab.extraction import graph as graphs
+from circuitlab.extraction.activations import mlp_activations, task_tokens
+from circuitlab.extraction.attribution import AttributionConfig, attribute
+from circuitlab.extraction.transcoder import TranscoderConfig, evaluate, train_transcoder
+
+Progress = Callable[[str, str], None]  # (phase, message)
+OUT_DIR = "extraction"
+
+
+class ExtractionError(ValueError):
+    """A run that cannot be extracted (missing files, mismatched checkpoint, unfit task)."""
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    transcoder: TranscoderConfig = field(default_factory=TranscoderConfig)
+    attribution: AttributionConfig = field(default_factory=lambda: AttributionConfig(qk=False))
+    target_accuracy: float = 0.99  # sufficiency accuracy the circuit must reach
+    ablation: str = "mean"  # zero | mean | resample
+    graph_examples: int = 3  # prompts exported as circuit-tracer graph JSON
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transcoder": self.transcoder.to_dict(),
+            "attribution": asdict(self.attribution),
+            "target_accuracy": self.target_accuracy,
+            "ablation": self.ablation,
+            "graph_examples": self.graph_examples,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class ExtractResult:
+    out_dir: Path
+    circuit_id: str | None
+    summary: dict[str, Any]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _publish(partial: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _plot_sufficiency(curve: list[dict[str, float]], chosen: int, total: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ks = [c["k"] for c in curve]
+    ax.plot(ks, [c["sufficiency_accuracy"] for c in curve], "o-", ms=3)
+    ax.axvline(chosen, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"features kept (of {total}), by influence")
+    ax.set_ylabel("sufficiency accuracy")
+    ax.set_title(f"circuit: {chosen} features")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _feature_labels(model, task, tc, tokens, keep) -> dict[tuple[int, int], dict[str, Any]]:
+    """Dominant Fourier frequency and purity of each circuit feature (modular tasks only)."""
+    from circuitlab.extraction import fourier
+
+    try:
+        p = fourier.modulus_of(task)
+    except fourier.FourierError:
+        return {}
+    ref = circ.reference(model, tc, tokens)
+    labels: dict[tuple[int, int], dict[str, Any]] = {}
+    answer_row = -1  # the last block's answer position; earlier blocks: the `=` position
+    for layer, mask in enumerate(keep):
+        idx = mask.nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        acts = ref.acts[layer][:, answer_row][:, idx]
+        units = fourier.unit_frequencies(fourier.activation_grid(acts, tokens, p))
+        for j, f in enumerate(idx.tolist()):
+            labels[(layer, f)] = {
+                "dominant_frequency": int(units.dominant[j]),
+                "purity": float(units.purity[j]),
+                "sum_share": float(units.sum_share[j]),
+            }
+    return labels
+
+
+def extract(
+    run_dir: str | Path,
+    catalog_url: str | None = None,
+    config: ExtractConfig | None = None,
+    *,
+    progress: Progress | None = None,
+    write_catalog: bool = True,
+) -> ExtractResult:
+    """Run every phase on the run at `run_dir`; returns where the artifacts are and a summary."""
+    from circuitlab.models import CheckpointError
+    from circuitlab.tasks import TaskError, get_task
+    from circuitlab.training import RunDirError, load_run
+
+    config = config or ExtractConfig()
+    say = progress or (lambda phase, msg: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def phase_done(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    try:
+        info, model = load_run(run_dir)
+        task = get_task(info.task)
+    except (RunDirError, CheckpointError, TaskError) as exc:
+        raise ExtractionError(str(exc)) from None
+    run_dir = Path(run_dir)
+    if model.cfg.d_vocab != task.d_vocab or model.cfg.n_ctx < task.n_ctx:
+        raise ExtractionError(f"the model in {run_dir} does not fit task {task.spec}")
+    catalog = None
+    if write_catalog:  # fail before the long work if the catalog is unreachable
+        from circuitlab.catalog import CatalogError, open_catalog
+
+        try:
+            catalog = open_catalog(catalog_url)
+        except CatalogError as exc:
+            raise ExtractionError(f"catalog: {exc}") from None
+    try:
+        torch.manual_seed(config.seed)
+        tokens, targets = task_tokens(task)
+        say("activations", f"{len(tokens):,} inputs of {task.spec}")
+        acts = mlp_activations(model, tokens)
+        phase_done("activations")
+
+        say(
+            "transcoder",
+            f"training a {config.transcoder.kind} transcoder, "
+            f"{config.transcoder.n_features} features per layer",
+        )
+        tc, _ = train_transcoder(acts, config.transcoder, progress=progress is not None)
+        tc_metrics = evaluate(tc, model, tokens, targets, acts=acts)
+        del acts
+        phase_done("transcoder")
+        say(
+            "transcoder",
+            f"NMSE {tc_metrics.nmse:.4f}, L0 {tc_metrics.l0:.1f}, top-1 agreement "
+            f"{tc_metrics.top1_agreement:.4f}",
+        )
+
+        say("attribution", f"attribution graphs of {len(tokens):,} inputs")
+        graph = attribute(model, tc, tokens, config.attribution)
+        scores = graphs.scores_of(graph)
+        phase_done("attribution")
+        say(
+            "attribution",
+            f"replacement score {float(scores.replacement.mean()):.3f}, "
+            f"completeness {float(scores.completeness.mean()):.3f}",
+        )
+
+        say("circuit", f"smallest circuit with sufficiency accuracy >= {config.target_accuracy}")
+        importance = circ.importance_from_graph(graph, tc.n_features)
+        keep, faith = circ.select_circuit(
+            model,
+            tc,
+            tokens,
+            targets,
+            importance,
+            target_accuracy=config.target_accuracy,
+            ablation=config.ablation,
+        )
+        edges = circ.task_edges(graph, keep, tc.n_features)
+        phase_done("circuit")
+        say(
+            "circuit",
+            f"{faith.n_features}/{faith.n_features_total} features: sufficiency "
+            f"{faith.sufficiency_accuracy:.4f}, necessity {faith.necessity_accuracy:.4f}",
+        )
+
+        say("interpret", "interpreting the circuit")
+        interpretation, fourier_report = _interpret(model, task, info)
+        feature_labels = _feature_labels(model, task, tc, tokens, keep)
+        phase_done("interpret")
+
+        summary = {
+            "run": str(run_dir),
+            "task": task.spec,
+            "transcoder": tc_metrics.to_dict(),
+            "graph": {
+                "replacement_score": float(scores.replacement.mean()),
+                "completeness": float(scores.completeness.mean()),
+                "n_prompts": graph.n_prompts,
+            },
+            "circuit": {k: v for k, v in faith.to_dict().items() if k != "curve"},
+            "interpretation": interpretation,
+            "fourier": fourier_report,
+            "config": config.to_dict(),
+        }
+        out = run_dir / OUT_DIR
+        partial = run_dir / (OUT_DIR + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        tc.save(partial / "transcoder", extra={"source_run": str(run_dir)})
+        graph_files = _write_graphs(graph, task, partial, config.graph_examples)
+        circuit_json = _circuit_json(keep, importance, edges, faith, feature_labels)
+        (partial / "circuit.json").write_text(json.dumps(circuit_json, indent=1) + "\n")
+        _plot_sufficiency(
+            faith.curve, faith.n_features, faith.n_features_total, partial / "sufficiency.png"
+        )
+        summary["graphs"] = [str(out / "graphs" / g.name) for g in graph_files]
+        summary["timings_s"] = timings
+        (partial / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _publish(partial, out)
+        phase_done("write")
+
+        circuit_id = None
+        if catalog is not None:
+            say("catalog", f"writing to {catalog.url}")
+            from circuitlab.extraction.records import catalog_records
+
+            records = catalog_records(
+                info,
+                model,
+                task,
+                tc,
+                keep,
+                importance,
+                edges,
+                faith,
+                tc_metrics,
+                scores,
+                interpretation,
+                feature_labels,
+                config,
+            )
+            ids = catalog.put_many(records)
+            circuit_id = ids[-1]
+            phase_done("catalog")
+        summary["timings_s"] = timings
+        summary["circuit_id"] = circuit_id
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return ExtractResult(out, circuit_id, summary)
+    finally:
+        if catalog is not None:
+            catalog.close()
+
+
+def _interpret(model, task, info) -> tuple[dict[str, str], dict[str, Any] | None]:
+    from circuitlab.extraction import fourier
+
+    try:
+        fourier.modulus_of(task)
+    except fourier.FourierError:
+        return {"label": f"circuit for {task.spec}", "description": "", "method": "auto"}, None
+    recipe = info.config.get("recipe", {})
+    split = task.split(recipe.get("train_fraction", 0.3), info.config.get("seed", 0))
+    report = fourier.analyze(model, task, train_index=split.train_index)
+    return {
+        "label": report.label(),
+        "description": report.description(),
+        "method": "fourier",
+    }, report.to_dict()
+
+
+def _write_graphs(graph, task, directory: Path, n: int) -> list[Path]:
+    out = directory / "graphs"
+    out.mkdir()
+    written = []
+    names = task.token_names()
+    outputs = task.output_names()
+    step = max(1, graph.n_prompts // max(n, 1))
+    for index in range(0, min(graph.n_prompts, step * n), step):
+        toks = graph.tokens[index].tolist()
+        slug = f"{task.spec}-" + "-".join(names[t] for t in toks)
+        data = graphs.to_circuit_tracer_json(
+            graph, index, slug=slug, token_names=names, output_names=outputs
+        )
+        written.append(graphs.write_graph_json(out / f"{slug}.json", data))
+    return written
+
+
+def _circuit_json(keep, importance, edges, faith, feature_labels) -> dict[str, Any]:
+    features = []
+    for layer, mask in enumerate(keep):
+        for f in mask.nonzero().flatten().tolist():
+            features.append(
+                {
+                    "layer": layer,
+                    "feature": f,
+                    "importance": float(importance[layer, f]),
+                    **feature_labels.get((layer, f), {}),
+                }
+            )
+    features.sort(key=lambda x: -x["importance"])
+    w = edges.weights
+    links = [
+        {"source": list(edges.keys[s]), "target": list(edges.keys[t]), "weight": float(w[t, s])}
+        for t, s in (w.abs() > 0).nonzero().tolist()
+    ]
+    return {"features": features, "links": links, "faithfulness": faith.to_dict()}

@@ -1,0 +1,185 @@
+"""Catalog records for an extraction: the Task, the Model (checkpoint) and the Circuit.
+
+The catalog knows storage, not torch: everything here is turned into plain JSON values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from circuitlab.catalog import (
+    Circuit,
+    Edge,
+    Feature,
+    Interpretation,
+    Metadata,
+    Metrics,
+    Model,
+    Node,
+    Tags,
+    Task,
+)
+
+EDGE_MIN = 1e-6  # averaged edges smaller than this (in logit units) are not stored
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def task_record(task) -> Task:
+    family = type(task).__module__.rsplit(".", 1)[-1]
+    return Task(
+        spec=task.spec,
+        family=family,
+        description=task.describe(),
+        d_vocab=task.d_vocab,
+        d_vocab_out=task.d_vocab_out,
+        n_ctx=task.n_ctx,
+        n_examples=len(task.dataset()),
+    )
+
+
+def model_record(info, model) -> Model:
+    summary, config = info.summary, info.config
+    final = {k: float(v) for k, v in summary.get("final", {}).items() if isinstance(v, int | float)}
+    return Model(
+        task=info.task,
+        weights_sha256=_sha256(info.path / "model.safetensors"),
+        architecture=model.cfg.to_dict(),
+        n_params=model.cfg.n_params,
+        attention=model.cfg.attention_backend,
+        training={
+            "recipe": config.get("recipe", {}),
+            "seed": config.get("seed"),
+            "steps": summary.get("steps"),
+            "grokked_at": summary.get("grokked_at"),
+        },
+        metrics=final,
+        metadata=Metadata(
+            source_run=str(info.path), extra={"versions": config.get("versions", {})}
+        ),
+    )
+
+
+def catalog_records(
+    info,
+    model,
+    task,
+    tc,
+    keep,
+    importance,
+    edges,
+    faith,
+    tc_metrics,
+    scores,
+    interpretation,
+    feature_labels,
+    config,
+) -> list[Any]:
+    """[Task, Model, Circuit] ready for `Catalog.put_many` (the Circuit last)."""
+    task_rec = task_record(task)
+    model_rec = model_record(info, model)
+    model_id = model_rec.id
+    tc_name = f"{tc.cfg.kind}-{tc.n_features}"
+    names = task.token_names()
+    n_layers = model.cfg.n_layers
+    features: dict[tuple, Feature] = {}
+    nodes: list[Node] = []
+    for key in edges.keys:
+        if key[0] == "feature":
+            _, layer, f = key
+            stats = {
+                "importance": float(importance[layer, f]),
+                **feature_labels.get((layer, f), {}),
+            }
+            k = stats.get("dominant_frequency")
+            label = f"k={k} (purity {stats['purity']:.2f})" if k else f"L{layer} F{f}"
+            feature = Feature(
+                model=model_id,
+                node_type="feature",
+                layer=layer,
+                index=f,
+                transcoder=tc_name,
+                label=label,
+                stats=stats,
+            )
+            influence = float(importance[layer, f])
+        elif key[0] == "token":
+            pos = key[1]
+            label = "=" if pos in model.cfg.answer_positions else f"operand {chr(ord('a') + pos)}"
+            feature = Feature(
+                model=model_id,
+                node_type="token",
+                layer=0,
+                index=pos,
+                position=pos,
+                label=label,
+                stats={"vocabulary": len(names)},
+            )
+            influence = None
+        else:
+            pos = key[1]
+            feature = Feature(
+                model=model_id,
+                node_type="logit",
+                layer=n_layers + 1,
+                index=pos,
+                position=pos,
+                label=f"answer at position {pos}",
+            )
+            influence = None
+        features[key] = feature
+        nodes.append(Node(feature=feature, influence=influence))
+    w = edges.weights
+    edge_records = []
+    for t, s in (w.abs() > EDGE_MIN).nonzero().tolist():
+        edge_records.append(
+            Edge(
+                source=features[edges.keys[s]].id,
+                target=features[edges.keys[t]].id,
+                weight=float(w[t, s]),
+            )
+        )
+    full = max(faith.full_accuracy, 1e-12)
+    metrics = Metrics(
+        sufficiency=faith.sufficiency_accuracy / full,
+        necessity=1.0 - faith.necessity_accuracy / full,
+        ablation=faith.ablation,
+        accuracy=faith.sufficiency_accuracy,
+        replacement_score=float(scores.replacement.mean()),
+        completeness=float(scores.completeness.mean()),
+        n_examples=faith.n_inputs,
+        extra={
+            "features_kept": float(faith.n_features),
+            "features_total": float(faith.n_features_total),
+            "sufficiency_loss": faith.sufficiency_loss,
+            "necessity_accuracy": faith.necessity_accuracy,
+            "necessity_loss": faith.necessity_loss,
+            "transcoder_nmse": tc_metrics.nmse,
+            "transcoder_l0": tc_metrics.l0,
+            "replacement_top1_agreement": tc_metrics.top1_agreement,
+        },
+    )
+    kept_share = faith.n_features / max(faith.n_features_total, 1)
+    circuit = Circuit(
+        task=task.spec,
+        model=model_id,
+        nodes=nodes,
+        edges=edge_records,
+        interpretation=Interpretation(**interpretation),
+        metrics=metrics,
+        tags=Tags(
+            priors=["Core_Number"]
+            if interpretation.get("method") == "fourier"
+            else ["Task_Specific"],
+            complexity="low" if kept_share < 0.1 else "medium" if kept_share < 0.3 else "high",
+        ),
+        metadata=Metadata(source_run=str(info.path), extra={"extraction": config.to_dict()}),
+    )
+    return [task_rec, model_rec, circuit]
