@@ -38,11 +38,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Minimum ratio between the power of the weakest key frequency and the strongest other one for
-# `key_frequencies` to call the embedding sparse (a factor 4 in power is 2 in norm). Noise
-# frequencies of a trained embedding differ by far less; planted or grokked ones by far more.
-MIN_GAP = 4.0
+# `key_frequencies` calls an embedding sparse when its weakest key frequency has at least this
+# many times the median power of the other frequencies. Measured: a random embedding gives ~1.2,
+# grokked add_mod_p models 8-100, models stopped right at grokking (embedding not yet cleaned up
+# by weight decay) ~4.
+MIN_CONTRAST = 5.0
 PURE_THRESHOLD = 0.85  # Nanda et al.: ~85% of neurons are > 85% explained by one frequency
+# A frequency is a neuron key when it is the dominant frequency of at least this share of the
+# live MLP neurons (grokked p = 113: 5-30% per key frequency, < 0.5% for any other).
+NEURON_KEY_SHARE = 0.02
 
 
 class FourierError(ValueError):
@@ -86,21 +90,25 @@ class KeyFrequencies:
     frequencies: the key k (1-based, ascending).
     norms: (p-1)/2 norms, entry k-1 = sqrt(|cos_k . W_E|^2 + |sin_k . W_E|^2).
     power_fraction: share of the embedding's non-constant power in the key frequencies.
-    gap: power of the weakest key / power of the strongest non-key (inf when all are keys).
-    sparse: the gap reaches `MIN_GAP` (otherwise the embedding has no clear key set and
-        `frequencies` is the best cut only).
+    gap: power of the weakest key / power of the strongest non-key (the knee the cut chose).
+    contrast: power of the weakest key / median power of the non-keys (how far the keys stand
+        out of the bulk).
+    sparse: contrast >= `MIN_CONTRAST`; otherwise the embedding has no clear key set and
+        `frequencies` is only the best cut.
     """
 
     frequencies: tuple[int, ...]
     norms: tuple[float, ...]
     power_fraction: float
     gap: float
+    contrast: float
     sparse: bool
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["frequencies"], out["norms"] = list(self.frequencies), list(self.norms)
-        out["gap"] = None if math.isinf(self.gap) else self.gap
+        for name in ("gap", "contrast"):
+            out[name] = None if math.isinf(out[name]) else out[name]
         return out
 
 
@@ -117,7 +125,7 @@ def frequency_norms(embedding: torch.Tensor) -> torch.Tensor:
 
 
 def key_frequencies(
-    embedding: torch.Tensor, *, max_keys: int | None = None, min_gap: float = MIN_GAP
+    embedding: torch.Tensor, *, max_keys: int | None = None, min_contrast: float = MIN_CONTRAST
 ) -> KeyFrequencies:
     """Key frequencies of an embedding (p, D) over the number tokens, by the largest power gap.
 
@@ -125,8 +133,11 @@ def key_frequencies(
     where m maximises power[m-1] / power[m] among m = 1..max_keys (default: half the
     frequencies, since keys are by definition a minority). This is the knee of the sorted power
     spectrum on a log scale; it needs no threshold on absolute size, so it works for any weight
-    norm. Whether the result is a real key set is reported by `gap` and `sparse`
-    (gap >= min_gap), not hidden: a dense embedding still returns its best cut.
+    norm. Whether the result is a real key set is reported, not hidden, by `contrast` (weakest
+    key over the median of the rest) and `sparse` (contrast >= min_contrast): a dense embedding
+    still returns its best cut. Frequencies the embedding carries only weakly (a model stopped
+    right after grokking) can fall on either side of the knee; `FourierReport.neuron_keys` gives
+    the frequencies the MLP neurons actually use, as an independent check.
     """
     norms = frequency_norms(embedding)
     n = len(norms)
@@ -134,13 +145,14 @@ def key_frequencies(
     power = norms.pow(2)
     order = torch.argsort(power, descending=True)
     sorted_power = power[order]
+    tiny = sorted_power[0] * 1e-300 + 1e-300  # keeps ratios finite for exact zeros
     if n == 1:
-        m, gap = 1, math.inf
+        m, gap, contrast = 1, math.inf, math.inf
     else:
-        tiny = sorted_power[0] * 1e-300 + 1e-300  # keeps ratios finite for exact zeros
         ratios = sorted_power[:-1] / (sorted_power[1:] + tiny)
         m = int(torch.argmax(ratios[:limit])) + 1
         gap = float(ratios[m - 1])
+        contrast = float(sorted_power[m - 1] / (sorted_power[m:].median() + tiny))
     keys = sorted(int(k) + 1 for k in order[:m])
     total = float(power.sum())
     fraction = float(sorted_power[:m].sum()) / total if total > 0 else 0.0
@@ -149,7 +161,8 @@ def key_frequencies(
         norms=tuple(float(x) for x in norms),
         power_fraction=fraction,
         gap=gap,
-        sparse=gap >= min_gap,
+        contrast=contrast,
+        sparse=contrast >= min_contrast,
     )
 
 
@@ -422,6 +435,7 @@ class FourierReport:
     neuron_pure_fraction: float  # live MLP neurons >= PURE_THRESHOLD explained by a key freq
     neuron_purity_quantiles: dict[str, float]  # purity at q10, q25, q50, q75, q90
     neuron_dominant_counts: dict[int, int]  # dominant frequency -> live neurons
+    neuron_keys: tuple[int, ...]  # frequencies dominant in >= NEURON_KEY_SHARE of live neurons
     losses: FourierLosses | None
     logits: LogitFit
     timings: dict[str, float] = field(default_factory=dict)
@@ -445,10 +459,11 @@ class FourierReport:
         k = self.keys
         parts = [
             f"Embedding: {len(k.frequencies)} key frequencies hold {k.power_fraction:.0%} of the "
-            f"non-constant power of W_E (weakest key / strongest other = {k.gap:.1f}x).",
+            f"non-constant power of W_E (weakest key / median other = {k.contrast:.1f}x).",
             f"MLP: {self.neuron_pure_fraction:.0%} of live neurons are >= {PURE_THRESHOLD:.0%} "
             f"explained by one key frequency (median purity "
-            f"{self.neuron_purity_quantiles.get('q50', 0.0):.2f}).",
+            f"{self.neuron_purity_quantiles.get('q50', 0.0):.2f}); the neurons cluster on "
+            f"frequencies {{{', '.join(str(f) for f in self.neuron_keys)}}}.",
             f"Logits: sum_k alpha_k cos(w_k (a+b-c)) explains {self.logits.explained:.0%} of the "
             "logit variance.",
         ]
@@ -470,10 +485,28 @@ class FourierReport:
             "neuron_pure_fraction": self.neuron_pure_fraction,
             "neuron_purity_quantiles": dict(self.neuron_purity_quantiles),
             "neuron_dominant_counts": {str(k): v for k, v in self.neuron_dominant_counts.items()},
+            "neuron_keys": list(self.neuron_keys),
+            "neuron_key_f1": key_f1(self.neuron_keys, self.keys.frequencies),
             "losses": None if self.losses is None else self.losses.to_dict(),
             "logits": self.logits.to_dict(),
             "timings": dict(self.timings),
         }
+
+
+def neuron_keys(
+    dominant_counts: dict[int, int], share: float = NEURON_KEY_SHARE
+) -> tuple[int, ...]:
+    """Frequencies that are dominant for at least `share` of the live units counted."""
+    live = sum(dominant_counts.values())
+    return tuple(sorted(k for k, n in dominant_counts.items() if k > 0 and n >= share * live))
+
+
+def key_f1(found: tuple[int, ...], reference: tuple[int, ...]) -> float:
+    """F1 of a set of frequencies against a reference set (1.0 when equal, 0 when disjoint)."""
+    a, b = set(found), set(reference)
+    if not a and not b:
+        return 1.0
+    return 2 * len(a & b) / (len(a) + len(b))
 
 
 def modulus_of(task: Any) -> int:
@@ -544,6 +577,7 @@ def analyze(
         neuron_pure_fraction=units.pure_fraction(PURE_THRESHOLD, keys.frequencies),
         neuron_purity_quantiles=quantiles,
         neuron_dominant_counts=counts,
+        neuron_keys=neuron_keys(counts),
         losses=losses,
         logits=fit,
         timings=timings,

@@ -50,7 +50,7 @@ def test_basis_refuses_even_or_tiny_p(p):
 def test_planted_frequencies_are_found_exactly(planted):
     keys = fo.key_frequencies(_planted_embedding(P, planted))
     assert keys.frequencies == tuple(sorted(planted))
-    assert keys.sparse and keys.gap > 100
+    assert keys.sparse and keys.gap > 100 and keys.contrast > 1e4
     assert keys.power_fraction > 0.99
 
 
@@ -67,7 +67,7 @@ def test_dense_embedding_is_reported_as_not_sparse():
     emb = torch.randn(P, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     keys = fo.key_frequencies(emb)
     assert not keys.sparse
-    assert keys.gap < fo.MIN_GAP
+    assert keys.contrast < fo.MIN_CONTRAST
     assert 1 <= len(keys.frequencies) <= (P - 1) // 4
 
 
@@ -106,6 +106,13 @@ def test_unit_frequencies_of_hand_built_units():
     assert bool((units.explained.sum(1) <= 1 + 1e-9).all())
     assert units.pure_fraction(0.99) == pytest.approx(3 / 5)  # of the 5 live units
     assert units.pure_fraction(0.99, keys=(5, 7)) == pytest.approx(2 / 5)
+
+
+def test_neuron_keys_and_f1():
+    assert fo.neuron_keys({0: 40, 3: 50, 7: 9, 9: 1}, share=0.05) == (3, 7)
+    assert fo.key_f1((3, 7), (3, 7)) == 1.0
+    assert fo.key_f1((3, 7, 9), (3, 7)) == pytest.approx(0.8)
+    assert fo.key_f1((), (1,)) == 0.0
 
 
 def test_activation_grid_reorders_and_checks_coverage():
@@ -192,6 +199,8 @@ def test_grokked_neurons_are_mostly_pure_in_the_key_frequencies(grokked):
     )
     assert in_keys / live >= 0.9
     assert report.neuron_purity_quantiles["q50"] >= 0.8
+    # every key frequency of the embedding has its own cluster of neurons
+    assert set(report.keys.frequencies) <= set(report.neuron_keys)
 
 
 def test_grokked_restricted_and_excluded_loss(grokked):
