@@ -32,7 +32,8 @@ pairs chunk by chunk.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,11 @@ from torch import Tensor
 from circuitlab.extraction.activations import check_tokens, layer_positions
 from circuitlab.extraction.graph import AttributionGraph, QKAttribution
 from circuitlab.models import Transformer
+
+# Readers of layer 0 are matched against precomputed (position, token) tables when these have
+# at most this many entries (features x heads x n_ctx x d_vocab); larger models take the
+# general path.
+TOKEN_TABLE_LIMIT = 1 << 25
 
 
 class AttributionError(ValueError):
@@ -90,6 +96,15 @@ class _Weights:
     unembed: Tensor  # (D, O): C diag(ln_final.w) (W_U - mean over outputs)
     embed: Tensor  # (V, D)
     pos_embed: Tensor  # (n_ctx, D)
+    # a reader at resid_mid of layer l seen through that layer's W_O: what its gradient with
+    # respect to the head outputs z is, before the prompt's LayerNorm scale
+    enc_o: list[Tensor]  # per layer (F, H, E)
+    unembed_o: Tensor  # (O, H, E) through the last layer's W_O
+    # readers of layer 0 against every (position, token) embedding: (direct (X, S, V),
+    # through the heads' values (X, H, S, V)); None when larger than TOKEN_TABLE_LIMIT
+    token_enc: tuple[Tensor, Tensor] | None
+    token_unembed: tuple[Tensor, Tensor] | None  # only for 1-layer models
+    dec_unembed: dict[int, Tensor]  # source layer -> (F, O): decoder to the last MLP x unembed
 
 
 def _encoder(transcoder, layer: int, d_model: int) -> Tensor:
@@ -129,7 +144,36 @@ def _weights(model: Transformer, transcoder) -> _Weights:
     u = p["unembed.W_U"] - p["unembed.W_U"].mean(1, keepdim=True)
     if ln:
         u = _centered(p["ln_final.w"].view(-1, 1) * u)
-    return _Weights(w_vc, w_qc, w_kc, w_o, enc, dec, u, p["embed.W_E"], p["pos_embed.W_pos"])
+    enc_o = [torch.einsum("df,hed->fhe", enc[l], w_o[l]) for l in range(cfg.n_layers)]
+    u_o = torch.einsum("do,hed->ohe", u, w_o[-1])
+    # every (position, token) embedding, directly and through layer 0's value maps
+    emb = p["pos_embed.W_pos"].unsqueeze(1) + p["embed.W_E"].unsqueeze(0)  # (S, V, D)
+    emb_v = torch.einsum("svd,hde->hsve", emb, w_vc[0])
+
+    def table(direct: Tensor, image: Tensor) -> tuple[Tensor, Tensor] | None:
+        if image.shape[0] * image.shape[1] * emb.shape[0] * emb.shape[1] > TOKEN_TABLE_LIMIT:
+            return None
+        return (
+            torch.einsum("dx,svd->xsv", direct, emb),
+            torch.einsum("xhe,hsve->xhsv", image, emb_v),
+        )
+
+    return _Weights(
+        w_vc,
+        w_qc,
+        w_kc,
+        w_o,
+        enc,
+        dec,
+        u,
+        p["embed.W_E"],
+        p["pos_embed.W_pos"],
+        enc_o,
+        u_o,
+        token_enc=table(enc[0], enc_o[0]),
+        token_unembed=table(u, u_o) if cfg.n_layers == 1 else None,
+        dec_unembed={s: d @ u for (s, t), d in dec.items() if t == cfg.n_layers - 1},
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,13 +313,6 @@ def _slots(mask: Tensor) -> tuple[Tensor, ...]:
 # phase 3: edges
 
 
-def _pullback(g: Tensor, coef: Tensor, w_o: Tensor, w_vc: Tensor) -> Tensor:
-    """Gradient w.r.t. resid_mid (B, R, S, D) -> w.r.t. resid_pre through frozen attention."""
-    gz = torch.einsum("brqd,hed->brqhe", g, w_o)
-    gv = torch.einsum("brqhe,bhqk->brkhe", gz, coef)
-    return g + torch.einsum("brkhe,hde->brkd", gv, w_vc)
-
-
 def _push(x: Tensor, coef: Tensor, w_o: Tensor, w_vc: Tensor) -> Tensor:
     """Residual footprints (B, N, S, D) at resid_pre -> at resid_mid through frozen attention."""
     v = torch.einsum("bnkd,hde->bnkhe", x, w_vc)
@@ -345,58 +382,164 @@ def _write_vectors(
     return lo, torch.cat(parts, dim=1), nodes.features[:, lo:hi, 1]
 
 
-def _edges(fr: _Frozen, nodes: _ChunkNodes, w: _Weights, layout: _Layout, kind: str) -> Tensor:
-    """Adjacency (B, N, N) of one chunk."""
+def _position_edges(g: Tensor, vectors: Tensor, pos: Tensor) -> Tensor:
+    """g (B, R, S, D) readers' gradients at a site, vectors (B, n, D) written at positions
+    (B, n) -> edges (B, R, n). One product per position that holds a source."""
+    out = torch.zeros(g.shape[0], g.shape[1], vectors.shape[1])
+    for k in range(g.shape[2]):
+        at_k = pos == k
+        if bool(at_k.any()):
+            out += torch.bmm(g[:, :, k], vectors.transpose(1, 2)) * at_k.unsqueeze(1)
+    return out
+
+
+@dataclass
+class _PointReaders:
+    """Readers that enter at one position: a block of feature slots or of logit slots."""
+
+    rows: slice  # reader rows (features first, then logits)
+    ids: Tensor  # (B, n) feature index or output token
+    pos: Tensor  # (B, n)
+    scale: Tensor  # (B, n) frozen 1/LayerNorm scale, 0 for padding
+    direct: Tensor  # (D, X) the reader's direction in the residual (before the scale)
+    image: Tensor  # (X, H, E) the same seen through the W_O of the layer that reads first
+    tables: tuple[Tensor, Tensor] | None  # token tables when the layer reading first is 0
+
+    def vec(self) -> Tensor:  # (B, n, D)
+        return self.direct.T[self.ids] * self.scale.unsqueeze(-1)
+
+    def head_grad(self) -> Tensor:  # (B, n, H, E)
+        return self.image[self.ids] * self.scale.view(*self.scale.shape, 1, 1)
+
+
+def _point_readers(
+    fr: _Frozen, nodes: _ChunkNodes, w: _Weights, layout: _Layout, layer: int | None
+) -> _PointReaders:
+    """Feature readers of `layer`, or the logit readers (layer None)."""
+    K = layout.n_features
+    if layer is not None:
+        off = layout.feature_offsets
+        block = slice(off[layer], off[layer + 1])
+        f, p = nodes.features[:, block, 2], nodes.features[:, block, 1]
+        scale = fr.inv_scale2[layer].gather(1, p) * nodes.mask[:, block]
+        tables = w.token_enc if layer == 0 else None
+        return _PointReaders(block, f, p, scale, w.enc[layer], w.enc_o[layer], tables)
+    pos = layout_logit_positions(layout).expand(nodes.logit_tokens.shape)
+    scale = fr.inv_scale_final.gather(1, pos) * nodes.logit_mask
+    rows = slice(K, K + layout.n_logits)
+    return _PointReaders(
+        rows, nodes.logit_tokens, pos, scale, w.unembed, w.unembed_o, w.token_unembed
+    )
+
+
+def layout_logit_positions(layout: _Layout) -> Tensor:
+    """(1, T) answer position of every logit slot."""
+    parts = [
+        torch.full((layout.logit_offsets[i + 1] - layout.logit_offsets[i],), a)
+        for i, a in enumerate(layout.answers)
+    ]
+    return torch.cat(parts).long().view(1, -1)
+
+
+def _edges(
+    fr: _Frozen, nodes: _ChunkNodes, w: _Weights, layout: _Layout, kind: str, out: Tensor
+) -> None:
+    """Write the adjacency of one chunk into `out` (B, N, N), zero on entry.
+
+    Readers enter at one position (a feature at resid_mid of its layer, a logit at the final
+    residual). Through the attention layer that reads them first their head-output gradient is
+    a precomputed W_O image times the prompt's LayerNorm scale, spread over keys by the frozen
+    pattern; at layer 0 their token edges are looked up in (position, token) tables. Readers
+    carried down from later layers (multi-layer models) are pulled back with full einsums.
+    """
     L, S = layout.n_layers, layout.n_pos
     bsz = fr.tokens.shape[0]
     K, T = layout.n_features, layout.n_logits
-    d = w.embed.shape[1]
-    n_src = layout.logit_start  # features, errors, tokens
-    R = K + T
-    edges = torch.zeros(bsz, R, n_src)
-    g = torch.zeros(bsz, R, S, d)
-    # logit readers at the final residual
-    for i, a in enumerate(layout.answers):
-        lo, hi = layout.logit_offsets[i], layout.logit_offsets[i + 1]
-        vec = w.unembed.T[nodes.logit_tokens[:, lo:hi]] * nodes.logit_mask[:, lo:hi, None]
-        g[:, K + lo : K + hi, a] = vec * fr.inv_scale_final[:, a].view(bsz, 1, 1)
-    off = layout.feature_offsets
+    n_src, R = layout.logit_start, K + T
+    b_idx = torch.arange(bsz).view(bsz, 1)
     positions = torch.arange(S)
-    for j in range(L, -1, -1):
-        if j < L:
-            # layer-j feature readers read resid_mid of block j at their position
-            block = slice(off[j], off[j + 1])
-            if off[j + 1] > off[j]:
-                f = nodes.features[:, block]
-                vec = w.enc[j].T[f[..., 2]] * nodes.mask[:, block, None]
-                vec = vec * fr.inv_scale2[j].gather(1, f[..., 1]).unsqueeze(-1)
-                onehot = (f[..., 1:2] == positions).unsqueeze(-1)  # (B, K_j, S, 1)
-                g[:, block] = onehot * vec.unsqueeze(2)
-            lo = off[j]
-            g[:, lo:] = _pullback(g[:, lo:], fr.coef[j], w.w_o[j], w.w_vc[j])
-        else:
-            lo = K
-        gj = g[:, lo:]
-        if j == 0:
-            emb = w.embed[fr.tokens] + w.pos_embed[:S]
-            cols = slice(layout.token_start, layout.token_start + S)
-            edges[:, lo:, cols] = torch.einsum("brsd,bsd->brs", gj, emb)
-            continue
-        t = j - 1
-        cols = slice(layout.error_start + t * S, layout.error_start + (t + 1) * S)
-        edges[:, lo:, cols] = torch.einsum("brsd,bsd->brs", gj, fr.errors[t])
-        src_lo, vectors, pos = _write_vectors(nodes, w, layout, t, kind)
+    tok_cols = slice(layout.token_start, layout.token_start + S)
+    off = layout.feature_offsets
+
+    def put(lo: int, cols: slice, value: Tensor, add: bool = False) -> None:
+        """Reader rows lo:lo+n (rows < K are features, the rest logits) -> adjacency rows."""
+        hi = lo + value.shape[1]
+        for a, b, dst in ((lo, min(hi, K), lo), (max(lo, K), hi, n_src + max(lo, K) - K)):
+            if b > a:
+                target = out[:, dst : dst + b - a, cols]
+                part = value[:, a - lo : b - lo]
+                target.add_(part) if add else target.copy_(part)
+
+    def err_cols(t: int) -> slice:
+        return slice(layout.error_start + t * S, layout.error_start + (t + 1) * S)
+
+    def take_sources(g: Tensor, lo: int, t: int) -> None:
+        """Edges from what layer t's MLP output writes (errors, decoders) into readers lo:."""
+        put(lo, err_cols(t), torch.einsum("brsd,bsd->brs", g, fr.errors[t]))
+        src_lo, vectors, src_pos = _write_vectors(nodes, w, layout, t, kind)
         if vectors.shape[1]:
-            acc = torch.zeros(bsz, gj.shape[1], vectors.shape[1])
-            for k in range(S):
-                at_k = (pos == k).unsqueeze(1)
-                if bool(at_k.any()):
-                    acc += torch.bmm(gj[:, :, k], vectors.transpose(1, 2)) * at_k
-            edges[:, lo:, src_lo : src_lo + vectors.shape[1]] += acc
-    adjacency = torch.zeros(bsz, layout.n_nodes, layout.n_nodes)
-    adjacency[:, :K, :n_src] = edges[:, :K]
-    adjacency[:, layout.logit_start :, :n_src] = edges[:, K:]
-    return adjacency
+            block = slice(src_lo, src_lo + vectors.shape[1])
+            put(lo, block, _position_edges(g, vectors, src_pos), add=True)
+
+    def spread(g: Tensor, pos: Tensor) -> Tensor:
+        """(B, n, D) at positions (B, n) -> (B, n, S, D)."""
+        return (pos.unsqueeze(-1) == positions).unsqueeze(-1) * g.unsqueeze(2)
+
+    logits = _point_readers(fr, nodes, w, layout, None)
+    # the final residual: only logit readers, each at its answer position; decoders of the
+    # last MLP through precomputed decoder x unembedding tables
+    t = L - 1
+    d = w.embed.shape[1]
+    err = fr.errors[t].gather(1, logits.pos.unsqueeze(-1).expand(-1, -1, d))  # (B, T, D)
+    at_pos = logits.pos.unsqueeze(-1) == positions  # (B, T, S)
+    put(K, err_cols(t), at_pos * (logits.vec() * err).sum(-1, keepdim=True))
+    for s, table in w.dec_unembed.items():
+        block = slice(off[s], off[s + 1])
+        f, p = nodes.features[:, block, 2], nodes.features[:, block, 1]
+        val = table[f.unsqueeze(1), logits.ids.unsqueeze(2)]  # (B, T, K_s)
+        same = p.unsqueeze(1) == logits.pos.unsqueeze(2)
+        val = val * (logits.scale.unsqueeze(2) * nodes.acts[:, block].unsqueeze(1) * same)
+        put(K, block, val)
+    carried: Tensor | None = None  # (B, R - off[j + 1], S, D): gradients at resid_pre of j + 1
+    for j in range(L - 1, -1, -1):
+        coef = fr.coef[j]
+        fresh = [_point_readers(fr, nodes, w, layout, j)] + ([logits] if j == L - 1 else [])
+        if j == 0:
+            # token edges of fresh readers from the tables: direct at the reader's position,
+            # and through each head's value at every key position
+            for pr in (p for p in fresh if p.tables is not None):
+                direct, value = pr.tables
+                tok_q = fr.tokens.gather(1, pr.pos)
+                at = direct[pr.ids, pr.pos, tok_q] * pr.scale  # (B, n)
+                heads = torch.arange(value.shape[1]).view(1, 1, -1, 1)
+                looked = value[pr.ids[..., None, None], heads, positions, fr.tokens[:, None, None]]
+                c_at = coef.permute(0, 2, 1, 3)[b_idx, pr.pos]  # (B, n, H, S)
+                through = (looked * c_at).sum(2) * pr.scale.unsqueeze(-1)
+                onehot = pr.pos.unsqueeze(-1) == positions
+                put(pr.rows.start, tok_cols, onehot * at.unsqueeze(-1) + through)
+            fresh = [p for p in fresh if p.tables is None]
+        groups = []  # (reader rows, head-value gradients (B, n, S, H, E), residual part)
+        for pr in fresh:
+            # point readers: their head-output gradient is fixed; the pattern spreads it
+            c_at = coef.permute(0, 2, 1, 3)[b_idx, pr.pos]  # (B, n, H, S)
+            gv = torch.einsum("brhk,brhe->brkhe", c_at, pr.head_grad())
+            groups.append((pr.rows, gv, spread(pr.vec(), pr.pos)))
+        if carried is not None:
+            gz = torch.einsum("brqd,hed->brqhe", carried, w.w_o[j])
+            gv = torch.einsum("brqhe,bhqk->brkhe", gz, coef)
+            groups.append((slice(R - carried.shape[1], R), gv, carried))
+        if j > 0:
+            # rows off[j]:R, contiguous: layer-j features, (logits,) carried readers
+            gv_all = torch.cat([g[1] for g in groups], 1)
+            res_all = torch.cat([g[2] for g in groups], 1)
+            carried = res_all + torch.einsum("brkhe,hde->brkd", gv_all, w.w_vc[j])
+            take_sources(carried, R - carried.shape[1], j - 1)
+            continue
+        emb = w.embed[fr.tokens] + w.pos_embed[:S]
+        emb_v = torch.einsum("bsd,hde->bshe", emb, w.w_vc[0])
+        for rows, gv, res in groups:
+            direct = torch.einsum("brsd,bsd->brs", res, emb)
+            put(rows.start, tok_cols, direct + torch.einsum("brshe,bshe->brs", gv, emb_v))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -421,28 +564,29 @@ def _qk_query_positions(cfg, layer: int, seq_len: int) -> tuple[int, ...]:
 def _qk_chunk(
     fr: _Frozen, nodes: _ChunkNodes, w: _Weights, layout: _Layout, kind: str, model_cfg
 ) -> list[tuple[Tensor, Tensor]]:
-    """Per attention layer: (pairs (B, H, Qn, S, Ns+1, Ns+1), scores (B, H, Qn, S))."""
+    """Per attention layer: (pairs (B, H, Qn, S, Ns+1, Ns+1), scores (B, H, Qn, S)).
+
+    Footprints x (B, Ns, S, D) of the layer's sources (order of `_qk_sources`: features of
+    earlier layers, errors of earlier layers, tokens) in its resid_pre; advanced to the next
+    layer through the frozen attention, then the writes of this layer's MLP are added.
+    """
     L, S = layout.n_layers, layout.n_pos
     bsz = fr.tokens.shape[0]
-    d = w.embed.shape[1]
-    K_all = layout.n_features
-    n_tok_err = L * S + S
-    # footprints of every feature slot, error node and token at resid_pre of the current layer,
-    # in node order [features, errors, tokens]
-    x = torch.zeros(bsz, K_all + n_tok_err, S, d)
-    tok = layout.token_start
-    emb = w.embed[fr.tokens] + w.pos_embed[:S]
-    x[:, tok : tok + S] = torch.diag_embed(emb.transpose(1, 2)).permute(0, 2, 3, 1)
-    out = []
+    off = layout.feature_offsets
     positions = torch.arange(S)
+    emb = w.embed[fr.tokens] + w.pos_embed[:S]
+    eye = torch.eye(S).view(1, S, S, 1)
+    feats = torch.zeros(bsz, 0, S, emb.shape[-1])
+    errs = torch.zeros(bsz, 0, S, emb.shape[-1])
+    toks = eye * emb.unsqueeze(2)  # token at position i writes only there
+    out = []
     for l in range(L):
-        src = _qk_sources(layout, l)
         qpos = list(_qk_query_positions(model_cfg, l, S))
-        xs = x[:, src]
+        x = torch.cat([feats, errs, toks], dim=1)
         e = w.w_qc[l].shape[-1]
-        qc = torch.einsum("bnqd,hde->bnqhe", xs[:, :, qpos], w.w_qc[l])
+        qc = torch.einsum("bnqd,hde->bnqhe", x[:, :, qpos], w.w_qc[l])
         qc = qc * fr.inv_scale1[l][:, qpos].view(bsz, 1, -1, 1, 1)
-        kc = torch.einsum("bnkd,hde->bnkhe", xs, w.w_kc[l]) * fr.inv_scale1[l].view(bsz, 1, S, 1, 1)
+        kc = torch.einsum("bnkd,hde->bnkhe", x, w.w_kc[l]) * fr.inv_scale1[l].view(bsz, 1, S, 1, 1)
         q_bias = fr.q[l][:, qpos] - qc.sum(1)
         k_bias = fr.k[l] - kc.sum(1)
         qe = torch.cat([qc, q_bias.unsqueeze(1)], dim=1)
@@ -454,14 +598,14 @@ def _qk_chunk(
         out.append((pairs, scores * causal))
         if l == L - 1:
             break
-        # advance the footprints to resid_pre of layer l + 1
-        x = _push(x, fr.coef[l], w.w_o[l], w.w_vc[l])
-        err = layout.error_start + l * S
-        x[:, err : err + S] += torch.diag_embed(fr.errors[l].transpose(1, 2)).permute(0, 2, 3, 1)
-        src_lo, vectors, pos = _write_vectors(nodes, w, layout, l, kind)
-        if vectors.shape[1]:
-            onehot = (pos.unsqueeze(-1) == positions).unsqueeze(-1)  # (B, n, S, 1)
-            x[:, src_lo : src_lo + vectors.shape[1]] += onehot * vectors.unsqueeze(2)
+        # advance to resid_pre of layer l + 1: attention l, then MLP l's writes
+        feats, errs, toks = (_push(t, fr.coef[l], w.w_o[l], w.w_vc[l]) for t in (feats, errs, toks))
+        errs = torch.cat([errs, eye * fr.errors[l].unsqueeze(2)], dim=1)
+        src_lo, vectors, src_pos = _write_vectors(nodes, w, layout, l, kind)
+        new = torch.zeros(bsz, off[l + 1] - off[l], S, emb.shape[-1])
+        feats = torch.cat([feats, new], dim=1)
+        onehot = (src_pos.unsqueeze(-1) == positions).unsqueeze(-1)  # (B, n, S, 1)
+        feats[:, src_lo : off[l + 1]] += onehot * vectors.unsqueeze(2)
     return out
 
 
@@ -472,9 +616,7 @@ def _qk_chunk(
 def _check(model: Transformer, transcoder) -> str:
     cfg = model.cfg
     if not cfg.d_mlp:
-        raise AttributionError(
-            "the model has no MLPs (d_mlp=0): there are no features to attribute"
-        )
+        raise AttributionError("the model has no MLPs (d_mlp=0): there are no features")
     if transcoder.n_layers != cfg.n_layers or transcoder.d_model != cfg.d_model:
         raise AttributionError(
             f"transcoder has {transcoder.n_layers} layers of d_model {transcoder.d_model}, the "
@@ -484,6 +626,93 @@ def _check(model: Transformer, transcoder) -> str:
     if kind not in ("per_layer", "cross_layer"):
         raise AttributionError(f"unknown transcoder kind {kind!r}")
     return kind
+
+
+def _chunk_layout(fr: _Frozen, cfg: AttributionConfig, answers: tuple[int, ...]) -> _Layout:
+    """The smallest padded layout holding every prompt of a chunk."""
+    L, S = len(fr.acts), fr.tokens.shape[1]
+    feats = [int((a != 0).flatten(1).sum(1).max()) if a.shape[0] else 0 for a in fr.acts]
+    logits = [
+        int(_logit_targets(fr.logits[:, a], cfg)[2].max()) if fr.logits.shape[0] else 0
+        for a in answers
+    ]
+    return _Layout(_offsets(feats), _offsets(logits), answers, L, S)
+
+
+def _merge(layouts: list[_Layout]) -> _Layout:
+    first = layouts[0]
+    widths = lambda offs: np.diff(offs)  # noqa: E731
+    feats = np.max([widths(x.feature_offsets) for x in layouts], axis=0)
+    logits = np.max([widths(x.logit_offsets) for x in layouts], axis=0)
+    return _Layout(
+        _offsets(list(feats)), _offsets(list(logits)), first.answers, first.n_layers, first.n_pos
+    )
+
+
+def _graph(
+    fr: _Frozen,
+    layout: _Layout,
+    w: _Weights,
+    kind: str,
+    config: AttributionConfig,
+    model_cfg,
+    out: Tensor | None = None,
+) -> AttributionGraph:
+    """The attribution graphs of one chunk in `layout` (adjacency written into `out`, zeros)."""
+    nodes = _chunk_nodes(fr, layout, config)
+    bsz = fr.tokens.shape[0]
+    adjacency = torch.zeros(bsz, layout.n_nodes, layout.n_nodes) if out is None else out
+    _edges(fr, nodes, w, layout, kind, adjacency)
+    qk = []
+    if config.qk:
+        for l, (pairs, scores) in enumerate(_qk_chunk(fr, nodes, w, layout, kind, model_cfg)):
+            qk.append(
+                QKAttribution(
+                    layer=l,
+                    sources=_qk_sources(layout, l),
+                    query_positions=_qk_query_positions(model_cfg, l, layout.n_pos),
+                    pairs=pairs,
+                    scores=scores,
+                )
+            )
+    return AttributionGraph(
+        tokens=fr.tokens,
+        n_layers=layout.n_layers,
+        features=nodes.features,
+        feature_mask=nodes.mask,
+        feature_offsets=layout.feature_offsets,
+        activations=nodes.acts,
+        pre_activations=nodes.pre,
+        logit_tokens=nodes.logit_tokens,
+        logit_positions=layout_logit_positions(layout).flatten(),
+        logit_mask=nodes.logit_mask,
+        logit_probs=nodes.logit_probs,
+        logit_values=nodes.logit_values,
+        adjacency=adjacency,
+        qk=qk,
+    )
+
+
+@torch.no_grad()
+def iter_attribute(
+    model: Transformer,
+    transcoder,
+    tokens: Tensor | np.ndarray,
+    config: AttributionConfig | None = None,
+) -> Iterator[AttributionGraph]:
+    """Graphs of `config.batch_size` prompts at a time, each chunk in its own padded layout.
+
+    For aggregating over many inputs in bounded memory; `attribute` returns one layout for all.
+    """
+    config = config or AttributionConfig()
+    kind = _check(model, transcoder)
+    tokens = check_tokens(model, tokens)
+    w = _weights(model, transcoder)
+    answers = tuple(model.cfg.answer_positions)
+    with _eval_mode(model):
+        for start in range(0, tokens.shape[0], config.batch_size):
+            fr = _freeze(model, transcoder, tokens[start : start + config.batch_size], config.qk)
+            yield _graph(fr, _chunk_layout(fr, config, answers), w, kind, config, model.cfg)
 
 
 @torch.no_grad()
@@ -496,90 +725,73 @@ def attribute(
 ) -> AttributionGraph:
     """Attribution graphs of every prompt in `tokens` (B, S), in one padded layout.
 
-    `progress(phase, done, total)` is called after each chunk of each phase.
+    Two phases over chunks of `config.batch_size` prompts: the forward pass and encoding fix
+    the layout (the most active features per layer, the most logit targets per position),
+    then every chunk's graphs are written into it. `progress(phase, done, total)` is called
+    after each chunk.
     """
     config = config or AttributionConfig()
     kind = _check(model, transcoder)
     tokens = check_tokens(model, tokens)
-    cfg = model.cfg
-    bsz, S = tokens.shape
-    L = cfg.n_layers
-    answers = tuple(cfg.answer_positions)
+    bsz = tokens.shape[0]
+    answers = tuple(model.cfg.answer_positions)
     w = _weights(model, transcoder)
     chunks = [slice(i, min(i + config.batch_size, bsz)) for i in range(0, bsz, config.batch_size)]
-    was_training = model.training
-    model.eval()
-    try:
-        # phase 1: node counts per prompt fix the padded layout
-        feat_max = [0] * L
-        logit_max = [0] * len(answers)
+    with _eval_mode(model):
+        layouts = []
         for n, sl in enumerate(chunks):
             fr = _freeze(model, transcoder, tokens[sl], want_qk=False)
-            for l in range(L):
-                feat_max[l] = max(feat_max[l], int((fr.acts[l] != 0).flatten(1).sum(1).max()))
-            for i, a in enumerate(answers):
-                _, _, count = _logit_targets(fr.logits[:, a], config)
-                logit_max[i] = max(logit_max[i], int(count.max()))
+            layouts.append(_chunk_layout(fr, config, answers))
             if progress:
                 progress("features", n + 1, len(chunks))
-        layout = _Layout(_offsets(feat_max), _offsets(logit_max), answers, L, S)
-        n_nodes = layout.n_nodes
-        K, T = layout.n_features, layout.n_logits
-        features = torch.zeros(bsz, K, 3, dtype=torch.long)
-        feature_mask = torch.zeros(bsz, K, dtype=torch.bool)
-        acts = torch.zeros(bsz, K)
-        pre = torch.zeros(bsz, K)
-        logit_tokens = torch.zeros(bsz, T, dtype=torch.long)
-        logit_mask = torch.zeros(bsz, T, dtype=torch.bool)
-        logit_probs = torch.zeros(bsz, T)
-        logit_values = torch.zeros(bsz, T)
-        adjacency = torch.zeros(bsz, n_nodes, n_nodes)
-        qk_parts: list[list[tuple[Tensor, Tensor]]] = []
+        layout = _merge(layouts)
+        adjacency = torch.zeros(bsz, layout.n_nodes, layout.n_nodes)
+        parts = []
         for n, sl in enumerate(chunks):
             fr = _freeze(model, transcoder, tokens[sl], want_qk=config.qk)
-            nodes = _chunk_nodes(fr, layout, config)
-            features[sl], feature_mask[sl] = nodes.features, nodes.mask
-            acts[sl], pre[sl] = nodes.acts, nodes.pre
-            logit_tokens[sl], logit_mask[sl] = nodes.logit_tokens, nodes.logit_mask
-            logit_probs[sl], logit_values[sl] = nodes.logit_probs, nodes.logit_values
-            adjacency[sl] = _edges(fr, nodes, w, layout, kind)
-            if config.qk:
-                qk_parts.append(_qk_chunk(fr, nodes, w, layout, kind, cfg))
+            parts.append(_graph(fr, layout, w, kind, config, model.cfg, adjacency[sl]))
             if progress:
                 progress("edges", n + 1, len(chunks))
-    finally:
-        model.train(was_training)
-    qk = []
-    if config.qk:
-        for l in range(L):
-            qk.append(
-                QKAttribution(
-                    layer=l,
-                    sources=_qk_sources(layout, l),
-                    query_positions=_qk_query_positions(cfg, l, S),
-                    pairs=torch.cat([part[l][0] for part in qk_parts]),
-                    scores=torch.cat([part[l][1] for part in qk_parts]),
-                )
-            )
-    logit_positions = torch.cat(
-        [
-            torch.full((layout.logit_offsets[i + 1] - layout.logit_offsets[i],), a)
-            for i, a in enumerate(answers)
-        ]
-    ).long()
+    return _concat(parts, adjacency)
+
+
+def _concat(parts: list[AttributionGraph], adjacency: Tensor) -> AttributionGraph:
+    """Graphs of one layout whose adjacencies are consecutive slices of `adjacency`."""
+    first = parts[0]
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    qk = [
+        QKAttribution(
+            layer=q.layer,
+            sources=q.sources,
+            query_positions=q.query_positions,
+            pairs=torch.cat([p.qk[i].pairs for p in parts]),
+            scores=torch.cat([p.qk[i].scores for p in parts]),
+        )
+        for i, q in enumerate(first.qk)
+    ]
     return AttributionGraph(
-        tokens=tokens,
-        n_layers=L,
-        features=features,
-        feature_mask=feature_mask,
-        feature_offsets=layout.feature_offsets,
-        activations=acts,
-        pre_activations=pre,
-        logit_tokens=logit_tokens,
-        logit_positions=logit_positions,
-        logit_mask=logit_mask,
-        logit_probs=logit_probs,
-        logit_values=logit_values,
+        tokens=cat("tokens"),
+        n_layers=first.n_layers,
+        features=cat("features"),
+        feature_mask=cat("feature_mask"),
+        feature_offsets=first.feature_offsets,
+        activations=cat("activations"),
+        pre_activations=cat("pre_activations"),
+        logit_tokens=cat("logit_tokens"),
+        logit_positions=first.logit_positions,
+        logit_mask=cat("logit_mask"),
+        logit_probs=cat("logit_probs"),
+        logit_values=cat("logit_values"),
         adjacency=adjacency,
         qk=qk,
     )
+
+
+@contextmanager
+def _eval_mode(model: Transformer) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -15,7 +15,13 @@ import math
 import pytest
 import torch
 
-from circuitlab.extraction.attribution import AttributionConfig, AttributionError, attribute
+from circuitlab.extraction import attribution
+from circuitlab.extraction.attribution import (
+    AttributionConfig,
+    AttributionError,
+    attribute,
+    iter_attribute,
+)
 from circuitlab.extraction.graph import (
     ERROR,
     FEATURE,
@@ -234,6 +240,39 @@ def test_every_edge_equals_the_measured_effect_of_removing_its_source(n_layers, 
     layers, positions = graph.features[..., 0], graph.features[..., 1]
     last = graph.feature_mask & (layers == n_layers - 1)
     assert set(positions[last].tolist()) <= set(model.cfg.answer_positions)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_general_path_without_token_tables(n_layers, monkeypatch):
+    """Large vocabularies skip the (position, token) tables; both paths give the same graph."""
+    model = random_model(n_layers, True, seed=11)
+    tc = random_transcoder(model, "cross_layer")
+    tokens = prompts(model, 5)
+    fast = attribute(model, tc, tokens)
+    monkeypatch.setattr(attribution, "TOKEN_TABLE_LIMIT", 0)
+    slow, _ = check_edges(model, tc, tokens)
+    assert torch.allclose(fast.adjacency, slow.adjacency, atol=1e-5)
+
+
+def test_streamed_chunks_hold_the_same_graphs():
+    """iter_attribute pads each chunk on its own; the graphs are the same up to layout."""
+    model = random_model(2, True, seed=4)
+    tc = random_transcoder(model, "cross_layer")
+    tokens = prompts(model, 7)
+    config = AttributionConfig(batch_size=3)
+    whole = attribute(model, tc, tokens, config)
+    parts = list(iter_attribute(model, tc, tokens, config))
+    assert [p.n_prompts for p in parts] == [3, 3, 1]
+    assert parts[-1].n_nodes <= whole.n_nodes
+    b = 0
+    for part in parts:
+        for i in range(part.n_prompts):
+            ours = part.adjacency[i][part.adjacency[i] != 0].sort().values
+            ref = whole.adjacency[b][whole.adjacency[b] != 0].sort().values
+            assert torch.allclose(ours, ref, atol=1e-6)
+            b += 1
+    streamed = torch.cat([scores_of(p).replacement for p in parts])
+    assert torch.allclose(streamed, scores_of(whole).replacement, atol=1e-5)
 
 
 def test_logit_targets_are_the_smallest_top_k_reaching_the_probability():
