@@ -178,15 +178,35 @@ class UnitFrequencies:
         span cos/sin(w_k (a+b)) and cos/sin(w_k (a-b))).
     dominant: (N,) the k (1-based) explaining most; 0 for a constant (dead) unit.
     purity: (N,) the share explained by the dominant frequency; 0 for a constant unit.
-    sum_share: (N,) share explained by cos/sin(w_dominant (a+b)) alone.
+    terms: (N, 4) shares of the dominant frequency's terms, columns TERMS: w a alone, w b alone,
+        cos/sin(w (a+b)), cos/sin(w (a-b)); they add up to `purity`.
     variance: (N,) variance of each unit over the grid (exactly 0 for constant units).
     """
+
+    TERMS = ("a", "b", "a+b", "a-b")
 
     explained: torch.Tensor
     dominant: torch.Tensor
     purity: torch.Tensor
-    sum_share: torch.Tensor
+    terms: torch.Tensor
     variance: torch.Tensor
+
+    @property
+    def sum_share(self) -> torch.Tensor:
+        """(N,) share explained by cos/sin(w_dominant (a+b)) alone."""
+        return self.terms[:, 2]
+
+    def label(self, unit: int, min_purity: float = 0.5) -> str:
+        """A short label such as "w_14 (a+b) [0.93]": the dominant frequency's main term and the
+        unit's purity; "dead" or "mixed frequencies" when there is no dominant one."""
+        if float(self.variance[unit]) == 0:
+            return "dead"
+        k, purity = int(self.dominant[unit]), float(self.purity[unit])
+        if purity < min_purity:
+            return f"mixed frequencies (best w_{k} [{purity:.2f}])"
+        term = self.TERMS[int(self.terms[unit].argmax())]
+        arg = f"({term})" if len(term) > 1 else term
+        return f"w_{k} {arg} [{purity:.2f}]"
 
     def pure_fraction(
         self, threshold: float = PURE_THRESHOLD, keys: tuple[int, ...] | None = None
@@ -250,28 +270,35 @@ def unit_frequencies(grid: torch.Tensor) -> UnitFrequencies:
     k = n_frequencies(p)
     idx = torch.arange(1, p).view(k, 2)  # rows 2k-1, 2k
     per_k = []
-    sum_terms = []
     for i in range(k):
         r = idx[i]
-        block = energy[r][:, r].sum((0, 1))  # 4 products
-        linear = energy[r, 0].sum(0) + energy[0, r].sum(0)  # cos/sin in a alone, in b alone
-        per_k.append(block + linear)
-        # cos(w(a+b)) = cc - ss and sin(w(a+b)) = sc + cs (orthonormal rows, so /sqrt 2 each)
+        # cos(w(a+b)) = cc - ss, sin(w(a+b)) = sc + cs, cos(w(a-b)) = cc + ss and
+        # sin(w(a-b)) = sc - cs: an orthonormal basis of the 4 products after dividing by sqrt 2
         cc, cs, sc, ss = coef[r[0], r[0]], coef[r[0], r[1]], coef[r[1], r[0]], coef[r[1], r[1]]
-        sum_terms.append(((cc - ss).pow(2) + (sc + cs).pow(2)) / 2)
-    explained_energy = torch.stack(per_k, dim=1)  # (N, K)
+        per_k.append(
+            torch.stack(
+                [
+                    energy[r, 0].sum(0),  # cos/sin(w a) alone
+                    energy[0, r].sum(0),  # cos/sin(w b) alone
+                    ((cc - ss).pow(2) + (sc + cs).pow(2)) / 2,
+                    ((cc + ss).pow(2) + (sc - cs).pow(2)) / 2,
+                ],
+                dim=1,
+            )
+        )
+    term_energy = torch.stack(per_k, dim=1)  # (N, K, 4)
+    explained_energy = term_energy.sum(-1)  # (N, K)
     live = total > 1e-12 * max(float(total.max()), 1e-300)
     safe = torch.where(live, total, torch.ones_like(total))
     explained = torch.where(live[:, None], explained_energy / safe[:, None], 0.0)
     purity, best = explained.max(dim=1)
     dominant = torch.where(live, best + 1, torch.zeros_like(best))
-    sums = torch.stack(sum_terms, dim=1) / safe[:, None]  # (N, K)
-    sum_share = torch.where(live, sums.gather(1, best[:, None])[:, 0], 0.0)
+    terms = term_energy[torch.arange(len(best)), best] / safe[:, None]  # (N, 4)
     return UnitFrequencies(
         explained=explained,
         dominant=dominant,
         purity=torch.where(live, purity, 0.0),
-        sum_share=sum_share,
+        terms=torch.where(live[:, None], terms, 0.0),
         variance=torch.where(live, total / (p * p), 0.0),
     )
 

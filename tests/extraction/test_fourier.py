@@ -102,6 +102,17 @@ def test_unit_frequencies_of_hand_built_units():
     )
     assert units.dominant[4] == 0 and units.purity[4] == 0 and units.variance[4] == 0
     assert units.dominant[5] == 6 and 0.5 < units.purity[5] < 1.0
+    # the terms of the dominant frequency add up to the purity, and name the unit
+    torch.testing.assert_close(units.terms.sum(1), units.purity)
+    assert units.terms[2, 2] == pytest.approx(0.5) and units.terms[2, 3] == pytest.approx(0.5)
+    labels = [units.label(j) for j in range(6)]
+    assert labels[0] == "w_5 (a+b) [1.00]" and labels[1] == "w_7 a [1.00]"
+    assert labels[3].startswith("w_") and labels[4] == "dead"
+    assert labels[5].startswith("w_6 (a+b)")
+    diff = fo.unit_frequencies(_grid_of(_wave(4, a - b, P, torch.sin)))
+    assert diff.label(0) == "w_4 (a-b) [1.00]"
+    mixed = fo.unit_frequencies(_grid_of(_wave(2, a, P) + _wave(9, b, P) + _wave(4, a + b, P)))
+    assert mixed.label(0).startswith("mixed frequencies")
     # shares partition at most the variance
     assert bool((units.explained.sum(1) <= 1 + 1e-9).all())
     assert units.pure_fraction(0.99) == pytest.approx(3 / 5)  # of the 5 live units
