@@ -283,23 +283,33 @@ def graph_scores(adjacency: Tensor, weights: Tensor, kinds: Tensor) -> GraphScor
     return GraphScores(replacement, completeness)
 
 
-def scores_of(graph: AttributionGraph) -> GraphScores:
-    """Replacement and completeness scores of every prompt's graph, each of shape (B,)."""
-    return graph_scores(graph.adjacency, graph.logit_weights(), graph.node_kinds)
+def scores_of(graph: AttributionGraph, chunk: int = 1024) -> GraphScores:
+    """Replacement and completeness scores of every prompt's graph, each of shape (B,).
+
+    Computed `chunk` prompts at a time: the normalised copies of a whole task's adjacency
+    would otherwise double its memory several times over.
+    """
+    kinds, parts = graph.node_kinds, []
+    for lo in range(0, graph.n_prompts, chunk):
+        sl = slice(lo, lo + chunk)
+        parts.append(graph_scores(graph.adjacency[sl], graph.logit_weights()[sl], kinds))
+    return GraphScores(*(torch.cat([p[i] for p in parts]) for i in range(2)))
 
 
 def prune_graph(
-    graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98
+    graph: AttributionGraph,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    chunk: int = 1024,
 ) -> PruneResult:
-    """`prune` applied to every prompt's graph of `graph`."""
-    return prune(
-        graph.adjacency,
-        graph.logit_weights(),
-        graph.node_kinds,
-        node_threshold,
-        edge_threshold,
-        real=graph.node_mask,
-    )
+    """`prune` applied to every prompt's graph of `graph`, `chunk` prompts at a time."""
+    kinds, weights, real, parts = graph.node_kinds, graph.logit_weights(), graph.node_mask, []
+    for lo in range(0, graph.n_prompts, chunk):
+        sl = slice(lo, lo + chunk)
+        parts.append(
+            prune(graph.adjacency[sl], weights[sl], kinds, node_threshold, edge_threshold, real[sl])
+        )
+    return PruneResult(*(torch.cat([p[i] for p in parts]) for i in range(3)))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -273,6 +273,9 @@ def test_streamed_chunks_hold_the_same_graphs():
             b += 1
     streamed = torch.cat([scores_of(p).replacement for p in parts])
     assert torch.allclose(streamed, scores_of(whole).replacement, atol=1e-5)
+    # the chunked wrappers give what one batched call gives
+    assert torch.equal(scores_of(whole, chunk=2).completeness, scores_of(whole).completeness)
+    assert torch.equal(prune_graph(whole, chunk=2).edge_mask, prune_graph(whole).edge_mask)
 
 
 def test_logit_targets_are_the_smallest_top_k_reaching_the_probability():
