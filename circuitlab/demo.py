@@ -14,6 +14,7 @@ from circuitlab.cli.common import CliError, console, err_console
 
 OUT = "runs/demo"
 TASK = "add_mod_113"
+CATALOG = f"sqlite:///{OUT}/catalog.db"
 
 
 def run(*args: str) -> None:
@@ -30,10 +31,17 @@ def main() -> None:
     run("tasks")
     run("train", "--task", TASK, "--recipe", "fast", "--seeds", "0", "--out", OUT, "--overwrite")
     run("runs", OUT)
+    run_dir = f"{OUT}/{TASK}/fast-seed0"
+    run("extract", run_dir, "--catalog", CATALOG)
+    run("catalog", "--catalog", CATALOG, "list")
     console.rule()
     console.print(
-        f"demo finished in {time.perf_counter() - start:.0f}s. Run directory: {OUT}/{TASK}/fast-seed0 "
-        "(config.json, model.safetensors, metrics.jsonl, summary.json, curves.png)"
+        f"demo finished in {time.perf_counter() - start:.0f}s.\n"
+        f"run directory: {run_dir} (config.json, model.safetensors, metrics.jsonl, summary.json, "
+        "curves.png)\n"
+        f"extraction: {run_dir}/extraction (transcoder/, circuit.json, graphs/*.json for "
+        "circuit-tracer's frontend, sufficiency.png, summary.json)\n"
+        f"catalog: {CATALOG}"
     )
 
 

@@ -12,6 +12,7 @@ import typer
 
 from circuitlab.cli import catalog as _catalog_cmd
 from circuitlab.cli import discover as _discover_cmd
+from circuitlab.cli import extract as _extract_cmd
 from circuitlab.cli import registry as _registry_cmd
 from circuitlab.cli import tasks as _tasks_cmd
 from circuitlab.cli import training as _training_cmd
@@ -37,6 +38,7 @@ _tasks_cmd.register(app)
 _discover_cmd.register(app)
 _registry_cmd.register(app)
 _training_cmd.register(app)
+_extract_cmd.register(app)
 _catalog_cmd.register(app)
 
 

@@ -1,0 +1,115 @@
+"""`circuitlab extract RUN_DIR`: from a checkpoint to a measured circuit in the catalog."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from circuitlab.cli.common import CliError, console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("extract")
+    def extract_cmd(
+        run_dir: Path = typer.Argument(
+            ..., help="A finished run directory (see `circuitlab runs`)."
+        ),
+        catalog: str = typer.Option(
+            None,
+            "--catalog",
+            "-c",
+            help="Catalog URL: sqlite:///path.db, neo4j://host:7687 or bolt://... "
+            "(default: $CIRCUITLAB_CATALOG or ~/.circuitlab/catalog.db).",
+        ),
+        no_catalog: bool = typer.Option(False, "--no-catalog", help="Write artifacts only."),
+        kind: str = typer.Option(
+            "cross_layer", "--kind", help="Transcoder: cross_layer or per_layer."
+        ),
+        features: int = typer.Option(
+            0, "--features", help="Transcoder features per layer (0 = default)."
+        ),
+        steps: int = typer.Option(0, "--steps", help="Transcoder training steps (0 = default)."),
+        target: float = typer.Option(
+            0.99, "--target", help="Sufficiency accuracy the circuit must reach."
+        ),
+        ablation: str = typer.Option(
+            "mean", "--ablation", help="How features are ablated: mean, zero or resample."
+        ),
+        qk: bool = typer.Option(
+            False, "--qk/--no-qk", help="Also attribute attention scores (QK)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the transcoder and resampling."),
+    ) -> None:
+        """Extract the circuit of a trained model: transcoder, attribution graphs of every
+        input, the smallest faithful circuit, its interpretation; artifacts go to
+        RUN_DIR/extraction/ and the circuit into the catalog."""
+        from circuitlab.extraction.attribution import AttributionConfig
+        from circuitlab.extraction.circuit import ABLATIONS
+        from circuitlab.extraction.pipeline import ExtractConfig, ExtractionError, extract
+        from circuitlab.extraction.transcoder import TranscoderConfig, TranscoderError
+
+        if ablation not in ABLATIONS:
+            raise CliError(f"--ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
+        if not 0.0 < target <= 1.0:
+            raise CliError(f"--target must be in (0, 1], got {target}")
+        try:
+            changes = {"kind": kind, "seed": seed}
+            if features:
+                changes["n_features"] = features
+            if steps:
+                changes["steps"] = steps
+            tc_cfg = TranscoderConfig().replace(**changes)
+        except TranscoderError as exc:
+            raise CliError(str(exc)) from None
+        config = ExtractConfig(
+            transcoder=tc_cfg,
+            attribution=AttributionConfig(qk=qk),
+            target_accuracy=target,
+            ablation=ablation,
+            seed=seed,
+        )
+        start = time.perf_counter()
+
+        def progress(phase: str, message: str) -> None:
+            console.print(f"[dim]{time.perf_counter() - start:6.1f}s[/] [bold]{phase}[/] {message}")
+
+        try:
+            result = extract(
+                run_dir,
+                None if no_catalog else catalog,
+                config,
+                progress=progress,
+                write_catalog=not no_catalog,
+            )
+        except ExtractionError as exc:
+            raise CliError(str(exc)) from None
+        s = result.summary
+        table = Table(title=f"circuit of {s['task']} ({run_dir})", show_header=False)
+        c, t, g = s["circuit"], s["transcoder"], s["graph"]
+        table.add_row("interpretation", s["interpretation"]["label"])
+        table.add_row("features kept", f"{c['n_features']} of {c['n_features_total']}")
+        table.add_row(
+            "sufficiency",
+            f"accuracy {c['sufficiency_accuracy']:.4f}, loss {c['sufficiency_loss']:.4f} ({c['ablation']} ablation)",
+        )
+        table.add_row(
+            "necessity", f"accuracy {c['necessity_accuracy']:.4f}, loss {c['necessity_loss']:.4f}"
+        )
+        table.add_row("full model", f"accuracy {c['full_accuracy']:.4f}, loss {c['full_loss']:.4f}")
+        table.add_row(
+            "transcoder",
+            f"NMSE {t['nmse']:.4f}, L0 {t['l0']:.1f}, dead {t['dead_fraction']:.2%}, top-1 agreement {t['top1_agreement']:.4f}",
+        )
+        table.add_row(
+            "graphs",
+            f"replacement {g['replacement_score']:.3f}, completeness {g['completeness']:.3f}, {g['n_prompts']:,} prompts",
+        )
+        table.add_row("artifacts", str(result.out_dir))
+        table.add_row("graph JSON", ", ".join(Path(p).name for p in s.get("graphs", [])))
+        if result.circuit_id:
+            table.add_row("catalog id", result.circuit_id)
+        table.add_row("time", f"{time.perf_counter() - start:.0f}s")
+        console.print(table)

@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from circuitlab.catalog import open_catalog
+from circuitlab.extraction.pipeline import ExtractConfig, ExtractionError, extract
+from circuitlab.extraction.transcoder import TranscoderConfig
+from circuitlab.training import RunSpec, get_recipe, train_stack
+
+SMALL = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64)
+CONFIG = ExtractConfig(transcoder=TranscoderConfig(n_features=32, steps=80, batch_size=128))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "add13"
+    recipe = get_recipe("fast").replace(train_fraction=0.6, max_steps=150, model=SMALL)
+    train_stack([RunSpec("add_mod_13", recipe, 0, run)], threads=1)
+    return run
+
+
+def test_extract_writes_artifacts_and_catalog(run_dir, tmp_path):
+    url = f"sqlite:///{tmp_path / 'cat.db'}"
+    result = extract(run_dir, url, CONFIG)
+    out = run_dir / "extraction"
+    assert result.out_dir == out
+    for name in (
+        "summary.json",
+        "circuit.json",
+        "sufficiency.png",
+        "transcoder/transcoder.safetensors",
+    ):
+        assert (out / name).is_file(), name
+    graphs = sorted((out / "graphs").glob("*.json"))
+    assert graphs and json.loads(graphs[0].read_text())["metadata"]["schema_version"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    circuit = summary["circuit"]
+    assert circuit["n_inputs"] == 169 and 0 < circuit["n_features"] <= circuit["n_features_total"]
+    assert summary["circuit_id"] == result.circuit_id
+    with open_catalog(url) as cat:
+        record = cat.get(result.circuit_id)
+        assert record.task == "add_mod_13"
+        assert record.metrics.n_examples == 169
+        assert record.metrics.accuracy == pytest.approx(circuit["sufficiency_accuracy"])
+        kinds = {n.feature.node_type for n in record.nodes}
+        assert kinds == {"feature", "token", "logit"}
+        assert sum(n.feature.node_type == "feature" for n in record.nodes) == circuit["n_features"]
+        model = cat.get(record.model)
+        assert model.task == "add_mod_13" and model.metadata.source_run == str(run_dir)
+    # extracting again replaces the artifacts and keeps a single circuit for the same content
+    again = extract(run_dir, url, CONFIG)
+    assert again.circuit_id == result.circuit_id
+    assert not (run_dir / "extraction.partial").exists()
+
+
+def test_bad_inputs_fail_cleanly(run_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        (broken / name).write_bytes((run_dir / name).read_bytes())
+    with pytest.raises(ExtractionError, match="model.safetensors"):
+        extract(broken, None, CONFIG, write_catalog=False)
+    (broken / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes()[:64])
+    with pytest.raises(ExtractionError, match="checkpoint"):
+        extract(broken, None, CONFIG, write_catalog=False)
+    assert not (broken / "extraction").exists()
+    with pytest.raises(ExtractionError, match="catalog"):
+        extract(run_dir, "neo4j://127.0.0.1:9", CONFIG)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "circuitlab", "extract", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "no run directory" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "circuitlab", "extract", str(tmp_path), "--ablation", "gauss"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "--ablation" in res.stderr
