@@ -129,6 +129,32 @@ def _feature_labels(model, task, tc, tokens, keep) -> dict[tuple[int, int], dict
     return labels
 
 
+def circuit_frequencies(
+    feature_labels: dict[tuple[int, int], dict[str, Any]],
+    importance: torch.Tensor,
+    min_purity: float = 0.5,
+    min_share: float = 0.05,
+) -> list[int]:
+    """Frequencies the circuit's features compute: the dominant frequency of every feature at
+    least `min_purity` explained by it, kept when its features hold >= `min_share` of the
+    circuit's importance. Found from the circuit alone, independent of the embedding."""
+    by_k: dict[int, float] = {}
+    total = sum(float(importance[l, f]) for (l, f) in feature_labels) or 1.0
+    for (layer, f), lab in feature_labels.items():
+        if lab.get("dominant_frequency") and lab.get("purity", 0.0) >= min_purity:
+            k = int(lab["dominant_frequency"])
+            by_k[k] = by_k.get(k, 0.0) + float(importance[layer, f]) / total
+    return sorted(k for k, share in by_k.items() if share >= min_share)
+
+
+def frequency_f1(found: list[int], reference: list[int]) -> float:
+    hit = len(set(found) & set(reference))
+    if not found or not reference or not hit:
+        return 0.0
+    precision, recall = hit / len(found), hit / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
 def extract(
     run_dir: str | Path,
     catalog_url: str | None = None,
@@ -223,6 +249,16 @@ def extract(
         say("interpret", "interpreting the circuit")
         interpretation, fourier_report = _interpret(model, task, info)
         feature_labels = _feature_labels(model, task, tc, tokens, keep)
+        if fourier_report is not None:
+            found = circuit_frequencies(feature_labels, importance)
+            dft = list(fourier_report["keys"]["frequencies"])
+            fourier_report["circuit_frequencies"] = found
+            fourier_report["circuit_vs_embedding_f1"] = frequency_f1(found, dft)
+            interpretation["description"] += (
+                f" Circuit features compute frequencies {{{', '.join(map(str, found))}}} "
+                f"(F1 {fourier_report['circuit_vs_embedding_f1']:.2f} against the embedding DFT)."
+            )
+            say("interpret", f"{interpretation['label']}; circuit features: {found}")
         phase_done("interpret")
 
         summary = {
