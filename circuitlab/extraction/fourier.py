@@ -196,17 +196,18 @@ class UnitFrequencies:
         """(N,) share explained by cos/sin(w_dominant (a+b)) alone."""
         return self.terms[:, 2]
 
-    def label(self, unit: int, min_purity: float = 0.5) -> str:
-        """A short label such as "w_14 (a+b) [0.93]": the dominant frequency's main term and the
-        unit's purity; "dead" or "mixed frequencies" when there is no dominant one."""
+    def label(self, unit: int, min_purity: float = 0.5, min_term: float = 0.1) -> str:
+        """A short label such as "w_21 [0.96]: a 0.38, b 0.38, a+b 0.14": the dominant
+        frequency, the unit's purity and the terms holding >= `min_term` of its variance;
+        "dead" or "mixed frequencies" when there is no dominant frequency."""
         if float(self.variance[unit]) == 0:
             return "dead"
         k, purity = int(self.dominant[unit]), float(self.purity[unit])
         if purity < min_purity:
             return f"mixed frequencies (best w_{k} [{purity:.2f}])"
-        term = self.TERMS[int(self.terms[unit].argmax())]
-        arg = f"({term})" if len(term) > 1 else term
-        return f"w_{k} {arg} [{purity:.2f}]"
+        shares = self.terms[unit].tolist()
+        terms = [f"{t} {v:.2f}" for t, v in zip(self.TERMS, shares, strict=True) if v >= min_term]
+        return f"w_{k} [{purity:.2f}]: " + ", ".join(terms)
 
     def pure_fraction(
         self, threshold: float = PURE_THRESHOLD, keys: tuple[int, ...] | None = None

@@ -106,11 +106,12 @@ def test_unit_frequencies_of_hand_built_units():
     torch.testing.assert_close(units.terms.sum(1), units.purity)
     assert units.terms[2, 2] == pytest.approx(0.5) and units.terms[2, 3] == pytest.approx(0.5)
     labels = [units.label(j) for j in range(6)]
-    assert labels[0] == "w_5 (a+b) [1.00]" and labels[1] == "w_7 a [1.00]"
-    assert labels[3].startswith("w_") and labels[4] == "dead"
-    assert labels[5].startswith("w_6 (a+b)")
+    assert labels[0] == "w_5 [1.00]: a+b 1.00" and labels[1] == "w_7 [1.00]: a 1.00"
+    assert labels[2] == "w_3 [1.00]: a+b 0.50, a-b 0.50"
+    assert labels[3] in ("w_2 [0.50]: a 0.50", "w_9 [0.50]: b 0.50") and labels[4] == "dead"
+    assert labels[5].startswith("w_6 [") and "a+b" in labels[5]
     diff = fo.unit_frequencies(_grid_of(_wave(4, a - b, P, torch.sin)))
-    assert diff.label(0) == "w_4 (a-b) [1.00]"
+    assert diff.label(0) == "w_4 [1.00]: a-b 1.00"
     mixed = fo.unit_frequencies(_grid_of(_wave(2, a, P) + _wave(9, b, P) + _wave(4, a + b, P)))
     assert mixed.label(0).startswith("mixed frequencies")
     # shares partition at most the variance
