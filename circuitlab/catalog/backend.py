@@ -79,6 +79,7 @@ class Loaded:
     # circuits: [(feature JSON incl. annotations, without id, activation, influence)] and
     # [(source id, target id, weight)]
     nodes: list[tuple[dict[str, Any], float | None, float | None]] = field(default_factory=list)
+    node_ids: list[str] = field(default_factory=list)
     edges: list[tuple[str, str, float]] = field(default_factory=list)
 
 
@@ -116,10 +117,15 @@ class Backend(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    @abstractmethod
     def write(self, plan: Plan) -> None:
         """Store the record, replacing any with the same id, after checking `plan.requires`;
         raise NotFoundError (and store nothing) when a required record is missing."""
+        self.write_many([plan])
+
+    @abstractmethod
+    def write_many(self, plans: list[Plan]) -> None:
+        """`write` each plan in order, all in one transaction (all or nothing); a plan may
+        require a record written earlier in the list."""
 
     @abstractmethod
     def delete(self, targets: list[tuple[str, str]]) -> None:
@@ -135,7 +141,8 @@ class Backend(ABC):
         """(id, kind) of records whose id starts with `prefix`, by id, at most `limit`."""
 
     @abstractmethod
-    def load(self, id: str, kind: str) -> Loaded | None: ...
+    def load(self, id: str, kind: str, edges: bool = True) -> Loaded | None:
+        """The stored record; for a circuit without its edges when `edges` is False."""
 
     @abstractmethod
     def names(self, ids: list[str]) -> dict[str, str]: ...

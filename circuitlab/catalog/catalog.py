@@ -155,9 +155,25 @@ class Catalog:
         self.backend.write(plan)
         return plan.id
 
-    def put_many(self, records: Iterable[rec.Record]) -> list[str]:
-        """`put` each record in turn (each its own transaction); returns the ids."""
-        return [self.put(r) for r in records]
+    def put_many(self, records: Iterable[rec.Record], max_edges: int = 100_000) -> list[str]:
+        """Put records in batches, each batch one transaction (all or nothing), which is much
+        faster than one `put` per record on a server. A batch closes once it holds `max_edges`
+        circuit edges. Records may refer to records earlier in the same call. Returns the ids."""
+        ids: list[str] = []
+        batch: dict[str, Plan] = {}
+        edges = 0
+        for record in records:
+            plan = self._plan(record, {p.id: p.kind for p in batch.values()})
+            batch.pop(plan.id, None)  # the same record twice: the later copy wins
+            batch[plan.id] = plan
+            ids.append(plan.id)
+            edges += len(plan.edges)
+            if edges >= max_edges:
+                self.backend.write_many(list(batch.values()))
+                batch, edges = {}, 0
+        if batch:
+            self.backend.write_many(list(batch.values()))
+        return ids
 
     def delete(self, id: str, cascade: bool = False) -> list[str]:
         """Delete a record and return the ids deleted.
@@ -311,9 +327,15 @@ class Catalog:
         edges = [
             rec.Edge(s, t, w) for s, t, w in self.backend.graph_edges(cid, min_abs_weight, top_k)
         ]
-        full = self.get(cid)
+        loaded = self.backend.load(cid, "circuit", edges=False)
+        if loaded is None:
+            raise NotFoundError(f"no circuit with id {circuit!r}")
         touched = {e.source for e in edges} | {e.target for e in edges}
-        nodes = [n for n in full.nodes if n.feature.id in touched]
+        nodes = [
+            rec.Node(rec.Feature(**f), a, i)
+            for fid, (f, a, i) in zip(loaded.node_ids, loaded.nodes, strict=True)
+            if fid in touched
+        ]
         return CircuitGraph(cid, nodes, edges)
 
     def lineage(self, id: str) -> Lineage:
@@ -394,7 +416,9 @@ class Catalog:
             refs += [(i, "circuit") for i in self.backend.search(Query(feature=id, limit=None))]
         return sorted(set(refs))
 
-    def _plan(self, record: rec.Record) -> Plan:
+    def _plan(self, record: rec.Record, pending: dict[str, str] | None = None) -> Plan:
+        """The storage plan of a validated record; `pending` (id -> kind) are records planned
+        earlier in the same batch, which a program may call."""
         if not isinstance(record, tuple(rec.RECORD_TYPES.values())):
             raise RecordError("record", f"not a catalog record: {type(record).__name__}")
         if isinstance(record, rec.Feature):
@@ -406,19 +430,18 @@ class Catalog:
         rid = data.pop("id")
         kind = data.pop("kind")
         plan = Plan(kind=kind, id=rid, name="", data=data)
-        build = _PLANNERS[kind]
-        build(self, plan)
+        _PLANNERS[kind](self, plan, pending or {})
         return plan
 
 
 # -- plans per record kind ----------------------------------------------------------------------
 
 
-def _plan_task(cat: Catalog, p: Plan) -> None:
+def _plan_task(cat: Catalog, p: Plan, pending: dict[str, str]) -> None:
     p.name = p.data["spec"]
 
 
-def _plan_model(cat: Catalog, p: Plan) -> None:
+def _plan_model(cat: Catalog, p: Plan, pending: dict[str, str]) -> None:
     d = p.data
     p.name = f"{d['task']} model {p.id[:8]}"
     p.task = d["task"]
@@ -431,7 +454,7 @@ def _plan_model(cat: Catalog, p: Plan) -> None:
         )
 
 
-def _plan_circuit(cat: Catalog, p: Plan) -> None:
+def _plan_circuit(cat: Catalog, p: Plan, pending: dict[str, str]) -> None:
     d = p.data
     nodes = d.pop("nodes")
     edges = d.pop("edges")
@@ -473,7 +496,7 @@ def _plan_circuit(cat: Catalog, p: Plan) -> None:
     }
 
 
-def _plan_function(cat: Catalog, p: Plan) -> None:
+def _plan_function(cat: Catalog, p: Plan, pending: dict[str, str]) -> None:
     p.name = p.data["name"]
     for i, slot in enumerate(p.data["composes"]):
         p.requires.append((slot["function"], ("function",)))
@@ -490,10 +513,10 @@ def _plan_function(cat: Catalog, p: Plan) -> None:
         )
 
 
-def _plan_program(cat: Catalog, p: Plan) -> None:
+def _plan_program(cat: Catalog, p: Plan, pending: dict[str, str]) -> None:
     p.name = p.data["name"]
     calls = p.data["calls"]
-    kinds = cat.backend.kinds(calls)
+    kinds = {**cat.backend.kinds(calls), **{c: pending[c] for c in calls if c in pending}}
     for i, target in enumerate(calls):
         kind = kinds.get(target)
         if kind not in ("function", "circuit"):
@@ -505,7 +528,7 @@ def _plan_program(cat: Catalog, p: Plan) -> None:
         p.links.append(Link("CALLS", p.id, "program", target, kind, {}, i))
 
 
-def _plan_implements(cat: Catalog, p: Plan) -> None:
+def _plan_implements(cat: Catalog, p: Plan, pending: dict[str, str]) -> None:
     d = p.data
     p.name = f"{d['circuit'][:8]} implements {d['function'][:8]}"
     p.requires += [(d["circuit"], ("circuit",)), (d["function"], ("function",))]

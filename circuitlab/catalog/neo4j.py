@@ -168,19 +168,25 @@ _DROP_ORPHANS = (
     "MATCH (f:Feature) WHERE f.id IN $ids AND NOT EXISTS { MATCH ()-[:HAS_FEATURE]->(f) } "
     "DETACH DELETE f"
 )
-_PUT_FEATURES = (
-    "UNWIND $rows AS r MERGE (f:Feature {id: r.id}) ON CREATE SET f += r.identity "
-    "SET f.data = r.data"
+# UNWIND + MATCH by id seeks the unique index per id (ArcadeDB scans for `f.id IN $list`).
+_FEATURE_ELEMENT_IDS = (
+    "UNWIND $ids AS i MATCH (f:Feature {id: i}) RETURN i AS id, elementId(f) AS e, f.data AS data"
 )
+_CIRCUIT_ELEMENT_IDS = (
+    "UNWIND $ids AS i MATCH (c:Circuit {id: i}) RETURN i AS id, elementId(c) AS e, null AS data"
+)
+_CREATE_FEATURES = (
+    "UNWIND $rows AS r CREATE (f:Feature) SET f = r RETURN r.id AS id, elementId(f) AS e"
+)
+_SET_FEATURE_DATA = "UNWIND $rows AS r MATCH (f:Feature {id: r.id}) SET f.data = r.data"
+# Rows name their nodes by elementId (looked up once per batch).
 _PUT_HAS_FEATURE = (
-    "MATCH (c:Circuit {id: $id}) UNWIND $rows AS r MATCH (f:Feature {id: r.f}) "
-    "CREATE (c)-[h:HAS_FEATURE]->(f) SET h += r.p"
+    "UNWIND $rows AS r MATCH (c) WHERE elementId(c) = r[0] MATCH (f) WHERE elementId(f) = r[1] "
+    "CREATE (c)-[h:HAS_FEATURE {ordinal: r[2]}]->(f) SET h.activation = r[3], h.influence = r[4]"
 )
-# Edges refer to the circuit's nodes by position, so a batch needs no per-row id lookup.
 _PUT_ATTRIBUTES = (
-    "MATCH (c:Circuit {id: $id})-[h:HAS_FEATURE]->(f:Feature) WITH f ORDER BY h.ordinal "
-    "WITH collect(f) AS fs UNWIND $rows AS r WITH fs[r[0]] AS a, fs[r[1]] AS b, r "
-    "CREATE (a)-[:ATTRIBUTES {circuit: $id, ordinal: r[2], weight: r[3]}]->(b)"
+    "UNWIND $rows AS r MATCH (a) WHERE elementId(a) = r[0] MATCH (b) WHERE elementId(b) = r[1] "
+    "CREATE (a)-[:ATTRIBUTES {circuit: r[2], ordinal: r[3], weight: r[4]}]->(b)"
 )
 _DROP_IMPLEMENTS = "MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) WHERE r.id = $id DELETE r"
 _LOAD_IMPLEMENTS = (
@@ -254,6 +260,10 @@ _WIPE = {
     label: f"MATCH (n:{label}) WITH n LIMIT 20000 DETACH DELETE n RETURN count(*) AS n"
     for label in (*LABELS.values(), "CatalogMeta")
 }
+
+
+class _Conflict(CatalogError):
+    """A uniqueness constraint refused a write (a concurrent writer got there first)."""
 
 
 def _dumps(data: Any) -> str:
@@ -333,6 +343,8 @@ class Neo4jBackend(Backend):
                 f"Neo4j at {self.url} refused the credentials ({who}): set NEO4J_USER and "
                 "NEO4J_PASSWORD"
             ) from None
+        except exc_mod.ConstraintError as exc:
+            raise _Conflict(f"Neo4j at {self.url}: {_one_line(exc.message or exc)}") from None
         except exc_mod.ServiceUnavailable as exc:
             raise CatalogError(f"cannot reach Neo4j at {self.url}: {_one_line(exc)}") from None
         except (exc_mod.Neo4jError, exc_mod.DriverError) as exc:
@@ -381,48 +393,65 @@ class Neo4jBackend(Backend):
 
     # -- writes --------------------------------------------------------------------------------
 
-    def write(self, plan: Plan) -> None:
-        with self._tx() as tx:
-            self._check_requires(tx, plan)
-            if plan.kind == "implements":
-                tx.run(_DROP_IMPLEMENTS, id=plan.id).consume()
-                link = plan.links[0]
-                props = {
-                    **link.props,
-                    "props": _dumps(link.props),
-                    "ordinal": 0,
-                    "name": plan.name,
-                    "data": _dumps(plan.data),
-                }
-                rows = [{"src": link.src, "dst": link.dst, "props": props}]
-                tx.run(_CREATE_LINK[("IMPLEMENTS", "circuit", "function")], rows=rows).consume()
-                return
-            existed = bool(tx.run(_EXISTS[plan.kind], ids=[plan.id]).data())
-            old_features: list[str] = []
-            if existed:
-                old_features = self._clear_owned(tx, plan.kind, plan.id)
-            tx.run(_PUT_NODE[plan.kind], id=plan.id, props=self._node_props(plan)).consume()
-            if plan.kind == "circuit":
-                self._write_circuit(tx, plan)
-            by_shape: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-            for k in plan.links:
-                props = {**k.props, "props": _dumps(k.props), "ordinal": k.ordinal}
-                by_shape.setdefault((k.rel, k.src_kind, k.dst_kind), []).append(
-                    {"src": k.src, "dst": k.dst, "props": props}
-                )
-            for shape, rows in by_shape.items():
-                tx.run(_CREATE_LINK[shape], rows=rows).consume()
-            if old_features:
-                tx.run(_DROP_ORPHANS, ids=old_features).consume()
+    def write_many(self, plans: list[Plan]) -> None:
+        try:
+            self._write_many(plans)
+        except _Conflict:  # a concurrent writer created one of our features first: replay
+            self._write_many(plans)
 
-    def _check_requires(self, tx: Any, plan: Plan) -> None:
+    def _write_many(self, plans: list[Plan]) -> None:
+        with self._tx() as tx:
+            known: set[str] = set()  # ids checked or written in this transaction
+            orphans: list[str] = []
+            circuits: list[Plan] = []
+            links: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+            for plan in plans:  # in order: a record may refer to one earlier in the batch
+                self._check_requires(tx, plan, known)
+                known.add(plan.id)
+                if plan.kind == "implements":
+                    self._write_implements(tx, plan)
+                    continue
+                if tx.run(_EXISTS[plan.kind], ids=[plan.id]).data():
+                    orphans += self._clear_owned(tx, plan.kind, plan.id)
+                tx.run(_PUT_NODE[plan.kind], id=plan.id, props=self._node_props(plan)).consume()
+                if plan.kind == "circuit":
+                    circuits.append(plan)
+                for k in plan.links:
+                    props = {**k.props, "props": _dumps(k.props), "ordinal": k.ordinal}
+                    links.setdefault((k.rel, k.src_kind, k.dst_kind), []).append(
+                        {"src": k.src, "dst": k.dst, "props": props}
+                    )
+            for shape, rows in links.items():
+                tx.run(_CREATE_LINK[shape], rows=rows).consume()
+            if circuits:
+                self._write_circuits(tx, circuits)
+            if orphans:
+                tx.run(_DROP_ORPHANS, ids=sorted(set(orphans))).consume()
+
+    def _write_implements(self, tx: Any, plan: Plan) -> None:
+        tx.run(_DROP_IMPLEMENTS, id=plan.id).consume()
+        link = plan.links[0]
+        props = {
+            **link.props,
+            "props": _dumps(link.props),
+            "ordinal": 0,
+            "name": plan.name,
+            "data": _dumps(plan.data),
+        }
+        rows = [{"src": link.src, "dst": link.dst, "props": props}]
+        tx.run(_CREATE_LINK[("IMPLEMENTS", "circuit", "function")], rows=rows).consume()
+
+    def _check_requires(self, tx: Any, plan: Plan, known: set[str]) -> None:
         for rid, allowed in plan.requires:
+            if rid in known:
+                continue
             found = [k for k in allowed if tx.run(_EXISTS[k], ids=[rid]).data()]
             if not found:
                 raise NotFoundError(
                     f"{plan.kind} {plan.id[:12]} refers to {rid!r}, which is not a "
                     f"{' or '.join(allowed)} in the catalog: put it first"
                 )
+            known.add(rid)
 
     def _node_props(self, plan: Plan) -> dict[str, Any]:
         props: dict[str, Any] = {"id": plan.id, "name": plan.name, "data": _dumps(plan.data)}
@@ -446,32 +475,70 @@ class Neo4jBackend(Backend):
             )
         return {k: v for k, v in props.items() if v is not None}
 
-    def _write_circuit(self, tx: Any, plan: Plan) -> None:
+    def _element_ids(self, tx: Any, query: str, ids: list[str]) -> dict[str, tuple[str, Any]]:
+        """id -> (elementId, data) of the stored nodes among `ids`."""
+        out: dict[str, tuple[str, Any]] = {}
+        for start in range(0, len(ids), self.edge_batch):
+            rows = tx.run(query, ids=ids[start : start + self.edge_batch])
+            out.update((r["id"], (r["e"], r["data"])) for r in rows)
+        return out
+
+    def _write_circuits(self, tx: Any, plans: list[Plan]) -> None:
+        """Features, HAS_FEATURE and ATTRIBUTES of several circuits in UNWIND batches. Rows
+        name nodes by elementId, so a batch needs no per-row index lookup by content id.
+        Features are looked up first, then the new ones created and changed annotations set
+        (cheaper than MERGE on ArcadeDB; the unique constraint still guards against races)."""
         identity = ("model", "node_type", "layer", "index", "position", "transcoder")
-        rows = [
-            {
-                "id": f["id"],
-                "identity": {
-                    ("idx" if k == "index" else k): f[k] for k in identity if f[k] is not None
-                },
-                "data": _dumps({k: f[k] for k in ("label", "description", "stats")}),
-            }
-            for f in plan.features
+        features: dict[str, dict[str, Any]] = {}
+        for plan in plans:
+            for f in plan.features:
+                row = {("idx" if k == "index" else k): f[k] for k in identity if f[k] is not None}
+                row["id"] = f["id"]
+                row["data"] = _dumps({k: f[k] for k in ("label", "description", "stats")})
+                features[f["id"]] = row
+        found = self._element_ids(tx, _FEATURE_ELEMENT_IDS, list(features))
+        fe = {fid: e for fid, (e, _) in found.items()}
+        changed = [
+            {"id": fid, "data": features[fid]["data"]}
+            for fid, (_, data) in found.items()
+            if data != features[fid]["data"]
         ]
-        tx.run(_PUT_FEATURES, rows=rows).consume()
-        nodes = [
-            {"f": fid, "p": {"ordinal": i, "activation": a, "influence": inf}}
-            for i, (fid, a, inf) in enumerate(plan.nodes)
-        ]
-        tx.run(_PUT_HAS_FEATURE, id=plan.id, rows=nodes).consume()
-        position = {fid: i for i, (fid, _, _) in enumerate(plan.nodes)}
-        edges = plan.edges
-        for start in range(0, len(edges), self.edge_batch):
-            batch = [
-                [position[s], position[t], start + j, w]
-                for j, (s, t, w) in enumerate(edges[start : start + self.edge_batch])
-            ]
-            tx.run(_PUT_ATTRIBUTES, id=plan.id, rows=batch).consume()
+        new = [row for fid, row in features.items() if fid not in found]
+        for start in range(0, len(new), self.edge_batch):
+            rows = tx.run(_CREATE_FEATURES, rows=new[start : start + self.edge_batch])
+            fe.update((r["id"], r["e"]) for r in rows)
+        for start in range(0, len(changed), self.edge_batch):
+            tx.run(_SET_FEATURE_DATA, rows=changed[start : start + self.edge_batch]).consume()
+        ce = {
+            k: e
+            for k, (e, _) in self._element_ids(
+                tx, _CIRCUIT_ELEMENT_IDS, [p.id for p in plans]
+            ).items()
+        }
+        batch: list[list[Any]] = []
+
+        def flush(query: str) -> None:
+            if batch:
+                tx.run(query, rows=batch).consume()
+                batch.clear()
+
+        for plan in plans:
+            c = ce[plan.id]
+            for i, (fid, a, inf) in enumerate(plan.nodes):
+                batch.append([c, fe[fid], i, a, inf])
+                if len(batch) >= self.edge_batch:
+                    flush(_PUT_HAS_FEATURE)
+        flush(_PUT_HAS_FEATURE)
+        for plan in plans:
+            edges = plan.edges
+            for start in range(0, len(edges), self.edge_batch):
+                chunk = edges[start : start + self.edge_batch]  # sliced: never all in memory twice
+                batch.extend(
+                    [fe[s], fe[t], plan.id, start + j, w] for j, (s, t, w) in enumerate(chunk)
+                )
+                if len(batch) >= self.edge_batch:
+                    flush(_PUT_ATTRIBUTES)
+        flush(_PUT_ATTRIBUTES)
 
     def _clear_owned(self, tx: Any, kind: str, rid: str) -> list[str]:
         """Remove what a record owns before it is written again; returns its old features."""
@@ -507,7 +574,7 @@ class Neo4jBackend(Backend):
         rows = self._rows(_RESOLVE, lo=prefix, hi=prefix + "\U0010ffff")
         return sorted((r["id"], r["kind"]) for r in rows)[:limit]
 
-    def load(self, id: str, kind: str) -> Loaded | None:
+    def load(self, id: str, kind: str, edges: bool = True) -> Loaded | None:
         with self._tx() as tx:
             if kind == "feature":
                 row = tx.run(_LOAD_FEATURE, id=id).single()
@@ -519,10 +586,11 @@ class Neo4jBackend(Backend):
             loaded = Loaded(kind, id, json.loads(row["data"]))
             if kind != "circuit":
                 return loaded
-            loaded.nodes = [
-                (_feature_json(r), r["activation"], r["influence"])
-                for r in tx.run(_LOAD_NODES, id=id)
-            ]
+            for r in tx.run(_LOAD_NODES, id=id):
+                loaded.node_ids.append(r["id"])
+                loaded.nodes.append((_feature_json(r), r["activation"], r["influence"]))
+            if not edges:
+                return loaded
             loaded.edges = [(r["s"], r["t"], r["w"]) for r in tx.run(_LOAD_EDGES, id=id)]
             return loaded
 

@@ -189,33 +189,37 @@ class SqliteBackend(Backend):
 
     # -- writes --------------------------------------------------------------------------------
 
-    def write(self, plan: Plan) -> None:
+    def write_many(self, plans: list[Plan]) -> None:
         with self._tx() as db:
-            for rid, allowed in plan.requires:
-                row = db.execute("SELECT kind FROM records WHERE id = ?", (rid,)).fetchone()
-                if row is None or row[0] not in allowed:
-                    what = "nothing" if row is None else f"a {row[0]}"
-                    raise NotFoundError(
-                        f"{plan.kind} {plan.id[:12]} refers to {rid!r}, which is {what} in the "
-                        f"catalog (expected a {' or '.join(allowed)}): put it first"
-                    )
-            old = db.execute("SELECT kind FROM records WHERE id = ?", (plan.id,)).fetchone()
-            if old is not None:
-                self._delete_one(db, plan.id, old[0], keep_implements=True)
-            db.execute(
-                "INSERT INTO records (id, kind, name, data) VALUES (?, ?, ?, ?)",
-                (plan.id, plan.kind, plan.name, _dumps(plan.data)),
-            )
-            if plan.kind == "circuit":
-                self._write_circuit(db, plan)
-            db.executemany(
-                "INSERT OR REPLACE INTO links (src, rel, dst, src_kind, dst_kind, ordinal, props) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (k.src, k.rel, k.dst, k.src_kind, k.dst_kind, k.ordinal, _dumps(k.props))
-                    for k in plan.links
-                ],
-            )
+            for plan in plans:
+                self._write_one(db, plan)
+
+    def _write_one(self, db: sqlite3.Connection, plan: Plan) -> None:
+        for rid, allowed in plan.requires:
+            row = db.execute("SELECT kind FROM records WHERE id = ?", (rid,)).fetchone()
+            if row is None or row[0] not in allowed:
+                what = "nothing" if row is None else f"a {row[0]}"
+                raise NotFoundError(
+                    f"{plan.kind} {plan.id[:12]} refers to {rid!r}, which is {what} in the "
+                    f"catalog (expected a {' or '.join(allowed)}): put it first"
+                )
+        old = db.execute("SELECT kind FROM records WHERE id = ?", (plan.id,)).fetchone()
+        if old is not None:
+            self._delete_one(db, plan.id, old[0], keep_implements=True)
+        db.execute(
+            "INSERT INTO records (id, kind, name, data) VALUES (?, ?, ?, ?)",
+            (plan.id, plan.kind, plan.name, _dumps(plan.data)),
+        )
+        if plan.kind == "circuit":
+            self._write_circuit(db, plan)
+        db.executemany(
+            "INSERT OR REPLACE INTO links (src, rel, dst, src_kind, dst_kind, ordinal, props) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (k.src, k.rel, k.dst, k.src_kind, k.dst_kind, k.ordinal, _dumps(k.props))
+                for k in plan.links
+            ],
+        )
 
     def _write_circuit(self, db: sqlite3.Connection, plan: Plan) -> None:
         complexity = plan.data["tags"]["complexity"]
@@ -356,7 +360,7 @@ class SqliteBackend(Backend):
             ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    def load(self, id: str, kind: str) -> Loaded | None:
+    def load(self, id: str, kind: str, edges: bool = True) -> Loaded | None:
         with self._read() as db:
             if kind == "feature":
                 row = db.execute(
@@ -380,7 +384,10 @@ class SqliteBackend(Backend):
                 (ck,),
             ):
                 fid[r[0]] = r[1]
+                loaded.node_ids.append(r[1])
                 loaded.nodes.append((_feature_json(r[2:11]), r[11], r[12]))
+            if not edges:
+                return loaded
             loaded.edges = [
                 (fid[s], fid[t], w)
                 for s, t, w in db.execute(

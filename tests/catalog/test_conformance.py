@@ -623,3 +623,22 @@ def test_export_import_round_trip_through_this_backend(
     export_catalog(back, third)
     back.close()
     assert third.read_bytes() == first.read_bytes()  # ... and back again
+
+
+# -- batched puts -----------------------------------------------------------------------------
+
+
+def test_put_many_equals_put_and_batches_are_atomic(cat: Catalog, world: World) -> None:
+    ids = cat.put_many(world.records(), max_edges=150)  # several batches
+    assert ids == [r.id for r in world.records()]
+    for record in world.records():
+        assert cat.get(record.id) == record
+    before = _counts(cat)
+    fresh = [synthetic.circuit(world.model, seed=200 + i, n_features=25, n_edges=50) for i in range(3)]
+    bad = Model(task="no_such_task", weights_sha256="1" * 64)  # fails inside the batch
+    with pytest.raises(NotFoundError):
+        cat.put_many([fresh[0], fresh[1], bad, fresh[2]])
+    assert _counts(cat) == before
+    assert not any(cat.exists(c.id) for c in fresh)
+    assert cat.put_many([*fresh, fresh[0]]) == [c.id for c in fresh] + [fresh[0].id]
+    assert _counts(cat)["circuit"] == before["circuit"] + 3
