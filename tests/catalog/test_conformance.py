@@ -634,7 +634,9 @@ def test_put_many_equals_put_and_batches_are_atomic(cat: Catalog, world: World) 
     for record in world.records():
         assert cat.get(record.id) == record
     before = _counts(cat)
-    fresh = [synthetic.circuit(world.model, seed=200 + i, n_features=25, n_edges=50) for i in range(3)]
+    fresh = [
+        synthetic.circuit(world.model, seed=200 + i, n_features=25, n_edges=50) for i in range(3)
+    ]
     bad = Model(task="no_such_task", weights_sha256="1" * 64)  # fails inside the batch
     with pytest.raises(NotFoundError):
         cat.put_many([fresh[0], fresh[1], bad, fresh[2]])
