@@ -62,17 +62,17 @@ class TranscoderConfig:
     top_k: int = 16  # features kept per row and layer (topk only)
     threshold_init: float = 0.03  # JumpReLU threshold, in normalised units
     bandwidth: float = 0.05  # width of the straight-through rectangle kernel
-    sparsity_coeff: float = 3e-3  # lambda of the tanh penalty (jumprelu, relu; not topk)
+    sparsity_coeff: float = 0.5  # lambda of the tanh penalty (jumprelu, relu; not topk)
     sparsity_c: float = 4.0  # c inside tanh(c * ||W_dec|| * a)
     sparsity_warmup: float = 0.5  # fraction of steps over which lambda ramps up from 0
-    pre_act_coeff: float = 3e-6  # lambda_p of the dead-feature pre-activation penalty
-    lr: float = 2e-3
+    pre_act_coeff: float = 1e-2  # lambda_p of the dead-feature pre-activation penalty
+    lr: float = 4e-3
     lr_decay: float = 0.2  # final fraction of steps with linear decay of lr to 0
-    steps: int = 3000
-    batch_size: int = 1024  # inputs (sequences) per step
-    dead_window: int = 200  # steps without firing after which a feature counts as dead
-    resample_every: int = 250  # steps between resampling checks; 0 = never resample
-    resample_until: float = 0.6  # no resampling after this fraction of training
+    steps: int = 600
+    batch_size: int = 512  # inputs (sequences) per step
+    dead_window: int = 100  # steps without firing after which a feature counts as dead
+    resample_every: int = 100  # steps between resampling checks; 0 = never resample
+    resample_until: float = 0.8  # no resampling after this fraction of training
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -201,9 +201,6 @@ class Transcoder(nn.Module):
             )
         return self.W_dec[source][target - source]
 
-    def b_dec_of(self, target: int) -> Tensor:
-        return self.b_dec[target]
-
     def decoder_norms(self) -> Tensor:
         """(L, F): norm of the concatenation of each feature's decoders."""
         return torch.stack([w.pow(2).sum((0, 2)).sqrt() for w in self.W_dec])
@@ -248,13 +245,14 @@ class Transcoder(nn.Module):
 
     # --- persistence: safetensors + JSON ----------------------------------------------------
     def tensors(self) -> dict[str, Tensor]:
-        """Flat, self-describing tensors: W_enc.{l} (D, F), b_enc.{l}, threshold.{l},
-        W_dec.{l}.{t} (F, D) for every decoder l -> t, b_dec.{t}."""
+        """Flat, self-describing tensors: W_enc.{l} (D, F), b_enc.{l}, threshold.{l} (and its
+        log, which is what trains), W_dec.{l}.{t} (F, D) for every decoder l -> t, b_dec.{t}."""
         out: dict[str, Tensor] = {}
         for l in range(self.n_layers):
             out[f"W_enc.{l}"] = self.W_enc[l]
             out[f"b_enc.{l}"] = self.b_enc[l]
             out[f"threshold.{l}"] = self.threshold(l)
+            out[f"log_threshold.{l}"] = self.log_threshold[l]  # exact round trip
             out[f"b_dec.{l}"] = self.b_dec[l]
             for k in range(self.n_targets(l)):
                 out[f"W_dec.{l}.{l + k}"] = self.W_dec[l][k]
@@ -310,7 +308,7 @@ class Transcoder(nn.Module):
             for l in range(tc.n_layers):
                 tc.W_enc[l].copy_(state[f"W_enc.{l}"])
                 tc.b_enc[l].copy_(state[f"b_enc.{l}"])
-                tc.log_threshold[l].copy_(state[f"threshold.{l}"].log())
+                tc.log_threshold[l].copy_(state[f"log_threshold.{l}"])
                 tc.b_dec[l].copy_(state[f"b_dec.{l}"])
                 for k in range(tc.n_targets(l)):
                     tc.W_dec[l][k].copy_(state[f"W_dec.{l}.{l + k}"])

@@ -1,0 +1,106 @@
+"""Transcoder benchmark (issue 5): quality and training time of the default transcoder on a
+grokked model, against the issue's targets and the published reference numbers.
+
+    python benchmarks/bench_transcoder.py                                  # the shared p=113 run
+    python benchmarks/bench_transcoder.py --run RUN_DIR [--run RUN_DIR2] [--kind per_layer]
+
+Writes benchmarks/results/transcoder.json. Train a run first if needed:
+    circuitlab train --task add_mod_113 --out runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from circuitlab.extraction.activations import mlp_activations, task_tokens
+from circuitlab.extraction.transcoder import TranscoderConfig, evaluate, train_transcoder
+from circuitlab.tasks import get_task
+from circuitlab.training import load_run
+
+RESULTS = Path(__file__).parent / "results" / "transcoder.json"
+DEFAULT_RUN = Path("/work/shared/runs/add_mod_113/fast-seed0")
+console = Console()
+
+# Ameisen et al. 2025 (cross-layer transcoder on an 18-layer language model)
+REFERENCE = {"nmse": 0.115, "l0": 88.0, "top1_agreement": 0.50}
+TARGETS = {"nmse": ("<=", 0.05), "top1_agreement": (">=", 0.99)}
+
+
+def bench(run_dir: Path, cfg: TranscoderConfig) -> dict:
+    info, model = load_run(run_dir)
+    tokens, targets = task_tokens(get_task(info.task))
+    start = time.perf_counter()
+    acts = mlp_activations(model, tokens)
+    collect_s = time.perf_counter() - start
+    tc, log = train_transcoder(acts, cfg, progress=True)
+    start = time.perf_counter()
+    metrics = evaluate(tc, model, tokens, targets, acts=acts)
+    eval_s = time.perf_counter() - start
+    return {
+        "run": str(run_dir),
+        "task": info.task,
+        "n_layers": model.cfg.n_layers,
+        "normalization": model.cfg.normalization,
+        "config": cfg.to_dict(),
+        "collect_seconds": collect_s,
+        "train_seconds": log.seconds,
+        "eval_seconds": eval_s,
+        "resampled": log.resampled,
+        "metrics": metrics.to_dict(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, action="append", help="run directory (repeatable)")
+    parser.add_argument("--kind", choices=["per_layer", "cross_layer"], default="cross_layer")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    runs = args.run or [DEFAULT_RUN]
+    cfg = TranscoderConfig(kind=args.kind, seed=args.seed)
+    results = [bench(run, cfg) for run in runs]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version()},
+        "targets": TARGETS,
+        "reference": REFERENCE,
+        "results": results,
+    }
+    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    table = Table(
+        title="transcoder: ours vs target vs reference (Ameisen et al. 2025, 18-layer LM)"
+    )
+    for col in ("run", "metric", "ours", "target", "reference"):
+        table.add_column(col)
+    for r in results:
+        m = r["metrics"]
+        name = f"{r['task']} L{r['n_layers']} {r['normalization'] or 'noLN'}"
+        rows = [
+            ("normalized MSE", f"{m['nmse']:.4f}", "<= 0.05", f"{REFERENCE['nmse']}"),
+            ("L0 per layer", f"{m['l0']:.1f}", "sparse", f"{REFERENCE['l0']:.0f}"),
+            ("dead fraction", f"{m['dead_fraction']:.3f}", "", ""),
+            ("top-1 agreement", f"{m['top1_agreement']:.4f}", ">= 0.99", "0.50"),
+            (
+                "loss model / replacement",
+                f"{m['model_loss']:.4f} / {m['replacement_loss']:.4f}",
+                "",
+                "",
+            ),
+            ("train seconds", f"{r['train_seconds']:.1f}", "~60", ""),
+        ]
+        for i, row in enumerate(rows):
+            table.add_row(name if i == 0 else "", *row)
+    console.print(table)
+    console.print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
