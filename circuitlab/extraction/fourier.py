@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from circuitlab.tasks.modular import OPERATIONS
+
 # `key_frequencies` calls an embedding sparse when its weakest key frequency has at least this
 # many times the median power of the other frequencies. Measured: a random embedding gives ~1.2,
 # grokked add_mod_p models 8-100, models stopped right at grokking (embedding not yet cleaned up
@@ -459,6 +461,7 @@ class FourierReport:
     """Everything `analyze` measured on one modular model, and the words built from it."""
 
     p: int
+    formula: str  # what the task computes mod p, e.g. "a+b" (the answer c* in the logit fit)
     keys: KeyFrequencies
     neuron_pure_fraction: float  # live MLP neurons >= PURE_THRESHOLD explained by a key freq
     neuron_purity_quantiles: dict[str, float]  # purity at q10, q25, q50, q75, q90
@@ -492,8 +495,8 @@ class FourierReport:
             f"explained by one key frequency (median purity "
             f"{self.neuron_purity_quantiles.get('q50', 0.0):.2f}); the neurons cluster on "
             f"frequencies {{{', '.join(str(f) for f in self.neuron_keys)}}}.",
-            f"Logits: sum_k alpha_k cos(w_k (a+b-c)) explains {self.logits.explained:.0%} of the "
-            "logit variance.",
+            f"Logits: sum_k alpha_k cos(w_k ({self.formula}-c)) explains "
+            f"{self.logits.explained:.0%} of the logit variance.",
         ]
         if self.losses is not None:
             lo = self.losses
@@ -506,6 +509,7 @@ class FourierReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "p": self.p,
+            "formula": self.formula,
             "label": self.label(),
             "description": self.description(),
             "fourier_algorithm": self.fourier_algorithm,
@@ -562,6 +566,13 @@ def analyze(
     None measures it on all inputs. Timings (seconds) of each step are recorded.
     """
     p = modulus_of(task)
+    cfg = model.cfg
+    if cfg.d_vocab_out != p or cfg.d_vocab < p or tuple(cfg.answer_positions) != (2,):
+        raise FourierError(
+            f"model (d_vocab={cfg.d_vocab}, d_vocab_out={cfg.d_vocab_out}, answers at "
+            f"{list(cfg.answer_positions)}) does not fit task {task.spec} (p={p}, answer at 2)"
+        )
+    formula = OPERATIONS[task.op][0] if getattr(task, "op", None) in OPERATIONS else "c*"
     data = task.dataset()
     tokens = torch.from_numpy(data.inputs).long()
     answers = torch.from_numpy(data.targets[:, 0]).long()
@@ -601,6 +612,7 @@ def analyze(
 
     return FourierReport(
         p=p,
+        formula=formula,
         keys=keys,
         neuron_pure_fraction=units.pure_fraction(PURE_THRESHOLD, keys.frequencies),
         neuron_purity_quantiles=quantiles,

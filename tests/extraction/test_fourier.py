@@ -234,6 +234,7 @@ def test_grokked_logits_and_label(grokked):
     assert report.label() == f"Fourier multiplication, frequencies {{{freqs}}}"
     text = report.description()
     assert f"{len(report.keys.frequencies)} key frequencies" in text and "ln p" in text
+    assert "cos(w_k (a+b-c))" in text and report.formula == "a+b"
     data = report.to_dict()
     assert data["label"] == report.label() and data["keys"]["frequencies"] == list(
         report.keys.frequencies
@@ -250,3 +251,5 @@ def test_analyze_refuses_non_modular_tasks(grokked):
     model, _, _ = grokked
     with pytest.raises(fo.FourierError, match="modular task"):
         fo.analyze(model, get_task("s3_compose"))
+    with pytest.raises(fo.FourierError, match="does not fit task add_mod_13"):
+        fo.analyze(model, get_task("add_mod_13"))
