@@ -291,3 +291,12 @@ def test_saelens_export_refuses_what_saelens_cannot_load(tmp_path):
     with pytest.raises(TranscoderError, match="topk"):
         export_saelens(Transcoder(topk, 1, 8), tmp_path / "b")
     assert not any(tmp_path.iterdir())
+
+
+def test_progress_bar_runs_and_changes_nothing(capsys):
+    model = tiny_model(1, None)
+    acts = mlp_activations(model, all_inputs())
+    cfg = FAST.replace(steps=5)
+    quiet, _ = train_transcoder(acts, cfg)
+    shown, _ = train_transcoder(acts, cfg, progress=True)
+    assert torch.equal(quiet.tensors()["W_dec.0.0"], shown.tensors()["W_dec.0.0"])
