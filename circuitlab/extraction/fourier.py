@@ -211,6 +211,11 @@ class UnitFrequencies:
         terms = [f"{t} {v:.2f}" for t, v in zip(self.TERMS, shares, strict=True) if v >= min_term]
         return f"w_{k} [{purity:.2f}]: " + ", ".join(terms)
 
+    def dominant_counts(self) -> dict[int, int]:
+        """Dominant frequency -> number of live units it dominates (ascending k)."""
+        ks = self.dominant[self.variance > 0].tolist()
+        return {int(k): ks.count(k) for k in sorted(set(ks))}
+
     def pure_fraction(
         self, threshold: float = PURE_THRESHOLD, keys: tuple[int, ...] | None = None
     ) -> float:
@@ -528,7 +533,8 @@ class FourierReport:
 def neuron_keys(
     dominant_counts: dict[int, int], share: float = NEURON_KEY_SHARE
 ) -> tuple[int, ...]:
-    """Frequencies that are dominant for at least `share` of the live units counted."""
+    """Frequencies that are dominant for at least `share` of the live units counted (MLP neurons,
+    or transcoder features: `neuron_keys(unit_frequencies(grid).dominant_counts())`)."""
     live = sum(dominant_counts.values())
     return tuple(sorted(k for k, n in dominant_counts.items() if k > 0 and n >= share * live))
 
@@ -592,8 +598,7 @@ def analyze(
     quantiles = (
         {f"q{int(q * 100)}": float(torch.quantile(purity, q)) for q in qs} if len(purity) else {}
     )
-    dominant = units.dominant[live].tolist()
-    counts = {int(k): dominant.count(k) for k in sorted(set(dominant))}
+    counts = units.dominant_counts()
     timings["neuron_frequencies"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -116,6 +116,8 @@ def test_unit_frequencies_of_hand_built_units():
     assert mixed.label(0).startswith("mixed frequencies")
     # shares partition at most the variance
     assert bool((units.explained.sum(1) <= 1 + 1e-9).all())
+    counts = units.dominant_counts()  # live units only; unit 3 ties between 2 and 9
+    assert sum(counts.values()) == 5 and {3, 5, 6, 7} <= set(counts)
     assert units.pure_fraction(0.99) == pytest.approx(3 / 5)  # of the 5 live units
     assert units.pure_fraction(0.99, keys=(5, 7)) == pytest.approx(2 / 5)
 
