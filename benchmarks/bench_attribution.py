@@ -13,7 +13,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -39,7 +38,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN)
     parser.add_argument("--transcoder", type=Path, help="a saved transcoder directory")
     parser.add_argument("--train", type=int, metavar="F", help="train one with F features")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=AttributionConfig.threads)
     parser.add_argument("--batch-size", type=int, default=AttributionConfig.batch_size)
     parser.add_argument("--no-qk", action="store_true", help="skip QK attribution")
     args = parser.parse_args()
@@ -55,8 +54,7 @@ def main() -> None:
         console.print(f"training a transcoder with {args.train} features ...")
         acts = mlp_activations(model, tokens)
         tc, _ = train_transcoder(acts, TranscoderConfig(n_features=args.train), progress=True)
-    torch.set_num_threads(args.threads)
-    config = AttributionConfig(batch_size=args.batch_size, qk=not args.no_qk)
+    config = AttributionConfig(batch_size=args.batch_size, qk=not args.no_qk, threads=args.threads)
     attribute(model, tc, tokens[:256], config)  # warm-up
     start = time.perf_counter()
     graph = attribute(model, tc, tokens, config)

@@ -62,6 +62,10 @@ class AttributionConfig:
     logit_probability: float = 0.95  # smallest top-k whose probabilities reach this
     batch_size: int = 256  # prompts per chunk of the edge computation (memory ~ batch * N^2)
     qk: bool = True  # also attribute attention scores (memory ~ batch * heads * sources^2)
+    # torch threads while attributing (restored afterwards); 0 keeps the current setting. The
+    # products are small: on a busy 2-core machine a second thread made the whole p = 113 run
+    # 10x slower (measured, thread-pool contention), so one is the default.
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.max_logits < 1:
@@ -72,6 +76,8 @@ class AttributionConfig:
             )
         if self.batch_size < 1:
             raise AttributionError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.threads < 0:
+            raise AttributionError(f"threads must be >= 0 (0 = unchanged), got {self.threads}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -709,10 +715,12 @@ def iter_attribute(
     tokens = check_tokens(model, tokens)
     w = _weights(model, transcoder)
     answers = tuple(model.cfg.answer_positions)
-    with _eval_mode(model):
-        for start in range(0, tokens.shape[0], config.batch_size):
+    for start in range(0, tokens.shape[0], config.batch_size):
+        # threads and eval mode only while computing, not while the caller holds the chunk
+        with _eval_mode(model, config.threads):
             fr = _freeze(model, transcoder, tokens[start : start + config.batch_size], config.qk)
-            yield _graph(fr, _chunk_layout(fr, config, answers), w, kind, config, model.cfg)
+            graph = _graph(fr, _chunk_layout(fr, config, answers), w, kind, config, model.cfg)
+        yield graph
 
 
 @torch.no_grad()
@@ -737,7 +745,7 @@ def attribute(
     answers = tuple(model.cfg.answer_positions)
     w = _weights(model, transcoder)
     chunks = [slice(i, min(i + config.batch_size, bsz)) for i in range(0, bsz, config.batch_size)]
-    with _eval_mode(model):
+    with _eval_mode(model, config.threads):
         layouts = []
         for n, sl in enumerate(chunks):
             fr = _freeze(model, transcoder, tokens[sl], want_qk=False)
@@ -788,10 +796,14 @@ def _concat(parts: list[AttributionGraph], adjacency: Tensor) -> AttributionGrap
 
 
 @contextmanager
-def _eval_mode(model: Transformer) -> Iterator[None]:
-    was_training = model.training
+def _eval_mode(model: Transformer, threads: int = 0) -> Iterator[None]:
+    """Eval mode and `threads` torch threads for the duration of the block."""
+    was_training, before = model.training, torch.get_num_threads()
     model.eval()
+    if threads:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
         model.train(was_training)
+        torch.set_num_threads(before)
