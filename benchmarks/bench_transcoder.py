@@ -3,6 +3,8 @@ grokked model, against the issue's targets and the published reference numbers.
 
     python benchmarks/bench_transcoder.py                                  # the shared p=113 run
     python benchmarks/bench_transcoder.py --run RUN_DIR [--run RUN_DIR2] [--kind per_layer]
+    python benchmarks/bench_transcoder.py --two-layer add_mod_47   # + 2-layer models, LN and not,
+                                                                   # per-layer and cross-layer
 
 Writes benchmarks/results/transcoder.json. Train a run first if needed:
     circuitlab train --task add_mod_113 --out runs
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from rich.table import Table
 from circuitlab.extraction.activations import mlp_activations, task_tokens
 from circuitlab.extraction.transcoder import TranscoderConfig, evaluate, train_transcoder
 from circuitlab.tasks import get_task
-from circuitlab.training import load_run
+from circuitlab.training import RunSpec, get_recipe, load_run, train_stack
 
 RESULTS = Path(__file__).parent / "results" / "transcoder.json"
 DEFAULT_RUN = Path("/work/shared/runs/add_mod_113/fast-seed0")
@@ -58,15 +61,39 @@ def bench(run_dir: Path, cfg: TranscoderConfig) -> dict:
     }
 
 
+def two_layer_runs(task: str, root: Path) -> list[Path]:
+    """Train 2-layer models (no LayerNorm, LayerNorm) on `task` with the fast recipe."""
+    runs = []
+    for norm in (None, "LN"):
+        model = {"n_layers": 2, "d_model": 64, "d_mlp": 256, "n_heads": 4, "d_head": 16}
+        recipe = get_recipe("fast").replace(
+            train_fraction=0.5, max_steps=1500, model={**model, "normalization": norm}
+        )
+        run = root / f"{task}-2L-{norm or 'noLN'}"
+        console.print(f"training {run.name}")
+        train_stack([RunSpec(task, recipe, 0, run)])
+        runs.append(run)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, action="append", help="run directory (repeatable)")
     parser.add_argument("--kind", choices=["per_layer", "cross_layer"], default="cross_layer")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--two-layer", metavar="TASK", help="also train and test 2-layer models")
     args = parser.parse_args()
     runs = args.run or [DEFAULT_RUN]
+    for run in runs:
+        if not run.is_dir():
+            parser.error(f"no run directory {run}; train one: circuitlab train --task add_mod_113")
     cfg = TranscoderConfig(kind=args.kind, seed=args.seed)
     results = [bench(run, cfg) for run in runs]
+    if args.two_layer:
+        with tempfile.TemporaryDirectory() as tmp:
+            for run in two_layer_runs(args.two_layer, Path(tmp)):
+                for kind in ("per_layer", "cross_layer"):
+                    results.append(bench(run, cfg.replace(kind=kind)))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version()},
@@ -82,7 +109,7 @@ def main() -> None:
         table.add_column(col)
     for r in results:
         m = r["metrics"]
-        name = f"{r['task']} L{r['n_layers']} {r['normalization'] or 'noLN'}"
+        name = f"{r['task']} L{r['n_layers']} {r['normalization'] or 'noLN'} {r['config']['kind']}"
         rows = [
             ("normalized MSE", f"{m['nmse']:.4f}", "<= 0.05", f"{REFERENCE['nmse']}"),
             ("L0 per layer", f"{m['l0']:.1f}", "sparse", f"{REFERENCE['l0']:.0f}"),
