@@ -192,3 +192,16 @@ def test_trained_model_gets_its_signature(tmp_path, spec, function):
     definition = itf.infer_interface(model, get_task(spec))
     assert definition.signature is not None
     assert definition.signature.function == function and definition.signature.agreement == 1.0
+
+
+def test_signatures_on_a_shuffled_subset_of_inputs():
+    """Operations are looked up by input, not by row order."""
+    task = get_task("s3_conj")
+    data = task.dataset()
+    rows = np.random.default_rng(0).permutation(len(data))[:20]
+    best = itf.match_signatures(task, data.inputs[rows], data.targets[rows])[0]
+    assert (best.function, best.agreement, best.n_examples) == ("s3_conj", 1.0, 20)
+    synth = get_task("synth_mod_5[a*b+c]")
+    sdata = synth.dataset()
+    best = itf.match_signatures(synth, sdata.inputs[rows], sdata.targets[rows])[0]
+    assert (best.agreement, best.n_examples) == (1.0, 20)
