@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
                         RunSpec(task, r, seed, out / task / f"{recipe}{suffix}-seed{seed}")
                     )
             specs[0].model_config()
-        except (TaskError, RecipeError, ValueError, TypeError) as exc:
+        except (TaskError, RecipeError, ValueError, TypeError) as exc:  # ModelConfigError too
             raise CliError(str(exc)) from None
         _run_with_progress(specs, workers, strategy, resume, overwrite)
 

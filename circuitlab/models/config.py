@@ -76,14 +76,30 @@ class ModelConfig:
 
     @classmethod
     def for_task(cls, task: Any, **overrides: Any) -> ModelConfig:
-        """A config whose vocabularies, context and answer positions fit `task`."""
-        return cls(
-            d_vocab=task.d_vocab,
-            d_vocab_out=task.d_vocab_out,
-            n_ctx=task.n_ctx,
-            answer_positions=tuple(task.answer_positions),
-            **overrides,
-        )
+        """A config whose vocabularies, context and answer positions fit `task`.
+
+        Overrides may change the architecture, but never make the model unable to read the
+        task: a smaller vocabulary or context is refused with the task's numbers.
+        """
+        fitted = {
+            "d_vocab": task.d_vocab,
+            "d_vocab_out": task.d_vocab_out,
+            "n_ctx": task.n_ctx,
+            "answer_positions": tuple(task.answer_positions),
+        }
+        for name in ("d_vocab", "d_vocab_out", "n_ctx"):
+            if name in overrides and int(overrides[name]) < fitted[name]:
+                raise ModelConfigError(
+                    f"{name}={overrides[name]} is too small for task {task.spec} "
+                    f"(it needs {fitted[name]})"
+                )
+        cfg = cls(**(fitted | overrides))
+        if cfg.answer_positions != fitted["answer_positions"]:
+            raise ModelConfigError(
+                f"answer_positions {cfg.answer_positions} differ from task {task.spec}'s "
+                f"{fitted['answer_positions']}"
+            )
+        return cfg
 
     @property
     def n_params(self) -> int:

@@ -132,3 +132,14 @@ def test_config_validation_names_the_field():
     assert cfg.n_params == sum(t.numel() for t in Transformer(cfg).tl_state_dict().values())
     ln = small_config(normalization="LN", n_layers=2)
     assert ln.n_params == sum(t.numel() for t in Transformer(ln).tl_state_dict().values())
+
+
+def test_config_for_task_refuses_a_model_that_cannot_read_the_task():
+    from circuitlab.tasks import get_task
+
+    task = get_task("add_mod_13")
+    assert ModelConfig.for_task(task, d_model=64).d_vocab == 14
+    with pytest.raises(ModelConfigError, match="n_ctx=2 is too small for task add_mod_13"):
+        ModelConfig.for_task(task, n_ctx=2)
+    with pytest.raises(ModelConfigError, match="d_vocab=5"):
+        ModelConfig.for_task(task, d_vocab=5)
