@@ -57,6 +57,10 @@ class Recipe:
         for name, ok in checks.items():
             if not ok:
                 raise RecipeError(f"recipe field {name}={getattr(self, name)!r} is out of range")
+        if not isinstance(self.model, dict):
+            raise RecipeError(
+                f"recipe field model must be a mapping of ModelConfig overrides, got {self.model!r}"
+            )
         if self.optimizer not in OPTIMIZERS:
             raise RecipeError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
