@@ -267,8 +267,10 @@ class Searcher:
                 self.bank.finish(level)
                 if self.cfg.pairs and self.rows.n_train >= 5 and self._pairs(level):
                     return self._done(self.accepted)
-                if level <= self.cfg.nonlinear_max_cost and self.rows.n_train >= 5 and \
-                        self._nonlinear(level):
+                # a*u(c*f) + b costs about 3 more than f: try it after level cost(f) + 3
+                inner = level - 3
+                if 1 <= inner <= self.cfg.nonlinear_max_cost and self.rows.n_train >= 5 and \
+                        self._nonlinear(inner):
                     return self._done(self.accepted)
             self.stats.stopped = f"no exact fit up to cost {self.cfg.max_cost}"
         except _Budget as stop:
@@ -514,48 +516,61 @@ class Searcher:
     # -- constants inside nonlinear functions ----------------------------------------------------
 
     def _nonlinear(self, level: int) -> bool:
-        """Test a*u(c*f) + b and a*f**c + b for the new representatives of this level.
+        """Test a*u(c*f) + b and a*f**c + b for the representatives of cost `level`.
 
-        a and b enter linearly, so for each trial c they are solved exactly (variable
-        projection) and only c is searched: a grid of starts, then scipy's least_squares.
+        a and b enter linearly, so for each trial c they are solved in closed form (variable
+        projection) and only c is searched: a grid of starting values for every candidate at
+        once (vectorised), then scipy's least_squares from the two best starts of each
+        candidate whose best start already explains most of the variance.
         """
         from scipy.optimize import least_squares
 
         tr, y = self.rows.train, self.rows.y_train
-        new = [r for r in self.rep_refs if r[0] == level][: self.cfg.nonlinear_limit]
-        ones = np.ones(self.rows.n_train)
-        for ref in new:
-            f = self.bank.value(ref)[tr]
-            for name, u in NONLINEAR.items():
-                if name == "POW" and f.min() <= 0:
+        refs = [r for r in self.rep_refs if r[0] == level][: self.cfg.nonlinear_limit]
+        if not refs:
+            return False
+        F = np.stack([self.bank.value(r)[tr] for r in refs])  # (R, n)
+        yc = y - y.mean()
+        syy = float(yc @ yc) or 1.0
+        ones = np.ones(len(y))
+        for name, u in NONLINEAR.items():
+            starts = np.array(_NONLINEAR_STARTS[name])
+            ok = (F > 0).all(axis=1) if name == "POW" else np.ones(len(F), dtype=bool)
+            if not ok.any():
+                continue
+            self.stats.candidates += int(ok.sum())
+            self._check_budget()
+            G = u(F[ok][:, None, :], starts[None, :, None])  # (R', K, n)
+            Gc = G - G.mean(axis=2, keepdims=True)
+            gg = (Gc**2).sum(axis=2)
+            gy = Gc @ yc
+            r2 = np.where(np.isfinite(gg) & (gg > 0), gy**2 / (gg * syy), 0.0)
+            r2 = np.nan_to_num(r2, nan=0.0)
+            for i_ok, i in enumerate(np.flatnonzero(ok)):
+                best = np.argsort(-r2[i_ok])[:2]
+                if r2[i_ok, best[0]] < 0.5:
                     continue
+                f = F[i]
 
                 def resid(c: np.ndarray, f: np.ndarray = f, u: Callable = u) -> np.ndarray:
-                    with np.errstate(all="ignore"):
-                        g = u(f, c[0])
+                    g = u(f, c[0])
                     if not np.isfinite(g).all():
                         return np.full_like(y, 1e30)
                     A = np.stack([g, ones], axis=1)
                     coef, *_ = np.linalg.lstsq(A, y, rcond=None)
                     return A @ coef - y
 
-                self.stats.candidates += 1
-                for c0 in _NONLINEAR_STARTS[name]:
-                    r0 = resid(np.array([c0]))
-                    if not np.isfinite(r0).all() or np.abs(r0).max() >= 1e29:
-                        continue
-                    sol = least_squares(resid, x0=[c0], xtol=1e-15, ftol=1e-15, gtol=1e-15,
-                                        max_nfev=200)
+                for k in best:
+                    sol = least_squares(resid, x0=[starts[k]], xtol=1e-15, ftol=1e-15,
+                                        gtol=1e-15, max_nfev=200)
                     if np.abs(sol.fun).max() > self.tol:
                         continue
                     c = float(sol.x[0])
-                    g = u(f, c)
-                    coef, *_ = np.linalg.lstsq(np.stack([g, ones], axis=1), y, rcond=None)
-                    hyp = Hypothesis([(float(coef[0]), ref)], float(coef[1]), wrap=(name, c))
+                    coef, *_ = np.linalg.lstsq(np.stack([u(f, c), ones], axis=1), y, rcond=None)
+                    hyp = Hypothesis([(float(coef[0]), refs[i])], float(coef[1]), wrap=(name, c))
                     if coef[0] != 0 and self._verify(hyp):
                         self.accepted.append(hyp)
                         return True
-                self._check_budget()
         return False
 
     def _verify(self, hyp: Hypothesis) -> bool:
