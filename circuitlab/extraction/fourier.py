@@ -46,9 +46,11 @@ from circuitlab.tasks.modular import OPERATIONS
 # steps on 70-80% of the pairs, whose embeddings still spread over 4-7 frequencies, ~4.
 MIN_CONTRAST = 5.0
 PURE_THRESHOLD = 0.85  # Nanda et al.: ~85% of neurons are > 85% explained by one frequency
-# A frequency is a neuron key when it is the dominant frequency of at least this share of the
-# live MLP neurons (grokked p = 113: 5-30% for each frequency the neurons use, 0.2% for any other).
-NEURON_KEY_SHARE = 0.02
+# A frequency is a key of a set of units (neurons, features) when the units it dominates hold at
+# least this share of their total weight. Grokked p = 113, neurons weighted by how much they move
+# the logits: 7-37% for each embedding key, 0.4% for the next frequency (17, which 5% of the
+# neurons are dominated by, counted unweighted).
+KEY_SHARE = 0.02
 
 
 class FourierError(ValueError):
@@ -139,7 +141,7 @@ def key_frequencies(
     key over the median of the rest) and `sparse` (contrast >= min_contrast): a dense embedding
     still returns its best cut. Frequencies the embedding carries only weakly (a model stopped
     right after grokking) can fall on either side of the knee; `FourierReport.neuron_keys` gives
-    the frequencies the MLP neurons actually use, as an independent check.
+    the frequencies the MLP neurons use to move the logits, as an independent check.
     """
     norms = frequency_norms(embedding)
     n = len(norms)
@@ -471,7 +473,8 @@ class FourierReport:
     neuron_pure_fraction: float  # live MLP neurons >= PURE_THRESHOLD explained by a key freq
     neuron_purity_quantiles: dict[str, float]  # purity at q10, q25, q50, q75, q90
     neuron_dominant_counts: dict[int, int]  # dominant frequency -> live neurons
-    neuron_keys: tuple[int, ...]  # frequencies dominant in >= NEURON_KEY_SHARE of live neurons
+    neuron_logit_shares: dict[int, float]  # frequency -> share of the neurons' logit weight
+    neuron_keys: tuple[int, ...]  # frequencies with >= KEY_SHARE of it (see `logit_weights`)
     losses: FourierLosses | None
     logits: LogitFit
     timings: dict[str, float] = field(default_factory=dict)
@@ -498,8 +501,8 @@ class FourierReport:
             f"non-constant power of W_E (weakest key / median other = {k.contrast:.1f}x).",
             f"MLP: {self.neuron_pure_fraction:.0%} of live neurons are >= {PURE_THRESHOLD:.0%} "
             f"explained by one key frequency (median purity "
-            f"{self.neuron_purity_quantiles.get('q50', 0.0):.2f}); the neurons cluster on "
-            f"frequencies {{{', '.join(str(f) for f in self.neuron_keys)}}}.",
+            f"{self.neuron_purity_quantiles.get('q50', 0.0):.2f}); the neurons that move the "
+            f"logits cluster on frequencies {{{', '.join(str(f) for f in self.neuron_keys)}}}.",
             f"Logits: sum_k alpha_k cos(w_k ({self.formula}-c)) explains "
             f"{self.logits.explained:.0%} of the logit variance.",
         ]
@@ -522,6 +525,7 @@ class FourierReport:
             "neuron_pure_fraction": self.neuron_pure_fraction,
             "neuron_purity_quantiles": dict(self.neuron_purity_quantiles),
             "neuron_dominant_counts": {str(k): v for k, v in self.neuron_dominant_counts.items()},
+            "neuron_logit_shares": {str(k): v for k, v in self.neuron_logit_shares.items()},
             "neuron_keys": list(self.neuron_keys),
             "neuron_key_f1": key_f1(self.neuron_keys, self.keys.frequencies),
             "losses": None if self.losses is None else self.losses.to_dict(),
@@ -530,13 +534,35 @@ class FourierReport:
         }
 
 
-def neuron_keys(
-    dominant_counts: dict[int, int], share: float = NEURON_KEY_SHARE
-) -> tuple[int, ...]:
-    """Frequencies that are dominant for at least `share` of the live units counted (MLP neurons,
-    or transcoder features: `neuron_keys(unit_frequencies(grid).dominant_counts())`)."""
-    live = sum(dominant_counts.values())
-    return tuple(sorted(k for k, n in dominant_counts.items() if k > 0 and n >= share * live))
+def logit_weights(acts: torch.Tensor, writes: torch.Tensor, w_u: torch.Tensor) -> torch.Tensor:
+    """(N,) how much each unit moves the logits: the std of its activations (n, N) over the
+    inputs times the norm of its direct logit effect writes (N, D) @ W_U (D, O). The direct path
+    only (later layers and a final LayerNorm are ignored): a weight for ranking, not an effect."""
+    direct = (writes.detach().double() @ w_u.detach().double()).norm(dim=1)
+    return acts.detach().double().std(0, correction=0) * direct
+
+
+def frequency_shares(
+    units: UnitFrequencies, weights: torch.Tensor | None = None
+) -> dict[int, float]:
+    """Dominant frequency -> share of the live units' total weight (weights (N,); None counts
+    units)."""
+    live = units.variance > 0
+    w = torch.ones(len(live), dtype=torch.float64) if weights is None else weights.double()
+    w = torch.where(live, w, 0.0)
+    total = float(w.sum())
+    if total <= 0:
+        return {}
+    ks = sorted(set(units.dominant[live].tolist()))
+    return {int(k): float(w[units.dominant == k].sum()) / total for k in ks}
+
+
+def keys_by_share(shares: dict[int, float], min_share: float = KEY_SHARE) -> tuple[int, ...]:
+    """Frequencies holding at least `min_share` of the total in `shares` (counts or weights)."""
+    total = sum(shares.values())
+    if total <= 0:
+        return ()
+    return tuple(sorted(k for k, v in shares.items() if k > 0 and v >= min_share * total))
 
 
 def key_f1(found: tuple[int, ...], reference: tuple[int, ...]) -> float:
@@ -599,6 +625,11 @@ def analyze(
         {f"q{int(q * 100)}": float(torch.quantile(purity, q)) for q in qs} if len(purity) else {}
     )
     counts = units.dominant_counts()
+    last = model.cfg.n_layers - 1
+    weights = logit_weights(
+        cache[name][:, 0], model.param(f"blocks.{last}.mlp.W_out"), model.param("unembed.W_U")
+    )
+    shares = frequency_shares(units, weights)
     timings["neuron_frequencies"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -622,7 +653,8 @@ def analyze(
         neuron_pure_fraction=units.pure_fraction(PURE_THRESHOLD, keys.frequencies),
         neuron_purity_quantiles=quantiles,
         neuron_dominant_counts=counts,
-        neuron_keys=neuron_keys(counts),
+        neuron_logit_shares=shares,
+        neuron_keys=keys_by_share(shares),
         losses=losses,
         logits=fit,
         timings=timings,

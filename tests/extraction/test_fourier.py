@@ -118,12 +118,20 @@ def test_unit_frequencies_of_hand_built_units():
     assert bool((units.explained.sum(1) <= 1 + 1e-9).all())
     counts = units.dominant_counts()  # live units only; unit 3 ties between 2 and 9
     assert sum(counts.values()) == 5 and {3, 5, 6, 7} <= set(counts)
+    shares = fo.frequency_shares(units)
+    assert shares[5] == pytest.approx(1 / 5) and sum(shares.values()) == pytest.approx(1.0)
+    weights = torch.tensor([3.0, 1.0, 0.0, 0.0, 100.0, 0.0])  # the dead unit's weight is ignored
+    weighted = fo.frequency_shares(units, weights)
+    assert weighted[5] == 0.75 and weighted[7] == 0.25
+    assert sum(weighted.values()) == pytest.approx(1.0)
     assert units.pure_fraction(0.99) == pytest.approx(3 / 5)  # of the 5 live units
     assert units.pure_fraction(0.99, keys=(5, 7)) == pytest.approx(2 / 5)
 
 
-def test_neuron_keys_and_f1():
-    assert fo.neuron_keys({0: 40, 3: 50, 7: 9, 9: 1}, share=0.05) == (3, 7)
+def test_keys_by_share_and_f1():
+    assert fo.keys_by_share({0: 40, 3: 50, 7: 9, 9: 1}, min_share=0.05) == (3, 7)
+    assert fo.keys_by_share({3: 0.5, 7: 0.49, 9: 0.01}) == (3, 7)
+    assert fo.keys_by_share({}) == ()
     assert fo.key_f1((3, 7), (3, 7)) == 1.0
     assert fo.key_f1((3, 7, 9), (3, 7)) == pytest.approx(0.8)
     assert fo.key_f1((), (1,)) == 0.0
@@ -155,6 +163,14 @@ def test_logit_fit_recovers_planted_alphas():
     noisy = logits + torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)) * 2
     assert fo.logit_fourier_fit(noisy, answers, tuple(alphas)).explained < 0.9
     assert fo.logit_fourier_fit(logits, answers, (3,)).explained < 1.0
+
+
+def test_logit_weights_scale_with_spread_and_direct_effect():
+    acts = torch.tensor([[0.0, 1.0, 5.0], [2.0, 1.0, 5.0]])  # stds 1, 0, 0
+    writes = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    w_u = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
+    weights = fo.logit_weights(acts, writes, w_u)
+    torch.testing.assert_close(weights, torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64))
 
 
 def test_projection_keeps_key_directions_and_removes_the_rest():
@@ -213,8 +229,8 @@ def test_grokked_neurons_are_mostly_pure_in_the_key_frequencies(grokked):
     )
     assert in_keys / live >= 0.9
     assert report.neuron_purity_quantiles["q50"] >= 0.8
-    # every key frequency of the embedding has its own cluster of neurons
-    assert set(report.keys.frequencies) <= set(report.neuron_keys)
+    # the neurons that move the logits use exactly the key frequencies of the embedding
+    assert report.neuron_keys == report.keys.frequencies
 
 
 def test_grokked_restricted_and_excluded_loss(grokked):
