@@ -13,6 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -54,6 +55,7 @@ def main() -> None:
         console.print(f"training a transcoder with {args.train} features ...")
         acts = mlp_activations(model, tokens)
         tc, _ = train_transcoder(acts, TranscoderConfig(n_features=args.train), progress=True)
+    torch.set_num_threads(args.threads)  # also for scoring and pruning below
     config = AttributionConfig(batch_size=args.batch_size, qk=not args.no_qk, threads=args.threads)
     attribute(model, tc, tokens[:256], config)  # warm-up
     start = time.perf_counter()

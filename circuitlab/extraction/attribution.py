@@ -760,7 +760,7 @@ def attribute(
             parts.append(_graph(fr, layout, w, kind, config, model.cfg, adjacency[sl]))
             if progress:
                 progress("edges", n + 1, len(chunks))
-    return _concat(parts, adjacency)
+        return _concat(parts, adjacency)
 
 
 def _concat(parts: list[AttributionGraph], adjacency: Tensor) -> AttributionGraph:
