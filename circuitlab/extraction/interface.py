@@ -11,7 +11,7 @@ and its task.
 4. Signature: the model's argmax outputs on every input compared with each known operation of
    the task's family (the modular OPERATIONS table, the S_n products, the grid transforms, a
    synthesis task's own expression). The best match is the signature when it agrees on at least
-   `min_agreement` of the inputs; it is named by the registry primitive that computes it (e.g.
+   `min_agreement` of the inputs (default: all); it is named by the registry primitive that computes it (e.g.
    ADDMOD) when one does, checked by evaluating that primitive on the same inputs.
 
 `InterfaceDefinition.to_record()` gives the catalog's `Interface` record.
@@ -32,7 +32,7 @@ from circuitlab.tasks.modular import OPERATIONS, ModularTask, apply_op
 from circuitlab.tasks.permutation import PERMUTATION_OPS, PermutationTask
 from circuitlab.tasks.synthesis import SynthesisTask
 
-DEFAULT_MIN_AGREEMENT = 0.99
+DEFAULT_MIN_AGREEMENT = 1.0  # "matches on all inputs"; lower it to accept near-misses
 MAX_BOUNDARY_INPUTS = 20_000  # inputs used for boundary statistics (all of every built-in task)
 
 # Task operation -> registry primitive computing it (verified on the inputs before it is used).
@@ -497,8 +497,8 @@ def infer_interface(
     """Ports, output, boundary statistics and signature of `model` on all of `task`'s inputs.
 
     The signature is the best-matching known operation when it agrees with the model's argmax
-    output on at least `min_agreement` of the inputs where it is defined (default 0.99: a
-    grokked model is exact; the agreement is recorded either way). Boundary statistics use at
+    output on at least `min_agreement` of the inputs where it is defined (default 1.0: every
+    input; a grokked model is exact). Every candidate's agreement is recorded either way. Boundary statistics use at
     most `max_boundary_inputs` inputs (a seeded sample beyond that).
     """
     if not 0.0 <= min_agreement <= 1.0:
