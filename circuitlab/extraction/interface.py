@@ -11,8 +11,9 @@ and its task.
 4. Signature: the model's argmax outputs on every input compared with each known operation of
    the task's family (the modular OPERATIONS table, the S_n products, the grid transforms, a
    synthesis task's own expression). The best match is the signature when it agrees on at least
-   `min_agreement` of the inputs (default: all); it is named by the registry primitive that computes it (e.g.
-   ADDMOD) when one does, checked by evaluating that primitive on the same inputs.
+   `min_agreement` of the inputs (default: all); it is named by the registry primitive that
+   computes it (e.g. ADDMOD) when one does, checked by evaluating that primitive on the same
+   inputs.
 
 `InterfaceDefinition.to_record()` gives the catalog's `Interface` record.
 """
@@ -498,8 +499,8 @@ def infer_interface(
 
     The signature is the best-matching known operation when it agrees with the model's argmax
     output on at least `min_agreement` of the inputs where it is defined (default 1.0: every
-    input; a grokked model is exact). Every candidate's agreement is recorded either way. Boundary statistics use at
-    most `max_boundary_inputs` inputs (a seeded sample beyond that).
+    input; a grokked model is exact). Every candidate's agreement is recorded either way.
+    Boundary statistics use at most `max_boundary_inputs` inputs (a seeded sample beyond that).
     """
     if not 0.0 <= min_agreement <= 1.0:
         raise InterfaceError(f"min_agreement must be in [0, 1], got {min_agreement}")
