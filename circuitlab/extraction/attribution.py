@@ -742,6 +742,8 @@ def attribute(
     kind = _check(model, transcoder)
     tokens = check_tokens(model, tokens)
     bsz = tokens.shape[0]
+    if bsz == 0:
+        raise AttributionError("no prompts to attribute: tokens has 0 rows")
     answers = tuple(model.cfg.answer_positions)
     w = _weights(model, transcoder)
     chunks = [slice(i, min(i + config.batch_size, bsz)) for i in range(0, bsz, config.batch_size)]

@@ -157,6 +157,31 @@ class AttributionGraph:
         v[:, self.logit_start :] = self.logit_values
         return v
 
+    def subset(self, index: Tensor | slice | list[int]) -> AttributionGraph:
+        """The graphs of some prompts, in the same layout."""
+        if isinstance(index, list):
+            index = torch.tensor(index, dtype=torch.long)
+        qk = [
+            QKAttribution(q.layer, q.sources, q.query_positions, q.pairs[index], q.scores[index])
+            for q in self.qk
+        ]
+        return AttributionGraph(
+            tokens=self.tokens[index],
+            n_layers=self.n_layers,
+            features=self.features[index],
+            feature_mask=self.feature_mask[index],
+            feature_offsets=self.feature_offsets,
+            activations=self.activations[index],
+            pre_activations=self.pre_activations[index],
+            logit_tokens=self.logit_tokens[index],
+            logit_positions=self.logit_positions,
+            logit_mask=self.logit_mask[index],
+            logit_probs=self.logit_probs[index],
+            logit_values=self.logit_values[index],
+            adjacency=self.adjacency[index],
+            qk=qk,
+        )
+
     def bias_part(self) -> Tensor:
         """(B, N): the part of each target value not carried by any edge (biases only)."""
         return self.target_values() - self.adjacency.sum(-1)

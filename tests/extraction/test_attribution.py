@@ -278,6 +278,23 @@ def test_streamed_chunks_hold_the_same_graphs():
     assert torch.equal(prune_graph(whole, chunk=2).edge_mask, prune_graph(whole).edge_mask)
 
 
+def test_answer_before_the_end_of_the_sequence():
+    """Positions after the last answer cannot matter: no nodes there, edges still exact."""
+    model = random_model(2, True, seed=9, answers=(1,))
+    tc = random_transcoder(model, "cross_layer", seed=2)
+    graph, _ = check_edges(model, tc, prompts(model, 4))
+    positions = graph.features[..., 1][graph.feature_mask]
+    assert positions.numel() and int(positions.max()) <= 1
+    kinds = graph.node_kinds
+    late_tokens = graph.token_start + torch.arange(2, model.cfg.n_ctx)
+    assert not graph.adjacency[:, :, late_tokens].any()
+    assert (graph.adjacency[:, kinds == LOGIT][:, :, kinds == TOKEN].abs() > 1e-3).any()
+    # a subset keeps each prompt's graph
+    sub = graph.subset([2, 0])
+    assert torch.equal(sub.adjacency[1], graph.adjacency[0])
+    assert torch.equal(sub.qk[1].pairs[0], graph.qk[1].pairs[2])
+
+
 def test_logit_targets_are_the_smallest_top_k_reaching_the_probability():
     model = random_model(1, False)
     tc = random_transcoder(model, "per_layer")
@@ -454,3 +471,5 @@ def test_bad_inputs_give_clear_errors():
         attribute(model, other, prompts(model, 2))
     with pytest.raises(ValueError, match="d_vocab"):
         attribute(model, tc, torch.full((2, 4), 99))
+    with pytest.raises(AttributionError, match="0 rows"):
+        attribute(model, tc, torch.zeros(0, 4, dtype=torch.long))

@@ -202,6 +202,19 @@ def test_circuit_tracer_json(tmp_path):
     meta = data["metadata"]
     assert meta["schema_version"] == 1 and meta["slug"] == "tiny"
     assert meta["prompt_tokens"] == ["5", "7", "9"]
+    assert set(meta) == {
+        "slug", "scan", "transcoder_list", "prompt_tokens", "prompt", "node_threshold",
+        "schema_version",
+    }  # fmt: skip
+    assert set(data["qParams"]) == {"pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"}
+    node_fields = {
+        "node_id": str, "feature": int, "layer": str, "ctx_idx": int, "feature_type": str,
+        "token_prob": float, "is_target_logit": bool, "run_idx": int, "reverse_ctx_idx": int,
+        "jsNodeId": str, "clerp": str,
+    }  # fmt: skip
+    for node in data["nodes"]:
+        assert set(node) == set(node_fields) | {"influence", "activation"}
+        assert all(isinstance(node[k], t) for k, t in node_fields.items()), node
     by_id = {n["node_id"]: n for n in data["nodes"]}
     # feature "{layer}_{feat}_{pos}", error "0_{layer}_{pos}", token "E_{tok}_{pos}",
     # logit "{L+1}_{tok}_{pos}"; all three tokens are kept (as circuit-tracer does)
