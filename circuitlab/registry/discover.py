@@ -242,7 +242,8 @@ def _prim_op(prim: Primitive, params: dict[str, int]) -> Op:
                          if params else "")
     return Op(label, prim.group, prim.arity, prim.out_kind,
               lambda *a: prim.fn(*a, **params),
-              lambda args: ex.call(prim.name, *args, **params), prim.commutative)
+              lambda args: ex.call(prim.name, *args, **params), prim.commutative,
+              param_cost=len(params))
 
 
 def _function_op(fn: Function, registry: Registry) -> Op:

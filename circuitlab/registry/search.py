@@ -50,6 +50,7 @@ class Op:
     build: Callable[[Sequence[ex.Expr]], ex.Expr]
     commutative: bool = False
     cost: int = 1
+    param_cost: int = 0  # fixed parameters (a modulus) count like constants
 
 
 @dataclass
@@ -221,7 +222,7 @@ class Searcher:
         rank = {name: i for i, name in enumerate(proposal.order)}
         chosen = [o for o in ops if o.name in proposal.costs]
         for o in chosen:
-            o.cost = max(1, int(proposal.costs[o.name]))
+            o.cost = max(1, int(proposal.costs[o.name])) + o.param_cost
         self.ops = sorted(chosen, key=lambda o: (rank.get(o.name, len(rank)), o.name))
         self.bank = Bank()
         self.seen: set[bytes] = set()
