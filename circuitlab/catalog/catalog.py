@@ -257,6 +257,10 @@ class Catalog:
             limit=limit,
             offset=offset,
         )
+        if feature is not None:  # accept a unique prefix, as everywhere else
+            query.feature, kind = self._resolve(feature)
+            if kind != "feature":
+                raise CatalogError(f"{feature!r} is a {kind}, not a feature")
         if text is not None:
             query.tokens = sorted(set(tokenize(text)))
             if not query.tokens:
