@@ -194,7 +194,7 @@ class AttributionGraph:
 def normalize_rows(adjacency: Tensor) -> Tensor:
     """|adjacency| with every row scaled to sum 1 (rows without inputs stay zero)."""
     a = adjacency.abs()
-    return a / a.sum(-1, keepdim=True).clamp_min(1e-10)
+    return a.div_(a.sum(-1, keepdim=True).clamp_min(1e-10))  # in place: one copy, not two
 
 
 def influence(normalized: Tensor, weights: Tensor, max_depth: int | None = None) -> Tensor:
@@ -306,6 +306,17 @@ def graph_scores(adjacency: Tensor, weights: Tensor, kinds: Tensor) -> GraphScor
     reach = scores + weights
     completeness = (non_error * reach).sum(-1) / reach.sum(-1).clamp_min(1e-30)
     return GraphScores(replacement, completeness)
+
+
+def influence_of(graph: AttributionGraph, chunk: int = 1024) -> Tensor:
+    """(B, N): every node's influence on its prompt's weighted logits, `chunk` prompts at a
+    time (memory: a normalised copy of `chunk` adjacencies, not of all)."""
+    weights = graph.logit_weights()
+    parts = [
+        node_influence(graph.adjacency[lo : lo + chunk], weights[lo : lo + chunk])
+        for lo in range(0, graph.n_prompts, chunk)
+    ]
+    return torch.cat(parts)
 
 
 def scores_of(graph: AttributionGraph, chunk: int = 1024) -> GraphScores:

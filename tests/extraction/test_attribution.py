@@ -274,6 +274,10 @@ def test_streamed_chunks_hold_the_same_graphs():
     streamed = torch.cat([scores_of(p).replacement for p in parts])
     assert torch.allclose(streamed, scores_of(whole).replacement, atol=1e-5)
     # the chunked wrappers give what one batched call gives
+    from circuitlab.extraction.graph import influence_of, node_influence
+
+    direct = node_influence(whole.adjacency, whole.logit_weights())
+    assert torch.allclose(influence_of(whole, chunk=2), direct)
     assert torch.equal(scores_of(whole, chunk=2).completeness, scores_of(whole).completeness)
     assert torch.equal(prune_graph(whole, chunk=2).edge_mask, prune_graph(whole).edge_mask)
 
