@@ -22,6 +22,7 @@ Method (bottom-up enumeration as in TRANSIT / EUSolver / BUSTLE, with fitted lin
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,32 +128,46 @@ class SearchOutcome:
     approximate: dict[int, tuple[float, Hypothesis]] = field(default_factory=dict)
 
 
+@dataclass
+class Batch:
+    """How a run of consecutive bank entries was built: op `oi` (-1 for input columns) applied
+    to arguments picks[a][r] of cost split[a]."""
+
+    start: int
+    oi: int
+    split: tuple[int, ...]
+    picks: np.ndarray  # (arity, m) indices into the argument levels (columns for oi = -1)
+
+
 class Bank:
     """Distinct candidates by cost level: values on all rows, kind and how each was built."""
 
     def __init__(self) -> None:
         self.vals: dict[int, np.ndarray] = {}
         self.kinds: dict[int, np.ndarray] = {}
-        self.how: dict[int, list[tuple[Any, ...]]] = {}
-        self._pending: dict[int, list[tuple[np.ndarray, np.ndarray, list]]] = {}
+        self.batches: dict[int, list[Batch]] = {}
+        self._pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._sizes: dict[int, int] = {}
         self._exprs: dict[Ref, ex.Expr] = {}
 
-    def add(self, level: int, vals: np.ndarray, kinds: np.ndarray, how: list) -> int:
+    def add(self, level: int, vals: np.ndarray, kinds: np.ndarray, oi: int,
+            split: tuple[int, ...], picks: np.ndarray) -> int:
         """Queue entries for `level`; returns the index of the first one."""
-        start = self.size_of(level)
-        self._pending.setdefault(level, []).append((vals, kinds, how))
+        start = self._sizes.get(level, 0)
+        self._pending.setdefault(level, []).append((vals, kinds))
+        self.batches.setdefault(level, []).append(Batch(start, oi, split, picks))
+        self._sizes[level] = start + len(vals)
         return start
 
     def size_of(self, level: int) -> int:
-        done = len(self.vals[level]) if level in self.vals else 0
-        return done + sum(len(k) for _, k, _ in self._pending.get(level, []))
+        return self._sizes.get(level, 0)
 
     def value(self, ref: Ref) -> np.ndarray:
         level, i = ref
         if level in self.vals and i < len(self.vals[level]):
             return self.vals[level][i]
         i -= len(self.vals[level]) if level in self.vals else 0
-        for v, _, _ in self._pending[level]:
+        for v, _ in self._pending[level]:
             if i < len(v):
                 return v[i]
             i -= len(v)
@@ -161,43 +176,54 @@ class Bank:
     def finish(self, level: int) -> None:
         parts = self._pending.pop(level, [])
         if level in self.vals:
-            parts.insert(0, (self.vals[level], self.kinds[level], self.how[level]))
+            parts.insert(0, (self.vals[level], self.kinds[level]))
         if not parts:
             return
         self.vals[level] = np.concatenate([p[0] for p in parts])
         self.kinds[level] = np.concatenate([p[1] for p in parts])
-        self.how[level] = [h for p in parts for h in p[2]]
 
     def expr(self, ref: Ref, ops: Sequence[Op]) -> ex.Expr:
         if ref in self._exprs:
             return self._exprs[ref]
         level, i = ref
-        how = self.how[level][i] if level in self.how and i < len(self.how[level]) else \
-            self._pending_how(ref)
-        if how[0] == "var":
-            out: ex.Expr = ex.Var(how[1])
+        batches = self.batches[level]
+        k = bisect.bisect_right([bt.start for bt in batches], i) - 1
+        bt = batches[k]
+        r = i - bt.start
+        if bt.oi < 0:
+            out: ex.Expr = ex.Var(int(bt.picks[0][r]))
         else:
-            out = ops[how[0]].build([self.expr(r, ops) for r in how[1:]])
+            args = [self.expr((bt.split[a], int(bt.picks[a][r])), ops)
+                    for a in range(len(bt.split))]
+            out = ops[bt.oi].build(args)
         self._exprs[ref] = out
         return out
 
-    def _pending_how(self, ref: Ref) -> tuple[Any, ...]:
-        level, i = ref
-        i -= len(self.vals[level]) if level in self.vals else 0
-        for _, _, h in self._pending[level]:
-            if i < len(h):
-                return h[i]
-            i -= len(h)
-        raise IndexError(ref)
+
+_MULTIPLIERS: dict[int, np.ndarray] = {}
 
 
-def _keys(vals: np.ndarray) -> list[bytes]:
+def _hash_rows(rounded: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of a float32 array (vectorised; wraps modulo 2**64)."""
+    n = rounded.shape[1]
+    if n not in _MULTIPLIERS:
+        rng = np.random.default_rng(20250101 + n)
+        _MULTIPLIERS[n] = rng.integers(1, 2**63, size=n, dtype=np.uint64) * np.uint64(2) + \
+            np.uint64(1)
+    u = np.ascontiguousarray(rounded).view(np.uint32).astype(np.uint64)
+    h = (u * _MULTIPLIERS[n]).sum(axis=1, dtype=np.uint64)
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(29)
+    return h
+
+
+def _keys(vals: np.ndarray) -> np.ndarray:
     """Observational-equivalence keys: values rounded to float32 (so float noise merges)."""
-    rounded = np.ascontiguousarray((vals + 0.0).astype(np.float32))
-    return [r.tobytes() for r in rounded]
+    return _hash_rows((vals + 0.0).astype(np.float32))
 
 
-def _affine_keys(vals: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+def _affine_keys(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keys equal for candidates equal up to a*f + b; and which candidates vary at all."""
     centred = vals - vals.mean(axis=1, keepdims=True)
     norm = np.sqrt((centred**2).sum(axis=1))
@@ -207,6 +233,14 @@ def _affine_keys(vals: np.ndarray) -> tuple[list[bytes], np.ndarray]:
     sign = np.sign(unit[np.arange(len(unit)), first])
     unit = unit * np.where(sign == 0, 1.0, sign)[:, None]
     return _keys(np.round(unit, 7)), varies
+
+
+def _new_keys(keys: np.ndarray, seen: set[int]) -> np.ndarray:
+    """Indices of the first occurrence of each key not yet in `seen` (which is updated)."""
+    uniq, first = np.unique(keys, return_index=True)
+    fresh = np.array([k not in seen for k in uniq.tolist()], dtype=bool)
+    seen.update(uniq[fresh].tolist())
+    return np.sort(first[fresh])
 
 
 class Searcher:
@@ -225,16 +259,16 @@ class Searcher:
             o.cost = max(1, int(proposal.costs[o.name])) + o.param_cost
         self.ops = sorted(chosen, key=lambda o: (rank.get(o.name, len(rank)), o.name))
         self.bank = Bank()
-        self.seen: set[bytes] = set()
-        self.affine_seen: set[bytes] = set()
+        self.seen: set[int] = set()
+        self.affine_seen: set[int] = set()
         self.stats = SearchStats()
         y = rows.y_train
         self.scale = float(max(np.abs(y).max(), np.abs(rows.y_hold).max(initial=0.0), 1e-300))
         self.tol = self.cfg.rtol * self.scale
         # pair stage state: representatives of affine classes (train rows, centred, unit norm)
         self.rep_refs: list[Ref] = []
-        self.rep_unit: list[np.ndarray] = []
-        self.rep_proj: list[np.ndarray] = []
+        self.rep_unit: list[np.ndarray] = []  # blocks of (m, n_train) unit vectors
+        self.rep_proj: list[np.ndarray] = []  # blocks of (m, 3) projections
         rng = np.random.default_rng(self.cfg.seed + 7919)
         n = rows.n_train
         U = rng.standard_normal((n, 3))
@@ -284,8 +318,8 @@ class Searcher:
         if level == 1:
             vals = self.rows.X.T.copy()
             kinds = np.array([KCODE[k] for k in self.col_kinds], dtype=np.int8)
-            how = [("var", j) for j in range(len(self.col_kinds))]
-            return self._accept_batch(level, vals, kinds, how, count=len(how))
+            picks = np.arange(len(self.col_kinds))[None, :]
+            return self._accept_batch(level, vals, kinds, -1, (), picks, count=len(kinds))
         for oi, op in enumerate(self.ops):
             rest = level - op.cost
             if rest < op.arity:
@@ -336,33 +370,27 @@ class Searcher:
                 continue
             args = [self.bank.vals[split[a]][picks[a]] for a in range(op.arity)]
             vals = op.apply(*args)
-            how = [(oi, *((split[a], int(picks[a][r])) for a in range(op.arity)))
-                   for r in range(len(picks[0]))]
             kinds = np.full(len(vals), KCODE[out_kind], dtype=np.int8)
-            found |= self._accept_batch(level, vals, kinds, how, count=len(vals))
+            found |= self._accept_batch(level, vals, kinds, oi, split, np.stack(picks),
+                                        count=len(vals))
             if found:
                 return True
         return found
 
-    def _accept_batch(self, level: int, vals: np.ndarray, kinds: np.ndarray, how: list,
-                      count: int) -> bool:
+    def _accept_batch(self, level: int, vals: np.ndarray, kinds: np.ndarray, oi: int,
+                      split: tuple[int, ...], picks: np.ndarray, count: int) -> bool:
         """Deduplicate new values into the bank and test them as `f` and `a*f + b`."""
         self.stats.candidates += count
         self._check_budget()
         with np.errstate(all="ignore"):
             ok = (np.abs(vals) < 1e100).all(axis=1)  # also rejects NaN; beyond 1e100 = overflow
         ok &= vals.max(axis=1) > vals.min(axis=1)  # constants are covered by the intercept
-        keep = []
-        for i, key in zip(np.flatnonzero(ok), _keys(vals[ok]), strict=True):
-            if key not in self.seen:
-                self.seen.add(key)
-                keep.append(i)
-        if not keep:
+        idx = np.flatnonzero(ok)
+        keep = idx[_new_keys(_keys(vals[idx]), self.seen)]
+        if len(keep) == 0:
             return False
-        keep_idx = np.array(keep)
-        vals, kinds = vals[keep_idx], kinds[keep_idx]
-        how = [how[i] for i in keep]
-        start = self.bank.add(level, vals, kinds, how)
+        vals, kinds = vals[keep], kinds[keep]
+        start = self.bank.add(level, vals, kinds, oi, split, picks[:, keep])
         self.stats.bank += len(vals)
         refs = [(level, start + i) for i in range(len(vals))]
         self._add_reps(vals, refs)
@@ -373,16 +401,15 @@ class Searcher:
         akeys, varies = _affine_keys(vals)
         train_c = vals[:, tr] - vals[:, tr].mean(axis=1, keepdims=True)
         tnorm = np.linalg.norm(train_c, axis=1)
-        for i, key in enumerate(akeys):
-            if not varies[i] or tnorm[i] <= 1e-12 * (np.abs(vals[i, tr]).max() + 1e-300):
-                continue
-            if key in self.affine_seen:
-                continue
-            self.affine_seen.add(key)
-            unit = train_c[i] / tnorm[i]
-            self.rep_refs.append(refs[i])
-            self.rep_unit.append(unit)
-            self.rep_proj.append(unit @ self.U)
+        ok = varies & (tnorm > 1e-12 * (np.abs(vals[:, tr]).max(axis=1) + 1e-300))
+        idx = np.flatnonzero(ok)
+        new = idx[_new_keys(akeys[idx], self.affine_seen)]
+        if len(new) == 0:
+            return
+        unit = train_c[new] / tnorm[new][:, None]
+        self.rep_refs.extend(refs[i] for i in new)
+        self.rep_unit.append(unit)
+        self.rep_proj.append(unit @ self.U)
 
     def _test_singles(self, vals: np.ndarray, refs: list[Ref]) -> bool:
         tr, y = self.rows.train, self.rows.y_train
@@ -434,22 +461,22 @@ class Searcher:
         new = np.flatnonzero(levels == level)
         if len(new) == 0:
             return False
-        P = np.array(self.rep_proj)  # (M, 3)
+        P = _stack(self.rep_proj)  # (M, 3)
         if self.cfg.track_approximate:
-            self._track_pairs(np.array(self.rep_unit))
+            self._track_pairs(_stack(self.rep_unit))
         q = np.cross(self.y_proj[None, :], P[new])  # (a, 3): det[y, f1, f2] = f2 . (y x f1)
         M = len(P)
         # small row chunks: the search stops at the first chunk with an accepted pair, so the
         # count of pairs tested reflects the proposer's order rather than the chunk size
         step = max(1, min(16, self.cfg.chunk // max(M, 1)))
         for s in range(0, len(new), step):
-            rows = new[s : s + step]
-            D = q[s : s + step] @ P.T  # (chunk, M)
-            # pairs (i, j) with j < i among new ones, and every j at lower levels
-            limit = rows[:, None] > np.arange(M)[None, :]
-            self.stats.pairs += int(limit.sum())
+            rows = new[s : s + step]  # new representatives are contiguous: rows[-1] is the last
+            D = q[s : s + step] @ P[: rows[-1]].T  # (chunk, j < last row)
+            # each new representative i is paired with every j < i (earlier levels included)
+            self.stats.pairs += int(rows.sum())
             self._check_budget()
-            hits = np.argwhere((np.abs(D) <= 1e-9) & limit)
+            hits = np.argwhere(np.abs(D) <= 1e-9)
+            hits = hits[hits[:, 1] < rows[hits[:, 0]]]
             for hi, j in hits[:5000]:
                 i = rows[hi]
                 hyp = self._fit_pair(self.rep_refs[i], self.rep_refs[j])
@@ -605,6 +632,13 @@ class Searcher:
     def _done(self, accepted: list[Hypothesis]) -> SearchOutcome:
         self.stats.seconds = time.perf_counter() - self.t0
         return SearchOutcome(accepted, self.stats, self.approx)
+
+
+def _stack(blocks: list[np.ndarray]) -> np.ndarray:
+    """Concatenate blocks in place of the list (so later calls start from one block)."""
+    if len(blocks) > 1:
+        blocks[:] = [np.concatenate(blocks)]
+    return blocks[0]
 
 
 class _Budget(Exception):
