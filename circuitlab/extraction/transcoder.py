@@ -16,7 +16,9 @@ Method (Dunefsky et al. 2024, transcoders; Ameisen et al. 2025, cross-layer tran
    features from dying. The JumpReLU threshold learns through a straight-through estimator
    (Rajamanoharan et al. 2024) with a rectangle kernel of width `bandwidth`.
 5. Features that have not fired for `dead_window` steps are resampled towards inputs the
-   transcoder reconstructs worst (Bricken et al. 2023) until `resample_until` of training.
+   transcoder reconstructs worst (Bricken et al. 2023) until `resample_until` of training; TopK
+   transcoders, which have no sparsity penalty, also train dead features with AuxK (Gao et al.
+   2024).
 6. The normalisation is folded into the weights at the end, so the saved transcoder reads and
    writes raw activations: a feature's contribution to layer t's MLP output is a @ decoder(l, t).
 """
@@ -66,6 +68,7 @@ class TranscoderConfig:
     sparsity_c: float = 4.0  # c inside tanh(c * ||W_dec|| * a)
     sparsity_warmup: float = 0.5  # fraction of steps over which lambda ramps up from 0
     pre_act_coeff: float = 1e-2  # lambda_p of the dead-feature pre-activation penalty
+    aux_k_coeff: float = 1 / 32  # weight of the AuxK loss on dead features (topk only)
     lr: float = 4e-3
     lr_decay: float = 0.2  # final fraction of steps with linear decay of lr to 0
     steps: int = 600
@@ -92,6 +95,7 @@ class TranscoderConfig:
             "sparsity_c": self.sparsity_c > 0,
             "sparsity_warmup": 0 <= self.sparsity_warmup <= 1,
             "pre_act_coeff": self.pre_act_coeff >= 0,
+            "aux_k_coeff": self.aux_k_coeff >= 0,
             "lr": self.lr > 0,
             "lr_decay": 0 <= self.lr_decay <= 1,
             "steps": self.steps >= 1,
@@ -468,6 +472,8 @@ def _train(
                     (F.relu(floor[l] - pres[l]) * norms[l]).sum(-1).mean() for l in range(L)
                 )
                 loss = loss + lam * sparsity + cfg.pre_act_coeff * pre_pen
+            elif cfg.aux_k_coeff:
+                loss = loss + cfg.aux_k_coeff * _aux_k_loss(tc, pres, yb, recon, since_fired, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -504,6 +510,29 @@ def _train(
                 tc.W_dec[l][k].mul_(s_out[l + k])
     log.seconds = time.perf_counter() - start
     return tc.eval(), log
+
+
+def _aux_k_loss(
+    tc: Transcoder,
+    pres: list[Tensor],
+    ys: list[Tensor],
+    recon: list[Tensor],
+    since_fired: Tensor,
+    cfg: TranscoderConfig,
+) -> Tensor:
+    """AuxK (Gao et al. 2024): dead TopK features, which get no gradient from the main loss,
+    learn to reconstruct the residual with their top 2k pre-activations (same-layer decoders)."""
+    total = torch.zeros(())
+    for l, pre in enumerate(pres):
+        dead = since_fired[l] >= cfg.dead_window
+        n_dead = int(dead.sum())
+        if not n_dead:
+            continue
+        values, index = pre.masked_fill(~dead, float("-inf")).topk(min(2 * cfg.top_k, n_dead), -1)
+        a = torch.zeros_like(pre).scatter(-1, index, F.relu(values))
+        residual = (ys[l] - recon[l]).detach()
+        total = total + (residual - a @ tc.W_dec[l][0]).pow(2).sum(-1).mean()
+    return total
 
 
 @contextmanager
