@@ -300,3 +300,19 @@ def test_progress_bar_runs_and_changes_nothing(capsys):
     quiet, _ = train_transcoder(acts, cfg)
     shown, _ = train_transcoder(acts, cfg, progress=True)
     assert torch.equal(quiet.tensors()["W_dec.0.0"], shown.tensors()["W_dec.0.0"])
+
+
+def test_aux_k_trains_only_dead_topk_features():
+    from circuitlab.extraction.transcoder import _aux_k_loss
+
+    cfg = TranscoderConfig(n_features=8, activation="topk", top_k=2, dead_window=5)
+    tc = Transcoder(cfg, 1, 4)
+    x, y = torch.randn(32, 4), torch.randn(32, 4)
+    pre = tc.pre_activations(0, x)
+    recon = tc.decode([tc.activate(0, pre)])
+    since_fired = torch.zeros(1, 8, dtype=torch.long)
+    assert float(_aux_k_loss(tc, [pre], [y], recon, since_fired, cfg)) == 0.0
+    since_fired[0, :3] = 5  # features 0-2 are dead
+    _aux_k_loss(tc, [pre], [y], recon, since_fired, cfg).backward()
+    moved = tc.W_dec[0].grad[0].abs().sum(-1) > 0
+    assert moved[:3].any() and not moved[3:].any()
