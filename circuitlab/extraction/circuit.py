@@ -229,8 +229,12 @@ def select_circuit(
     ablation: str = "mean",
     ref: Reference | None = None,
     batch_size: int = 4096,
+    necessity_target: float | None = None,
 ) -> tuple[list[Tensor], Faithfulness]:
-    """The smallest top-k feature set (by `importance`) whose sufficiency meets the target."""
+    """The smallest top-k feature set (by `importance`) whose sufficiency meets the target.
+
+    With `necessity_target`, k then grows (binary search) until ablating the set also brings
+    accuracy down to the target, if any k up to all ranked features does."""
     if importance.dim() != 2 or importance.shape[0] != tc.n_layers:
         raise CircuitError(
             f"importance must be (n_layers={tc.n_layers}, n_features), got {tuple(importance.shape)}"
@@ -266,9 +270,32 @@ def select_circuit(
     for extra in sorted({max(1, int(round(candidates ** (i / 8)))) for i in range(9)}):
         if all(c["k"] != extra for c in curve):
             sufficiency(extra)
+    if necessity_target is not None:
+
+        def necessity(k: int) -> float:
+            keep = top_k_mask(importance, k)
+            hooks = lambda index: ablation_hooks(  # noqa: E731
+                model, tc, ref, keep, "necessity", ablation, index
+            )
+            acc, loss = _accuracy_loss(model, tokens, targets, batch_size, hooks)
+            curve.append({"k": k, "necessity_accuracy": acc, "necessity_loss": loss})
+            return acc
+
+        if necessity(k) > necessity_target and necessity(candidates) <= necessity_target:
+            lo, hi = k + 1, candidates
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if necessity(mid) <= necessity_target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            k = lo
     keep = top_k_mask(importance, k)
     result = measure(model, tc, tokens, targets, keep, ref, ablation, batch_size, full=full)
-    result.curve = sorted(curve, key=lambda c: c["k"])
+    merged: dict[int, dict[str, float]] = {}
+    for point in curve:
+        merged.setdefault(int(point["k"]), {}).update(point)
+    result.curve = [merged[k] for k in sorted(merged)]
     if not math.isfinite(result.sufficiency_loss):
         raise CircuitError("sufficiency loss is not finite; the transcoder may be broken")
     return keep, result

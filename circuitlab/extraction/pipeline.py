@@ -45,6 +45,9 @@ class ExtractConfig:
     transcoder: TranscoderConfig = field(default_factory=TranscoderConfig)
     attribution: AttributionConfig = field(default_factory=lambda: AttributionConfig(qk=False))
     target_accuracy: float = 0.99  # sufficiency accuracy the circuit must reach
+    # necessity accuracy the circuit should reach when ablated (more features are added while
+    # it is above); None = the smallest sufficient set
+    necessity_target: float | None = 0.05
     ablation: str = "mean"  # zero | mean | resample
     graph_examples: int = 3  # prompts exported as circuit-tracer graph JSON
     seed: int = 0
@@ -55,6 +58,7 @@ class ExtractConfig:
             "attribution": asdict(self.attribution),
             "target_accuracy": self.target_accuracy,
             "ablation": self.ablation,
+            "necessity_target": self.necessity_target,
             "graph_examples": self.graph_examples,
             "seed": self.seed,
         }
@@ -91,68 +95,58 @@ def _plot_sufficiency(curve: list[dict[str, float]], chosen: int, total: int, pa
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ks = [c["k"] for c in curve]
-    ax.plot(ks, [c["sufficiency_accuracy"] for c in curve], "o-", ms=3)
+    for key, label in (
+        ("sufficiency_accuracy", "sufficiency"),
+        ("necessity_accuracy", "necessity"),
+    ):
+        points = [(c["k"], c[key]) for c in curve if key in c]
+        if points:
+            ax.plot(*zip(*points, strict=True), "o-", ms=3, label=label)
+    ax.legend()
     ax.axvline(chosen, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel(f"features kept (of {total}), by influence")
-    ax.set_ylabel("sufficiency accuracy")
+    ax.set_ylabel("accuracy with the rest / the circuit ablated")
     ax.set_title(f"circuit: {chosen} features")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _feature_labels(model, task, tc, tokens, keep) -> dict[tuple[int, int], dict[str, Any]]:
-    """Dominant Fourier frequency and purity of each circuit feature (modular tasks only)."""
+def _circuit_fourier(
+    model, task, tc, tokens, keep, ref
+) -> tuple[dict[tuple[int, int], dict[str, Any]], tuple[int, ...]]:
+    """Each circuit feature's dominant frequency and purity, and the key frequencies the
+    circuit computes: dominant frequencies weighted by how much each feature moves the logits
+    (activation spread x direct logit effect), so rare or weak features do not name frequencies.
+    Modular tasks only; found from the circuit alone, independent of the embedding."""
     from circuitlab.extraction import fourier
 
     try:
         p = fourier.modulus_of(task)
     except fourier.FourierError:
-        return {}
-    ref = circ.reference(model, tc, tokens)
+        return {}, ()
     labels: dict[tuple[int, int], dict[str, Any]] = {}
-    answer_row = -1  # the last block's answer position; earlier blocks: the `=` position
+    shares: dict[int, float] = {}
+    last = tc.n_layers - 1
+    w_u = model.param("unembed.W_U")
     for layer, mask in enumerate(keep):
         idx = mask.nonzero().flatten()
-        if len(idx) == 0:
+        if len(idx) == 0 or last - layer >= tc.n_targets(layer):
             continue
-        acts = ref.acts[layer][:, answer_row][:, idx]
+        acts = ref.acts[layer][:, -1][:, idx]  # the answer position (`=`, the last row)
         units = fourier.unit_frequencies(fourier.activation_grid(acts, tokens, p))
+        weights = fourier.logit_weights(acts, tc.decoder(layer, last)[idx], w_u)
+        for k, share in fourier.frequency_shares(units, weights).items():
+            shares[k] = shares.get(k, 0.0) + share * float(weights.sum())
         for j, f in enumerate(idx.tolist()):
             labels[(layer, f)] = {
                 "dominant_frequency": int(units.dominant[j]),
                 "purity": float(units.purity[j]),
                 "sum_share": float(units.sum_share[j]),
+                "logit_weight": float(weights[j]),
             }
-    return labels
-
-
-def circuit_frequencies(
-    feature_labels: dict[tuple[int, int], dict[str, Any]],
-    importance: torch.Tensor,
-    min_purity: float = 0.5,
-    min_share: float = 0.05,
-) -> list[int]:
-    """Frequencies the circuit's features compute: the dominant frequency of every feature at
-    least `min_purity` explained by it, kept when its features hold >= `min_share` of the
-    circuit's importance. Found from the circuit alone, independent of the embedding."""
-    by_k: dict[int, float] = {}
-    total = sum(float(importance[l, f]) for (l, f) in feature_labels) or 1.0
-    for (layer, f), lab in feature_labels.items():
-        if lab.get("dominant_frequency") and lab.get("purity", 0.0) >= min_purity:
-            k = int(lab["dominant_frequency"])
-            by_k[k] = by_k.get(k, 0.0) + float(importance[layer, f]) / total
-    return sorted(k for k, share in by_k.items() if share >= min_share)
-
-
-def frequency_f1(found: list[int], reference: list[int]) -> float:
-    hit = len(set(found) & set(reference))
-    if not found or not reference or not hit:
-        return 0.0
-    precision, recall = hit / len(found), hit / len(reference)
-    return 2 * precision * recall / (precision + recall)
+    return labels, fourier.keys_by_share(shares)
 
 
 def extract(
@@ -248,17 +242,30 @@ def extract(
 
         say("interpret", "interpreting the circuit")
         interpretation, fourier_report = _interpret(model, task, info)
-        feature_labels = _feature_labels(model, task, tc, tokens, keep)
+        ref = circ.reference(model, tc, tokens)
+        feature_labels, found = _circuit_fourier(model, task, tc, tokens, keep, ref)
         if fourier_report is not None:
-            found = circuit_frequencies(feature_labels, importance)
-            dft = list(fourier_report["keys"]["frequencies"])
-            fourier_report["circuit_frequencies"] = found
-            fourier_report["circuit_vs_embedding_f1"] = frequency_f1(found, dft)
+            from circuitlab.extraction.fourier import key_f1
+
+            dft = tuple(fourier_report["keys"]["frequencies"])
+            fourier_report["circuit_frequencies"] = list(found)
+            fourier_report["circuit_vs_embedding_f1"] = key_f1(found, dft)
             interpretation["description"] += (
                 f" Circuit features compute frequencies {{{', '.join(map(str, found))}}} "
                 f"(F1 {fourier_report['circuit_vs_embedding_f1']:.2f} against the embedding DFT)."
             )
             say("interpret", f"{interpretation['label']}; circuit features: {found}")
+        examples = _examples(model, task, tc, tokens, keep, importance, ref)
+        say("interface", "inferring the interface")
+        from circuitlab.extraction.interface import infer_interface
+
+        interface = infer_interface(model, task)
+        if interface.signature is not None:
+            say(
+                "interface",
+                f"signature {interface.signature.signature} "
+                f"(agreement {interface.signature.agreement:.4f})",
+            )
         phase_done("interpret")
 
         summary = {
@@ -273,6 +280,8 @@ def extract(
             "circuit": {k: v for k, v in faith.to_dict().items() if k != "curve"},
             "interpretation": interpretation,
             "fourier": fourier_report,
+            "interface": interface.to_dict(),
+            "examples": examples,
             "config": config.to_dict(),
         }
         out = run_dir / OUT_DIR
@@ -339,6 +348,32 @@ def _interpret(model, task, info) -> tuple[dict[str, str], dict[str, Any] | None
         "description": report.description(),
         "method": "fourier",
     }, report.to_dict()
+
+
+def _examples(model, task, tc, tokens, keep, importance, ref, n_features: int = 8) -> list[dict]:
+    """Top activating inputs and output effects of the circuit's most important features."""
+    from circuitlab.extraction.interpret import interpret_features, transcoder_directions
+
+    out = []
+    for layer, mask in enumerate(keep):
+        idx = mask.nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        order = importance[layer, idx].argsort(descending=True)[:n_features]
+        chosen = idx[order]
+        acts = ref.acts[layer][..., chosen]
+        positions = (
+            tuple(model.cfg.answer_positions)
+            if layer == tc.n_layers - 1
+            else tuple(range(acts.shape[1]))
+        )
+        directions = {t: d[chosen] for t, d in transcoder_directions(tc, layer).items()}
+        found = interpret_features(
+            model, task, acts, tokens.numpy(), positions, directions, k_examples=5
+        )
+        for f, interp in zip(chosen.tolist(), found, strict=True):
+            out.append({"layer": layer, "feature": f, **interp.to_dict()})
+    return out
 
 
 def _write_graphs(graph, task, directory: Path, n: int) -> list[Path]:

@@ -11,6 +11,7 @@ from typing import Any
 from circuitlab.catalog import (
     Circuit,
     Edge,
+    Example,
     Feature,
     Interpretation,
     Metadata,
@@ -81,6 +82,8 @@ def catalog_records(
     interpretation,
     feature_labels,
     config,
+    interface=None,
+    examples=(),
 ) -> list[Any]:
     """[Task, Model, Circuit] ready for `Catalog.put_many` (the Circuit last)."""
     task_rec = task_record(task)
@@ -167,11 +170,25 @@ def catalog_records(
         },
     )
     kept_share = faith.n_features / max(faith.n_features_total, 1)
+    example_records = []
+    for ex in examples:
+        feature = features.get(("feature", ex["layer"], ex["feature"]))
+        for top in ex.get("top_examples", [])[:3]:
+            example_records.append(
+                Example(
+                    tokens=list(top["tokens"]),
+                    text=top["text"],
+                    value=float(top["value"]),
+                    feature=feature.id if feature else None,
+                )
+            )
     circuit = Circuit(
         task=task.spec,
         model=model_id,
         nodes=nodes,
         edges=edge_records,
+        interface=interface,
+        examples=example_records,
         interpretation=Interpretation(**interpretation),
         metrics=metrics,
         tags=Tags(

@@ -44,6 +44,9 @@ def test_extract_writes_artifacts_and_catalog(run_dir, tmp_path):
         assert record.task == "add_mod_13"
         assert record.metrics.n_examples == 169
         assert record.metrics.accuracy == pytest.approx(circuit["sufficiency_accuracy"])
+        assert [port.domain for port in record.interface.inputs] == ["Z_13", "Z_13"]
+        assert record.interface.output.domain == "Z_13"
+        assert record.examples and all(len(e.tokens) == 3 for e in record.examples)
         kinds = {n.feature.node_type for n in record.nodes}
         assert kinds == {"feature", "token", "logit"}
         assert sum(n.feature.node_type == "feature" for n in record.nodes) == circuit["n_features"]
@@ -84,22 +87,3 @@ def test_cli_errors_are_one_line(tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "--ablation" in res.stderr
-
-
-def test_circuit_frequencies_and_f1():
-    import torch
-
-    from circuitlab.extraction.pipeline import circuit_frequencies, frequency_f1
-
-    importance = torch.tensor([[4.0, 3.0, 2.0, 0.5, 0.1]])
-    labels = {
-        (0, 0): {"dominant_frequency": 14, "purity": 0.9},
-        (0, 1): {"dominant_frequency": 35, "purity": 0.8},
-        (0, 2): {"dominant_frequency": 14, "purity": 0.95},
-        (0, 3): {"dominant_frequency": 41, "purity": 0.2},  # impure: not evidence
-        (0, 4): {"dominant_frequency": 52, "purity": 0.9},  # 1% of importance: too small
-    }
-    assert circuit_frequencies(labels, importance) == [14, 35]
-    assert frequency_f1([14, 35], [14, 35]) == 1.0
-    assert frequency_f1([14, 35], [14, 35, 41, 42]) == pytest.approx(2 * 1 * 0.5 / 1.5)
-    assert frequency_f1([], [14]) == 0.0
