@@ -78,7 +78,9 @@ def main() -> None:
         "active_features_mean": float(real.mean()),
         "replacement_mean": float(scores.replacement.mean()),
         "replacement_median": float(scores.replacement.median()),
+        "replacement_min": float(scores.replacement.min()),
         "completeness_mean": float(scores.completeness.mean()),
+        "completeness_min": float(scores.completeness.min()),
         "completeness_median": float(scores.completeness.median()),
         "pruned_nodes_mean": float(pruned.node_mask.sum(-1).float().mean()),
         "pruned_edges_mean": float(pruned.edge_mask.flatten(1).sum(-1).float().mean()),
@@ -114,7 +116,10 @@ def main() -> None:
         "",
     )
     console.print(table)
-    console.print(f"median replacement {statistics.median(scores.replacement.tolist()):.3f}")
+    console.print(
+        f"replacement median {statistics.median(scores.replacement.tolist()):.4f}, "
+        f"min {result['replacement_min']:.4f}; completeness min {result['completeness_min']:.4f}"
+    )
     console.print(f"wrote {RESULTS}")
 
 

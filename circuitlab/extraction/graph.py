@@ -509,6 +509,58 @@ def to_circuit_tracer_json(
     }
 
 
+def node_id(graph: AttributionGraph, index: int, node: int) -> str:
+    """circuit-tracer's id of node `node` in prompt `index`'s graph."""
+    kind = int(graph.node_kinds[node])
+    if kind == FEATURE:
+        layer, pos, feat = graph.features[index, node].tolist()
+        return f"{layer}_{feat}_{pos}"
+    if kind == ERROR:
+        layer, pos = divmod(node - graph.error_start, graph.n_pos)
+        return f"0_{layer}_{pos}"
+    if kind == TOKEN:
+        pos = node - graph.token_start
+        return f"E_{int(graph.tokens[index, pos])}_{pos}"
+    slot = node - graph.logit_start
+    tok, pos = int(graph.logit_tokens[index, slot]), int(graph.logit_positions[slot])
+    return f"{graph.n_layers + 1}_{tok}_{pos}"
+
+
+def top_qk_pairs(graph: AttributionGraph, index: int, top: int = 10) -> list[dict[str, Any]]:
+    """The largest (query source, key source) terms of every attention score of one prompt.
+
+    Each entry: layer, head, query and key positions, the query-side and key-side node ids
+    ("bias" for the bias part) and the term's value; sorted by |value|.
+    """
+    if not graph.qk:
+        raise ValueError("the graph has no QK attribution (attribute with qk=True)")
+    if not 0 <= index < graph.n_prompts:
+        raise IndexError(f"graph index must be in [0, {graph.n_prompts}), got {index}")
+    rows = []
+    for qk in graph.qk:
+        pairs = qk.pairs[index]  # (H, Qn, S, Ns + 1, Ns + 1)
+        real = torch.cat([graph.node_mask[index, qk.sources], torch.ones(1, dtype=torch.bool)])
+        values = pairs * (real.view(-1, 1) & real.view(1, -1))
+        flat = values.abs().flatten()
+        k = min(top, int((flat > 0).sum()))
+        names = [node_id(graph, index, int(n)) for n in qk.sources] + ["bias"]
+        for i in flat.topk(k).indices.tolist():
+            h, qi, key, s, t = torch.unravel_index(torch.tensor(i), values.shape)
+            rows.append(
+                {
+                    "layer": qk.layer,
+                    "head": int(h),
+                    "query_pos": qk.query_positions[int(qi)],
+                    "key_pos": int(key),
+                    "query_source": names[int(s)],
+                    "key_source": names[int(t)],
+                    "value": float(values[h, qi, key, s, t]),
+                }
+            )
+    rows.sort(key=lambda r: -abs(r["value"]))
+    return rows[:top]
+
+
 def write_graph_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write graph JSON atomically (temp file in the same directory, then rename)."""
     from circuitlab.training.rundir import write_json_atomic

@@ -30,6 +30,7 @@ from circuitlab.extraction.graph import (
     prune_graph,
     scores_of,
     to_circuit_tracer_json,
+    top_qk_pairs,
 )
 from circuitlab.extraction.transcoder import Transcoder, TranscoderConfig
 from circuitlab.models import ModelConfig, Transformer
@@ -436,6 +437,13 @@ def test_planted_circuit_is_recovered_exactly():
     expected_pairs = torch.zeros_like(pairs)
     expected_pairs[0, 2, 0] = math.log(2.0)  # sources: tokens at positions 0, 1, 2, then bias
     assert torch.allclose(pairs, expected_pairs, atol=1e-6)
+    # the same, by node id: '=' at position 2 on the query side, token 1 at 0 on the key side
+    assert top_qk_pairs(graph, 0, top=1) == [
+        {
+            "layer": 0, "head": 0, "query_pos": 2, "key_pos": 0,
+            "query_source": "E_4_2", "key_source": "E_1_0", "value": pytest.approx(math.log(2)),
+        }
+    ]  # fmt: skip
     # prompt 1 (`3 1 =`): attention 1/4, 1/2, 1/4, so feature 0 = 3/2 - 0.5 = 1 (through token
     # 1 at position 1) and feature 1 = 3/4 - 0.5 = 0.25 (token 3 at position 0); logits 10 and 2.5
     f1 = graph.feature_mask[1].nonzero().flatten().tolist()

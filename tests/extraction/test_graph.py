@@ -16,6 +16,7 @@ from circuitlab.extraction.graph import (
     cumulative_threshold,
     graph_scores,
     influence,
+    node_id,
     node_influence,
     normalize_rows,
     prune,
@@ -223,6 +224,8 @@ def test_circuit_tracer_json(tmp_path):
     assert by_id["0_41_2"]["activation"] == pytest.approx(1.5)
     assert by_id["0_0_2"]["feature_type"] == "mlp reconstruction error"
     assert by_id["2_2_2"]["is_target_logit"] and by_id["2_2_2"]["token_prob"] == pytest.approx(0.99)
+    ids = [node_id(g, 0, i) for i in (0, 4, 5, 8)]
+    assert ids == ["0_41_2", "0_0_2", "E_5_0", "2_2_2"]
     links = {(x["source"], x["target"]): x["weight"] for x in data["links"]}
     assert links == {("E_5_0", "0_41_2"): 2.0, ("0_41_2", "2_2_2"): 3.0, ("0_0_2", "2_2_2"): 0.5}
     path = write_graph_json(tmp_path / "g.json", data)
