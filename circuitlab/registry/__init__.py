@@ -1,20 +1,32 @@
 """Symbolic registry: typed functions over primitives, persisted, and discovered from examples.
 
     from circuitlab.registry import Registry, discover
-    reg = Registry.open("functions/")            # a directory of JSON records, or a catalog URL
-    ke = discover(([[2, 3], [4, 1], ...], [9.0, 2.0, ...]), names=["m", "v"], name="KE")
-    reg.register(ke)
+    reg = Registry.open("functions/")     # a directory of JSON records, or sqlite:///catalog.db
+    ke = discover((X, y), names=["m", "v"], name="KE", registry=reg, register=True)
+    reg.call("KE", 2.0, 3.0)              # -> 9.0
 """
 
+from circuitlab.registry.discover import (
+    DiscoveryConfig,
+    DiscoveryError,
+    DiscoveryResult,
+    discover,
+    search,
+)
 from circuitlab.registry.domains import Domain, Input, Kind, RegistryError
+from circuitlab.registry.examples import Examples
 from circuitlab.registry.expr import Call, Const, Expr, Var, call
 from circuitlab.registry.function import Function, Provenance
+from circuitlab.registry.grid_search import discover_grid
 from circuitlab.registry.primitives import Primitive, get_primitive, primitives
+from circuitlab.registry.proposer import Proposal, Proposer, UniformProposer
 from circuitlab.registry.registry import Registry
 from circuitlab.registry.store import FunctionStore, JsonFileStore, MemoryStore
 
 __all__ = [
-    "Call", "Const", "Domain", "Expr", "Function", "FunctionStore", "Input", "JsonFileStore",
-    "Kind", "MemoryStore", "Primitive", "Provenance", "Registry", "RegistryError", "Var", "call",
-    "get_primitive", "primitives",
+    "Call", "Const", "DiscoveryConfig", "DiscoveryError", "DiscoveryResult", "Domain",
+    "Examples", "Expr", "Function", "FunctionStore", "Input", "JsonFileStore", "Kind",
+    "MemoryStore", "Primitive", "Proposal", "Proposer", "Provenance", "Registry",
+    "RegistryError", "UniformProposer", "Var", "call", "discover", "discover_grid",
+    "get_primitive", "primitives", "search",
 ]
