@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -264,6 +266,9 @@ _WIPE = {
 }
 
 
+_RETRIES = 6
+
+
 class _Conflict(CatalogError):
     """A uniqueness constraint refused a write (a concurrent writer got there first)."""
 
@@ -396,10 +401,14 @@ class Neo4jBackend(Backend):
     # -- writes --------------------------------------------------------------------------------
 
     def write_many(self, plans: list[Plan]) -> None:
-        try:
-            self._write_many(plans)
-        except _Conflict:  # a concurrent writer created one of our features first: replay
-            self._write_many(plans)
+        for attempt in range(_RETRIES):
+            try:
+                self._write_many(plans)
+                return
+            except _Conflict:  # a concurrent writer created one of our features first
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * 2**attempt)  # then replay on top of it
 
     def _write_many(self, plans: list[Plan]) -> None:
         with self._tx() as tx:

@@ -644,3 +644,51 @@ def test_put_many_equals_put_and_batches_are_atomic(cat: Catalog, world: World) 
     assert not any(cat.exists(c.id) for c in fresh)
     assert cat.put_many([*fresh, fresh[0]]) == [c.id for c in fresh] + [fresh[0].id]
     assert _counts(cat)["circuit"] == before["circuit"] + 3
+
+
+# -- concurrent writers -----------------------------------------------------------------------
+
+_WRITER = """
+import sys
+from circuitlab.catalog import open_catalog, synthetic
+world = synthetic.world()
+pool = synthetic.feature_pool(world.model.id, d_latent=40)
+cat = open_catalog(sys.argv[1])
+offset = int(sys.argv[2])
+for seed in range(offset, offset + 4):  # circuits of both writers share new features
+    cat.put(synthetic.circuit(world.model, seed=seed, n_features=30, n_edges=60, pool=pool))
+print("done", flush=True)
+"""
+
+
+def test_two_writers_at_once_lose_nothing(cat: Catalog, world: World) -> None:
+    import os
+    import subprocess
+    import sys
+
+    fill(cat, world)
+    before = _counts(cat)
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, cat.url, str(offset)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for offset in (500, 600)
+    ]
+    for w in writers:
+        out, err = w.communicate(timeout=300)
+        assert w.returncode == 0 and out.strip() == "done", err[-2000:]
+    pool = synthetic.feature_pool(world.model.id, d_latent=40)
+    circuits = [
+        synthetic.circuit(world.model, seed=s, n_features=30, n_edges=60, pool=pool)
+        for s in (*range(500, 504), *range(600, 604))
+    ]
+    for c in circuits:
+        assert cat.get(c.id) == c
+    counts = _counts(cat)
+    assert counts["circuit"] == before["circuit"] + 8
+    features = {n.feature.id for c in [*world.circuits, *circuits] for n in c.nodes}
+    assert counts["feature"] == len(features)
