@@ -320,6 +320,8 @@ def extract(
                 interpretation,
                 feature_labels,
                 config,
+                interface.to_record(),
+                examples,
             )
             ids = catalog.put_many(records)
             circuit_id = ids[-1]
