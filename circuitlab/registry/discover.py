@@ -66,7 +66,7 @@ class DiscoveryConfig:
     probes: int = 64  # fresh in-domain inputs every accepted function must be defined on
     max_cost: int = 9
     max_seconds: float = 60.0
-    max_bank: int = 600_000
+    max_bank: int = 400_000  # ~330 MB of float64 values at 100 rows
     rtol: float = 1e-9
     pairs: bool = True
     approximate: bool = False  # on failure, return the best fit by description length

@@ -111,7 +111,7 @@ class Rows:
 class SearchConfig:
     max_cost: int = 9  # highest cost level enumerated
     max_seconds: float = 60.0
-    max_bank: int = 600_000  # distinct candidates kept in memory at most
+    max_bank: int = 400_000  # distinct candidates kept in memory at most (~330 MB at 100 rows)
     rtol: float = 1e-9  # exact means |error| <= rtol * max|y|
     pairs: bool = True  # test a*f1 + b*f2 + c
     chunk: int = 1 << 20  # values per evaluation batch (rows x candidates)
@@ -203,24 +203,31 @@ class Bank:
 _MULTIPLIERS: dict[int, np.ndarray] = {}
 
 
-def _hash_rows(rounded: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row of a float32 array (vectorised; wraps modulo 2**64)."""
-    n = rounded.shape[1]
+def _hash_rows(bits: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of a uint64 array (vectorised; wraps modulo 2**64)."""
+    n = bits.shape[1]
     if n not in _MULTIPLIERS:
         rng = np.random.default_rng(20250101 + n)
         _MULTIPLIERS[n] = rng.integers(1, 2**63, size=n, dtype=np.uint64) * np.uint64(2) + \
             np.uint64(1)
-    u = np.ascontiguousarray(rounded).view(np.uint32).astype(np.uint64)
-    h = (u * _MULTIPLIERS[n]).sum(axis=1, dtype=np.uint64)
+    h = (bits * _MULTIPLIERS[n]).sum(axis=1, dtype=np.uint64)
     h ^= h >> np.uint64(31)
     h *= np.uint64(0xBF58476D1CE4E5B9)
     h ^= h >> np.uint64(29)
     return h
 
 
+def _truncated_bits(vals: np.ndarray, drop: int) -> np.ndarray:
+    """float64 bit patterns with the lowest `drop` mantissa bits cleared (and -0.0 as 0.0)."""
+    bits = np.ascontiguousarray(vals + 0.0, dtype=np.float64).view(np.uint64)
+    return bits & np.uint64(~((1 << drop) - 1) & (2**64 - 1))
+
+
 def _keys(vals: np.ndarray) -> np.ndarray:
-    """Observational-equivalence keys: values rounded to float32 (so float noise merges)."""
-    return _hash_rows((vals + 0.0).astype(np.float32))
+    """Observational-equivalence keys: values with 32 of 52 mantissa bits (~2e-10 relative), so
+    rounding noise merges while values that differ at the acceptance tolerance (rtol 1e-9)
+    usually stay apart."""
+    return _hash_rows(_truncated_bits(vals, 20))
 
 
 def _affine_keys(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +239,7 @@ def _affine_keys(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first = np.argmax(np.abs(unit) > 1e-6, axis=1)
     sign = np.sign(unit[np.arange(len(unit)), first])
     unit = unit * np.where(sign == 0, 1.0, sign)[:, None]
-    return _keys(np.round(unit, 7)), varies
+    return _hash_rows(_truncated_bits(np.round(unit, 9), 24)), varies
 
 
 def _new_keys(keys: np.ndarray, seen: set[int]) -> np.ndarray:
