@@ -6,7 +6,8 @@ from $NEO4J_USER (or $NEO4J_USERNAME) and $NEO4J_PASSWORD, never from the URL.
 
 Graph layout (DESIGN.md): nodes Task, Model, Circuit, Feature, Function, Program, each with `id`
 (unique constraint, created idempotently), `name` and the record JSON in `data`; circuits also
-carry their search columns (task, model, tags, domains, tokens, metrics as `m_<name>`).
+carry their search columns (task, model, tags, domains, tokens, metrics as `m_<name>`) and a
+copy of their edges as lists (`edge_src`, `edge_dst`, `edge_w`) for fast loading.
 Relationships: TRAINED_ON, DERIVED_FROM {how}, EXTRACTED_FROM, HAS_FEATURE {ordinal, activation,
 influence}, ATTRIBUTES {circuit, ordinal, weight}, IMPLEMENTS {id, agreement, data}, COMPOSES
 {slot}, CALLS. ATTRIBUTES carries its circuit's id because two circuits may weigh the same pair of
@@ -205,10 +206,15 @@ _LOAD_NODES = (
     "RETURN collect([f.id, f.model, f.node_type, f.layer, f.idx, f.position, f.transcoder, "
     "f.data, h.activation, h.influence]) AS nodes"
 )
+# A circuit node also keeps its edges as three lists (source and target node positions,
+# weights): loading them is one property read, where matching ATTRIBUTES by their `circuit`
+# property walks the edges of every circuit sharing the features (no relationship index on
+# ArcadeDB). ATTRIBUTES stay the graph that Cypher users query; both are written together.
+_PUT_EDGE_LISTS = (
+    "MATCH (c:Circuit {id: $id}) SET c.edge_src = $src, c.edge_dst = $dst, c.edge_w = $w"
+)
 _LOAD_EDGES = (
-    "MATCH (c:Circuit {id: $id})-[:HAS_FEATURE]->(f:Feature)-[r:ATTRIBUTES]->(g:Feature) "
-    "WHERE r.circuit = $id WITH f, g, r ORDER BY r.ordinal "
-    "RETURN collect([f.id, g.id, r.weight]) AS edges"
+    "MATCH (c:Circuit {id: $id}) RETURN c.edge_src AS src, c.edge_dst AS dst, c.edge_w AS w"
 )
 _NODE_COLUMNS = ("model", "node_type", "layer", "idx", "position", "transcoder", "data")
 _SEARCH_TAIL = (
@@ -237,10 +243,9 @@ _FIND_FEATURES = _paged(
     " AND ($transcoder IS NULL OR f.transcoder = $transcoder)"
     " RETURN f.id AS id ORDER BY id"
 )
-_GRAPH = _paged(
-    "MATCH (c:Circuit {id: $id})-[:HAS_FEATURE]->(f:Feature)-[r:ATTRIBUTES]->(g:Feature) "
-    "WHERE r.circuit = $id AND abs(r.weight) >= $min RETURN f.id AS s, g.id AS t, "
-    "r.weight AS w ORDER BY abs(r.weight) DESC, r.ordinal"
+_NODE_IDS = (
+    "MATCH (c:Circuit {id: $id})-[h:HAS_FEATURE]->(f:Feature) WITH f, h ORDER BY h.ordinal "
+    "RETURN collect(f.id) AS ids"
 )
 _COMPATIBLE = {
     "downstream": (
@@ -540,16 +545,25 @@ class Neo4jBackend(Backend):
                 if len(batch) >= self.edge_batch:
                     flush(_PUT_HAS_FEATURE)
         flush(_PUT_HAS_FEATURE)
+        lists: dict[str, dict[str, list[Any]]] = {}
         for plan in plans:
             edges = plan.edges
+            at = {fid: i for i, (fid, _, _) in enumerate(plan.nodes)}
+            copy = lists[plan.id] = {"src": [], "dst": [], "w": []}
             for start in range(0, len(edges), self.edge_batch):
                 chunk = edges[start : start + self.edge_batch]  # sliced: never all in memory twice
                 batch.extend(
                     [fe[s], fe[t], plan.id, start + j, w] for j, (s, t, w) in enumerate(chunk)
                 )
+                for s, t, w in chunk:
+                    copy["src"].append(at[s])
+                    copy["dst"].append(at[t])
+                    copy["w"].append(w)
                 if len(batch) >= self.edge_batch:
                     flush(_PUT_ATTRIBUTES)
         flush(_PUT_ATTRIBUTES)
+        for cid, copy in lists.items():
+            tx.run(_PUT_EDGE_LISTS, id=cid, src=copy["src"], dst=copy["dst"], w=copy["w"]).consume()
 
     def _clear_owned(self, tx: Any, kind: str, rid: str) -> list[str]:
         """Remove what a record owns before it is written again; returns its old features."""
@@ -604,10 +618,18 @@ class Neo4jBackend(Backend):
                 )
             if not edges:
                 return loaded
-            loaded.edges = [
-                (e[0], e[1], e[2]) for e in tx.run(_LOAD_EDGES, id=id).single()["edges"]
-            ]
+            loaded.edges = self._edge_lists(tx, id, loaded.node_ids)
             return loaded
+
+    @staticmethod
+    def _edge_lists(tx: Any, cid: str, node_ids: list[str]) -> list[tuple[str, str, float]]:
+        row = tx.run(_LOAD_EDGES, id=cid).single()
+        if row is None or row["src"] is None:
+            return []
+        return [
+            (node_ids[s], node_ids[t], w)
+            for s, t, w in zip(row["src"], row["dst"], row["w"], strict=True)
+        ]
 
     def names(self, ids: list[str]) -> dict[str, str]:
         return {r["id"]: r["name"] for r in self._rows(_NAMES, ids=list(ids))}
@@ -650,8 +672,12 @@ class Neo4jBackend(Backend):
     def graph_edges(
         self, circuit: str, min_abs_weight: float, top_k: int | None
     ) -> list[tuple[str, str, float]]:
-        rows = self._rows(_GRAPH[top_k is not None], id=circuit, min=min_abs_weight, limit=top_k)
-        return [(r["s"], r["t"], r["w"]) for r in rows]
+        with self._tx() as tx:
+            node_ids = tx.run(_NODE_IDS, id=circuit).single()["ids"]
+            edges = self._edge_lists(tx, circuit, node_ids)
+        order = sorted(range(len(edges)), key=lambda i: (-abs(edges[i][2]), i))
+        kept = [edges[i] for i in order if abs(edges[i][2]) >= min_abs_weight]
+        return kept if top_k is None else kept[:top_k]
 
     def links(self, ids: list[str], rel: str, direction: str) -> list[Link]:
         rows = self._rows(_LINKS[(rel, direction)], ids=list(ids))
