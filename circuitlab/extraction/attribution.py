@@ -430,7 +430,7 @@ def _point_readers(
         scale = fr.inv_scale2[layer].gather(1, p) * nodes.mask[:, block]
         tables = w.token_enc if layer == 0 else None
         return _PointReaders(block, f, p, scale, w.enc[layer], w.enc_o[layer], tables)
-    pos = layout_logit_positions(layout).expand(nodes.logit_tokens.shape)
+    pos = _logit_slot_positions(layout).expand(nodes.logit_tokens.shape)
     scale = fr.inv_scale_final.gather(1, pos) * nodes.logit_mask
     rows = slice(K, K + layout.n_logits)
     return _PointReaders(
@@ -438,7 +438,7 @@ def _point_readers(
     )
 
 
-def layout_logit_positions(layout: _Layout) -> Tensor:
+def _logit_slot_positions(layout: _Layout) -> Tensor:
     """(1, T) answer position of every logit slot."""
     parts = [
         torch.full((layout.logit_offsets[i + 1] - layout.logit_offsets[i],), a)
@@ -690,7 +690,7 @@ def _graph(
         activations=nodes.acts,
         pre_activations=nodes.pre,
         logit_tokens=nodes.logit_tokens,
-        logit_positions=layout_logit_positions(layout).flatten(),
+        logit_positions=_logit_slot_positions(layout).flatten(),
         logit_mask=nodes.logit_mask,
         logit_probs=nodes.logit_probs,
         logit_values=nodes.logit_values,
