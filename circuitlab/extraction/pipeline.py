@@ -231,6 +231,7 @@ def extract(
             importance,
             target_accuracy=config.target_accuracy,
             ablation=config.ablation,
+            necessity_target=config.necessity_target,
         )
         edges = circ.task_edges(graph, keep, tc.n_features)
         phase_done("circuit")

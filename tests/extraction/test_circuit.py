@@ -124,3 +124,19 @@ def test_bad_requests(setup):
         select_circuit(model, tc, tokens, targets, torch.ones(5))
     with pytest.raises(CircuitError, match="positive importance"):
         select_circuit(model, tc, tokens, targets, torch.zeros(tc.n_layers, tc.n_features))
+
+
+def test_necessity_target_grows_the_circuit(setup):
+    model, tc, tokens, targets = setup
+    importance = torch.rand(tc.n_layers, tc.n_features, generator=torch.Generator().manual_seed(1))
+    _, small = select_circuit(model, tc, tokens, targets, importance, target_accuracy=0.5)
+    keep, grown = select_circuit(
+        model, tc, tokens, targets, importance, target_accuracy=0.5, necessity_target=0.3
+    )
+    assert grown.n_features >= small.n_features
+    total = tc.n_layers * tc.n_features
+    assert grown.necessity_accuracy <= 0.3 or grown.n_features == total
+    necessity = {c["k"]: c["necessity_accuracy"] for c in grown.curve if "necessity_accuracy" in c}
+    assert necessity, "the necessity search left no trace in the curve"
+    if grown.n_features > small.n_features and grown.n_features - 1 in necessity:
+        assert necessity[grown.n_features - 1] > 0.3  # it is the smallest such k
