@@ -345,6 +345,27 @@ class _Builder:
             acc = ex.call("ADD" if b > 0 else "SUB", acc, const(abs(b)))
         return acc, consts
 
+    def simplify(self, expr: ex.Expr, consts: dict[str, float]) -> ex.Expr:
+        """Apply algebraic rewrites, each kept only if it shrinks the expression and leaves its
+        outputs on every row (training, held-out, probes) bit-for-bit unchanged."""
+        cols = list(self.rows.X.T)
+
+        def out(e: ex.Expr) -> np.ndarray:
+            with np.errstate(all="ignore"):
+                return np.broadcast_to(np.asarray(ex.evaluate(e, cols, consts, self.resolve),
+                                                  dtype=np.float64), (len(self.rows.X),))
+
+        target = out(expr)
+        changed = True
+        while changed:
+            changed = False
+            for candidate in _rewrites(expr):
+                if ex.size(candidate) < ex.size(expr) and np.array_equal(out(candidate), target,
+                                                                         equal_nan=True):
+                    expr, changed = candidate, True
+                    break
+        return expr
+
     @staticmethod
     def _wrapped(e: ex.Expr, hyp: Hypothesis, const: Callable[[float], ex.Const]) -> ex.Expr:
         if hyp.wrap is None:
@@ -383,13 +404,14 @@ class _Builder:
     def function(self, hyp: Hypothesis, name: str, status: str, provenance: Provenance
                  ) -> tuple[Function, dict[str, bool]]:
         expr, consts = self.expression(hyp)
+        expr = self.simplify(expr, consts)
         rel = self.relevance(expr, consts)
         used = sorted(ex.variables(expr))
         keep = [j for j in used if rel[j]]
         if len(keep) != len(used):  # an input the output does not depend on: not an input
             raise RegistryError("internal: expression reads a column it does not depend on")
         mapping = {j: ex.Var(i) for i, j in enumerate(keep)}
-        expr = _rewrite(ex.substitute(expr, mapping))
+        expr = ex.substitute(expr, mapping)
         inputs = [Input(self.data.names[j], self.domains[j]) for j in keep]
         y = np.concatenate([self.rows.y_train, self.rows.y_hold])
         out_dom = Domain.infer(y)
@@ -408,9 +430,39 @@ def _rename_consts(e: ex.Expr, names: dict[str, str]) -> ex.Expr:
     return e
 
 
-def _rewrite(e: ex.Expr) -> ex.Expr:
-    """Cosmetic identities the enumeration cannot see (it never builds constants)."""
-    return e
+def _local_rewrites(e: ex.Expr) -> list[ex.Expr]:
+    """Smaller forms of one node (candidates only: the caller verifies them numerically)."""
+    if not isinstance(e, ex.Call) or not e.args:
+        return []
+    a = e.args[0]
+    b = e.args[1] if len(e.args) > 1 else None
+    inner = a.args[0] if isinstance(a, ex.Call) and a.args else None
+    out: list[ex.Expr] = []
+    if e.op == "NEG" and isinstance(a, ex.Call) and a.op == "NEG":
+        out.append(inner)
+    if e.op == "DEC" and isinstance(a, ex.Call) and a.op == "NEG":
+        out.append(ex.call("BNOT", inner))  # -x - 1 == ~x on integers
+    if (e.op, getattr(a, "op", None)) in (("INC", "DEC"), ("DEC", "INC")):
+        out.append(inner)
+    if e.op in ("ADD", "SUB") and isinstance(b, ex.Call) and b.op == "NEG":
+        out.append(ex.call("SUB" if e.op == "ADD" else "ADD", a, b.args[0]))
+    if e.op == "ADD" and isinstance(a, ex.Call) and a.op == "NEG" and b is not None:
+        out.append(ex.call("SUB", b, inner))
+    if e.op == "MUL" and b is not None and a == b:
+        out.append(ex.call("SQUARE", a))
+    return [o for o in out if o is not None]
+
+
+def _rewrites(e: ex.Expr) -> list[ex.Expr]:
+    """Every expression obtained from `e` by rewriting one node."""
+    out = _local_rewrites(e)
+    if isinstance(e, ex.Call):
+        for i, arg in enumerate(e.args):
+            for r in _rewrites(arg):
+                args = list(e.args)
+                args[i] = r
+                out.append(ex.Call(e.op, tuple(args), e.params, e.version))
+    return out
 
 
 def _nice(value: float) -> list[float]:

@@ -210,7 +210,14 @@ def _hash_rows(bits: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng(20250101 + n)
         _MULTIPLIERS[n] = rng.integers(1, 2**63, size=n, dtype=np.uint64) * np.uint64(2) + \
             np.uint64(1)
-    h = (bits * _MULTIPLIERS[n]).sum(axis=1, dtype=np.uint64)
+    # mix every element first (murmur3's finaliser): the sum below is linear, and without this
+    # a difference confined to the top bit (a sign) cancels in pairs (2 * 2**63 = 0 mod 2**64)
+    x = bits ^ (bits >> np.uint64(33))
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xC4CEB9FE1A85EC53)
+    x ^= x >> np.uint64(33)
+    h = (x * _MULTIPLIERS[n]).sum(axis=1, dtype=np.uint64)
     h ^= h >> np.uint64(31)
     h *= np.uint64(0xBF58476D1CE4E5B9)
     h ^= h >> np.uint64(29)

@@ -187,3 +187,20 @@ def test_constants_inside_nonlinear_functions(truth, expected):
     assert fn.render() == expected
     fresh = rng.uniform(0.5, 4, 20)
     assert np.allclose(fn.evaluate(fresh), truth(fresh), rtol=1e-9)
+
+
+def test_observational_keys_separate_sign_flips_and_merge_rounding_noise():
+    from circuitlab.registry.search import _keys
+
+    rng = np.random.default_rng(0)
+    v = rng.integers(-1, 2, (50_000, 12)).astype(np.float64)
+    distinct = np.unique(v, axis=0)
+    assert len(np.unique(_keys(distinct))) == len(distinct)  # e.g. x - y vs |x - y| on bits
+    w = rng.uniform(-100, 100, (1000, 30))
+    assert np.mean(_keys(w * (1 + 1e-14)) == _keys(w)) > 0.9  # float noise merges
+    assert np.all(_keys(w * (1 + 1e-8)) != _keys(w))  # a difference above rtol does not
+
+
+def test_simplification_is_verified_and_shrinks():
+    fn = _solve(CASES["NAND_INT"]).function
+    assert fn.render() == "BNOT(AND(a, b))"  # found as -AND(a, b) - 1, rewritten and checked
