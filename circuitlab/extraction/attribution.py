@@ -61,7 +61,9 @@ class AttributionConfig:
     max_logits: int = 10  # logit targets per answer position, at most
     logit_probability: float = 0.95  # smallest top-k whose probabilities reach this
     batch_size: int = 256  # prompts per chunk of the edge computation (memory ~ batch * N^2)
-    qk: bool = True  # also attribute attention scores (memory ~ batch * heads * sources^2)
+    qk: bool = True  # also attribute attention scores (memory ~ prompts * heads * sources^2)
+    # `attribute` refuses QK pairs larger than this (use iter_attribute or qk=False instead)
+    qk_max_gb: float = 2.0
     # torch threads while attributing (restored afterwards); 0 keeps the current setting. The
     # products are small: on a busy 2-core machine a second thread made the whole p = 113 run
     # 10x slower (measured, thread-pool contention), so one is the default.
@@ -755,6 +757,8 @@ def attribute(
             if progress:
                 progress("features", n + 1, len(chunks))
         layout = _merge(layouts)
+        if config.qk:
+            _check_qk_size(layout, model.cfg, bsz, config.qk_max_gb)
         adjacency = torch.zeros(bsz, layout.n_nodes, layout.n_nodes)
         parts = []
         for n, sl in enumerate(chunks):
@@ -763,6 +767,21 @@ def attribute(
             if progress:
                 progress("edges", n + 1, len(chunks))
         return _concat(parts, adjacency)
+
+
+def _check_qk_size(layout: _Layout, cfg, n_prompts: int, max_gb: float) -> None:
+    """QK pairs grow with the square of the sources per layer: refuse what will not fit."""
+    size = 0
+    for l in range(layout.n_layers):
+        n_src = len(_qk_sources(layout, l)) + 1
+        n_query = len(_qk_query_positions(cfg, l, layout.n_pos))
+        size += n_prompts * cfg.n_heads * n_query * layout.n_pos * n_src**2
+    gb = 4 * size / 1e9
+    if gb > max_gb:
+        raise AttributionError(
+            f"QK pairs of {n_prompts} prompts would take {gb:.1f} GB (qk_max_gb={max_gb}): "
+            "attribute fewer prompts at a time (iter_attribute) or set qk=False"
+        )
 
 
 def _concat(parts: list[AttributionGraph], adjacency: Tensor) -> AttributionGraph:

@@ -483,5 +483,8 @@ def test_bad_inputs_give_clear_errors():
         attribute(model, other, prompts(model, 2))
     with pytest.raises(ValueError, match="d_vocab"):
         attribute(model, tc, torch.full((2, 4), 99))
+    with pytest.raises(AttributionError, match="QK pairs"):
+        attribute(model, tc, prompts(model, 50), AttributionConfig(qk_max_gb=1e-9))
+    assert attribute(model, tc, prompts(model, 50), AttributionConfig(qk=False)).qk == []
     with pytest.raises(AttributionError, match="0 rows"):
         attribute(model, tc, torch.zeros(0, 4, dtype=torch.long))
