@@ -532,6 +532,16 @@ def _edges(
             c_at = coef.permute(0, 2, 1, 3)[b_idx, pr.pos]  # (B, n, H, S)
             gv = torch.einsum("brhk,brhe->brkhe", c_at, pr.head_grad())
             groups.append((pr.rows, gv, spread(pr.vec(), pr.pos)))
+        if carried is not None and j == 0:
+            # the last pullback only meets the tokens: move each token's value vector through
+            # W_O instead of every reader's gradient back through it (S*H dot products per
+            # reader instead of an (H*E) x D product per reader and position)
+            emb = w.embed[fr.tokens] + w.pos_embed[:S]
+            emb_vo = torch.einsum("bkd,hde,hef->bkhf", emb, w.w_vc[0], w.w_o[0])
+            through = torch.einsum("brqf,bkhf,bhqk->brk", carried, emb_vo, coef)
+            direct = torch.einsum("brsd,bsd->brs", carried, emb)
+            put(R - carried.shape[1], tok_cols, direct + through)
+            carried = None
         if carried is not None:
             gz = torch.einsum("brqd,hed->brqhe", carried, w.w_o[j])
             gv = torch.einsum("brqhe,bhqk->brkhe", gz, coef)
