@@ -128,9 +128,9 @@ def discover(
 
     examples: a sequence of (inputs, output) rows, a pair (X, y) of arrays, or `Examples`.
     registry: its functions are offered as building blocks; with `register=True` the result is
-    stored there (the name must be new). oracle: a callable giving true outputs for the probe
-    inputs, when the examples come from a known process. Raises `DiscoveryError` when nothing
-    fits, leaving the registry untouched.
+    stored there (the name must be new). oracle: a callable of all the columns giving the true
+    outputs on the probe inputs, when the examples come from a known process. Raises
+    `DiscoveryError` when nothing fits, leaving the registry untouched.
     """
     result = search(examples, names=names, name=name, registry=registry, proposer=proposer,
                     config=config, oracle=oracle)
@@ -152,7 +152,7 @@ def search(
     failed search (only on bad input)."""
     cfg = config or DiscoveryConfig()
     data = Examples.coerce(examples, names)
-    if registry is not None and registry is not None and name in registry:
+    if registry is not None and name in registry:
         registry.check_new_name(name)  # a clear error before any work
     rows, domains = _rows(data, cfg, oracle)
     kinds = [d.kind for d in domains]

@@ -13,7 +13,9 @@ Method (bottom-up enumeration as in TRANSIT / EUSolver / BUSTLE, with fitted lin
    vectorised); after each cost level, every pair of candidates up to that cost is tested as
    `a*f1 + b*f2 + c`: a scalar-triple-product test on three random projections orthogonal to the
    constant vector finds the pairs whose span contains y, then least squares confirms them.
-   Candidates equal up to an affine map are represented once for these fits.
+   Candidates equal up to an affine map are represented once for these fits. Three cost levels
+   after a candidate's own, it is also tried inside EXP/SIN/COS(c*f) and f**c with c found by
+   a vectorised grid of starts and scipy's least_squares (a and b solved exactly for each c).
 4. Acceptance. A fit must agree exactly (within rtol) on every training row, on the held-out
    rows, be defined on every probe, and match the oracle on the probes when one is given.
 5. The search stops at the end of the first batch that yields an accepted hypothesis, or when

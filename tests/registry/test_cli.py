@@ -86,3 +86,18 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path, ke_csv: Path)
                              "--max-cost", "3"], capture_output=True, text=True)
     assert failed.returncode == 2 and "nothing registered" in failed.stderr
     assert [f.name for f in Registry.open(reg)] == ["KE"]
+
+
+def test_discover_with_the_guide_and_approximate_fit(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    rows = [f"{m:.4f},{v:.4f},{0.5 * m * v * v + e:.4f}"
+            for m, v, e in zip(*rng.uniform(1, 10, (2, 80)), rng.normal(0, 0.3, 80), strict=True)]
+    path = _csv(tmp_path / "noisy.csv", "m,v,ke", rows)
+    res = runner.invoke(app, ["discover", str(path), "--registry", str(tmp_path / "r"),
+                              "--approximate", "--proposer", "guide", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["status"] == "approximate" and out["proposer"] == "guide"
+    assert Registry.open(tmp_path / "r").get("KE").status == "approximate"
+    res = runner.invoke(app, ["discover", str(path), "--proposer", "magic", "--no-register"])
+    assert res.exit_code != 0 and "uniform or guide" in str(res.exception)
