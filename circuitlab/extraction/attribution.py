@@ -48,6 +48,9 @@ from circuitlab.models import Transformer
 # at most this many entries (features x heads x n_ctx x d_vocab); larger models take the
 # general path.
 TOKEN_TABLE_LIMIT = 1 << 25
+# `attribute` keeps the first phase's forward passes for the second when their dense feature
+# activations take at most this many bytes; otherwise it runs them again.
+FREEZE_CACHE = 2 * 10**9
 
 
 class AttributionError(ValueError):
@@ -759,11 +762,14 @@ def attribute(
     answers = tuple(model.cfg.answer_positions)
     w = _weights(model, transcoder)
     chunks = [slice(i, min(i + config.batch_size, bsz)) for i in range(0, bsz, config.batch_size)]
+    # keep phase 1's frozen passes for phase 2 when their dense activations fit in memory
+    keep = 8 * bsz * model.cfg.n_layers * tokens.shape[1] * transcoder.n_features <= FREEZE_CACHE
     with _eval_mode(model, config.threads):
-        layouts = []
+        layouts, frozen = [], []
         for n, sl in enumerate(chunks):
-            fr = _freeze(model, transcoder, tokens[sl], want_qk=False)
+            fr = _freeze(model, transcoder, tokens[sl], want_qk=config.qk and keep)
             layouts.append(_chunk_layout(fr, config, answers))
+            frozen.append(fr if keep else None)
             if progress:
                 progress("features", n + 1, len(chunks))
         layout = _merge(layouts)
@@ -772,7 +778,8 @@ def attribute(
         adjacency = torch.zeros(bsz, layout.n_nodes, layout.n_nodes)
         parts = []
         for n, sl in enumerate(chunks):
-            fr = _freeze(model, transcoder, tokens[sl], want_qk=config.qk)
+            fr = frozen[n] or _freeze(model, transcoder, tokens[sl], want_qk=config.qk)
+            frozen[n] = None
             parts.append(_graph(fr, layout, w, kind, config, model.cfg, adjacency[sl]))
             if progress:
                 progress("edges", n + 1, len(chunks))

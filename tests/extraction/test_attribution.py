@@ -244,15 +244,18 @@ def test_every_edge_equals_the_measured_effect_of_removing_its_source(n_layers, 
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])
-def test_general_path_without_token_tables(n_layers, monkeypatch):
-    """Large vocabularies skip the (position, token) tables; both paths give the same graph."""
+def test_general_path_without_token_tables_or_cache(n_layers, monkeypatch):
+    """Large models skip the (position, token) tables and recompute the forward passes of the
+    first phase; both paths give the same graph."""
     model = random_model(n_layers, True, seed=11)
     tc = random_transcoder(model, "cross_layer")
     tokens = prompts(model, 5)
-    fast = attribute(model, tc, tokens)
+    fast = attribute(model, tc, tokens, AttributionConfig(batch_size=2))
     monkeypatch.setattr(attribution, "TOKEN_TABLE_LIMIT", 0)
-    slow, _ = check_edges(model, tc, tokens)
+    monkeypatch.setattr(attribution, "FREEZE_CACHE", 0)
+    slow, _ = check_edges(model, tc, tokens, batch_size=2)
     assert torch.allclose(fast.adjacency, slow.adjacency, atol=1e-5)
+    assert torch.allclose(fast.qk[-1].pairs, slow.qk[-1].pairs, atol=1e-5)
 
 
 def test_streamed_chunks_hold_the_same_graphs():
