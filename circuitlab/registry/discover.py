@@ -108,7 +108,8 @@ class DiscoveryResult:
             "status": self.status, "function": self.function.render() if self.function else None,
             "candidates": self.stats.candidates, "pairs": self.stats.pairs,
             "evaluated": self.stats.evaluated, "bank": self.stats.bank,
-            "level": self.stats.level, "seconds": round(self.stats.seconds, 4),
+            "level": self.stats.level, "refine": self.stats.refine,
+            "seconds": round(self.stats.seconds, 4),
             "relevance": self.relevance, "proposer": self.proposer, "message": self.message,
         }
 

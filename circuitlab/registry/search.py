@@ -79,6 +79,7 @@ class SearchStats:
     level: int = 0  # highest cost level reached
     seconds: float = 0.0
     stopped: str = ""  # why the search ended without an exact answer
+    refine: int = 0  # candidates tried after the first solution, looking for a smaller one
 
     @property
     def evaluated(self) -> int:
@@ -121,6 +122,7 @@ class SearchConfig:
     track_approximate: bool = True
     nonlinear_max_cost: int = 2  # levels whose candidates are tried inside EXP/SIN/COS/POW
     nonlinear_limit: int = 200  # representatives per level tried that way
+    refine_candidates: int = 20_000  # budget for a smaller single after a fitted-term solution
 
 
 @dataclass
@@ -296,6 +298,7 @@ class Searcher:
         self.approx: dict[int, tuple[float, Hypothesis]] = {}
         self.accepted: list[Hypothesis] = []
         self.t0 = 0.0
+        self._refine_limit: int | None = None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -317,16 +320,35 @@ class Searcher:
                     return self._done(self.accepted)
                 self.bank.finish(level)
                 if self.cfg.pairs and self.rows.n_train >= 5 and self._pairs(level):
+                    self._refine(level + 1)
                     return self._done(self.accepted)
                 # a*u(c*f) + b costs about 3 more than f: try it after level cost(f) + 3
                 inner = level - 3
                 if 1 <= inner <= self.cfg.nonlinear_max_cost and self.rows.n_train >= 5 and \
                         self._nonlinear(inner):
+                    self._refine(level + 1)
                     return self._done(self.accepted)
             self.stats.stopped = f"no exact fit up to cost {self.cfg.max_cost}"
         except _Budget as stop:
             self.stats.stopped = str(stop)
         return self._done([])
+
+    def _refine(self, level: int) -> None:
+        """After a fit with fitted terms, look one cost level further for a single expression
+        (often much smaller: SUBMOD(a, b) rather than a - b + p*[a < b]), within a small budget.
+        Its candidates are counted apart (stats.refine): they come after the first solution."""
+        if level > self.cfg.max_cost or self.cfg.refine_candidates <= 0:
+            return
+        before = self.stats.candidates
+        self._refine_limit = before + self.cfg.refine_candidates
+        try:
+            self._level(level)
+        except _Budget:
+            pass
+        finally:
+            self._refine_limit = None
+            self.stats.refine = self.stats.candidates - before
+            self.stats.candidates = before
 
     # -- enumeration ---------------------------------------------------------------------------
 
@@ -442,6 +464,7 @@ class Searcher:
         if self.cfg.track_approximate:
             self._track(sse, a, F, refs)
         hits = np.flatnonzero(exact | affine)
+        added = False
         for i in hits:
             if exact[i]:
                 hyp = Hypothesis([(1.0, refs[i])], 0.0)
@@ -450,7 +473,8 @@ class Searcher:
                 hyp = Hypothesis([(float(a[i]), refs[i])], b)
             if self._verify(hyp):
                 self.accepted.append(hyp)
-        return bool(self.accepted)
+                added = True
+        return added
 
     def _track(self, sse: np.ndarray, a: np.ndarray, F: np.ndarray, refs: list[Ref]) -> None:
         """Best affine fit per complexity, for the approximate (noisy data) results table."""
@@ -638,6 +662,8 @@ class Searcher:
         return r.oracle_y is None or bool(np.all(r.oracle_y == hyp.intercept))
 
     def _check_budget(self) -> None:
+        if self._refine_limit is not None and self.stats.candidates > self._refine_limit:
+            raise _Budget("refinement budget spent")
         if time.perf_counter() - self.t0 > self.cfg.max_seconds:
             raise _Budget(f"time budget of {self.cfg.max_seconds:g} s ran out at cost "
                           f"{self.stats.level}")

@@ -204,3 +204,15 @@ def test_observational_keys_separate_sign_flips_and_merge_rounding_noise():
 def test_simplification_is_verified_and_shrinks():
     fn = _solve(CASES["NAND_INT"]).function
     assert fn.render() == "BNOT(AND(a, b))"  # found as -AND(a, b) - 1, rewritten and checked
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("add_mod_23", "ADDMOD(a, b, p=23)"), ("sub_mod_23", "SUBMOD(a, b, p=23)"),
+    ("mul_mod_23", "MULMOD(a, b, p=23)"), ("div_mod_23", "DIVMOD(a, b, p=23)"),
+])
+def test_names_what_a_modular_task_computes(spec: str, expected: str):
+    from circuitlab.tasks import get_task
+
+    data = get_task(spec).dataset()
+    X, y = data.inputs[:, :2].astype(float), data.targets[:, 0].astype(float)
+    assert discover((X, y), names=["a", "b"]).render() == expected
