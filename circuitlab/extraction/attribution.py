@@ -25,8 +25,10 @@ them over hundreds of prompts at once.
    query and key vectors are linear in it (LayerNorm scales frozen), so every attention score
    splits exactly into (query source, key source) pair terms (`QKAttribution`).
 
-Phases: forward and encode (to fix a padded node layout for all prompts), then edges and QK
-pairs chunk by chunk.
+Phases: "features" (forward and encode every chunk of prompts, which fixes one padded node
+layout for all of them), then "edges" (edges and QK pairs chunk by chunk). On the grokked
+p = 113 model (512 features, ~82 active per prompt) all 12,769 graphs take ~7-12 s on one
+thread, against ~0.14 s per prompt for circuit-tracer (benchmarks/bench_attribution.py).
 """
 
 from __future__ import annotations
