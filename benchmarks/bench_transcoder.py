@@ -71,7 +71,7 @@ def two_layer_runs(task: str, root: Path) -> list[Path]:
         )
         run = root / f"{task}-2L-{norm or 'noLN'}"
         console.print(f"training {run.name}")
-        train_stack([RunSpec(task, recipe, 0, run)])
+        train_stack([RunSpec(task, recipe, 0, run)], threads=1)
         runs.append(run)
     return runs
 
