@@ -44,6 +44,7 @@ from torch import Tensor
 
 from circuitlab.extraction.activations import check_tokens, layer_positions
 from circuitlab.extraction.graph import AttributionGraph, QKAttribution
+from circuitlab.extraction.transcoder import Transcoder
 from circuitlab.models import Transformer
 
 # Readers of layer 0 are matched against precomputed (position, token) tables when these have
@@ -120,7 +121,7 @@ class _Weights:
     dec_unembed: dict[int, Tensor]  # source layer -> (F, O): decoder to the last MLP x unembed
 
 
-def _encoder(transcoder, layer: int, d_model: int) -> Tensor:
+def _encoder(transcoder: Transcoder, layer: int, d_model: int) -> Tensor:
     """W_enc (D, F) read off the affine `pre_activations` (the interface of part A)."""
     probe = torch.cat([torch.zeros(1, d_model), torch.eye(d_model)])
     pre = transcoder.pre_activations(layer, probe).detach().float()
@@ -134,7 +135,7 @@ def _encoder(transcoder, layer: int, d_model: int) -> Tensor:
     return w
 
 
-def _weights(model: Transformer, transcoder) -> _Weights:
+def _weights(model: Transformer, transcoder: Transcoder) -> _Weights:
     cfg = model.cfg
     p = {n: t.detach().float() for n, t in model.tl_state_dict().items()}
     ln = cfg.normalization == "LN"
@@ -210,7 +211,7 @@ class _Frozen:
     k: list[Tensor]
 
 
-def _freeze(model: Transformer, transcoder, tokens: Tensor, want_qk: bool) -> _Frozen:
+def _freeze(model: Transformer, transcoder: Transcoder, tokens: Tensor, want_qk: bool) -> _Frozen:
     cfg = model.cfg
     ln = cfg.normalization == "LN"
     names = {"ln_final.hook_scale"} if ln else set()
@@ -636,7 +637,7 @@ def _qk_chunk(
 # the public entry point
 
 
-def _check(model: Transformer, transcoder) -> str:
+def _check(model: Transformer, transcoder: Transcoder) -> str:
     cfg = model.cfg
     if not cfg.d_mlp:
         raise AttributionError("the model has no MLPs (d_mlp=0): there are no features")
@@ -719,7 +720,7 @@ def _graph(
 @torch.no_grad()
 def iter_attribute(
     model: Transformer,
-    transcoder,
+    transcoder: Transcoder,
     tokens: Tensor | np.ndarray,
     config: AttributionConfig | None = None,
 ) -> Iterator[AttributionGraph]:
@@ -743,7 +744,7 @@ def iter_attribute(
 @torch.no_grad()
 def attribute(
     model: Transformer,
-    transcoder,
+    transcoder: Transcoder,
     tokens: Tensor | np.ndarray,
     config: AttributionConfig | None = None,
     progress: Callable[[str, int, int], None] | None = None,
