@@ -99,7 +99,7 @@ def run_backend(cat: Catalog, data: dict[str, Any], seed: int = 0) -> dict[str, 
     rng = random.Random(seed)
     circuits = data["circuits"]
     n_edges = sum(len(c.edges) for c in circuits)
-    out: dict[str, Any] = {"url": cat.url}
+    out: dict[str, Any] = {"url": cat.url, "load_average_at_start": os.getloadavg()}
     for record in (data["task"], data["model"], *data["functions"]):
         cat.put(record)
 
@@ -172,6 +172,7 @@ def run_backend(cat: Catalog, data: dict[str, Any], seed: int = 0) -> dict[str, 
     )
     out["stats"] = _latency([_timed(cat.stats)])
     out["counts"] = cat.stats().counts
+    out["load_average_at_end"] = os.getloadavg()
     return out
 
 
@@ -184,7 +185,8 @@ def _fmt(value: float | None, unit: str = "") -> str:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    names = list(results["backends"])
+    order = ["sqlite", "arcadedb (Bolt)", "neo4j (Bolt)"]
+    names = sorted(results["backends"], key=lambda n: order.index(n) if n in order else 9)
     table = Table(
         title=f"catalog: {results['config']['circuits']:,} circuits x "
         f"{results['config']['features']} features x {results['config']['edges']} edges"
@@ -226,6 +228,7 @@ def print_table(results: dict[str, Any]) -> None:
     row("lineage of the task (all)", lambda r: r["lineage_task"]["p50_ms"], " ms")
     row("graph top-20 edges p50", lambda r: r["graph_top20"]["p50_ms"], " ms")
     row("stats", lambda r: r["stats"]["p50_ms"], " ms")
+    row("machine load average (1 min) at start", lambda r: r["load_average_at_start"][0], "")
     console.print(table)
     for name in names:
         r = results["backends"][name]
@@ -239,6 +242,10 @@ def print_table(results: dict[str, Any]) -> None:
         console.print(
             f"{name}: " + ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in checks)
         )
+
+
+def _key(name: str) -> str:
+    return {"arcadedb (Bolt)": "arcadedb", "neo4j (Bolt)": "neo4j"}.get(name, name)
 
 
 def main() -> None:
@@ -267,6 +274,12 @@ def main() -> None:
         "targets": TARGETS,
         "backends": {},
     }
+    if args.out.exists():  # keep other backends' rows from an earlier run of the same size
+        old = json.loads(args.out.read_text())
+        if old.get("config") == results["config"]:
+            results["backends"] = {
+                k: v for k, v in old.get("backends", {}).items() if _key(k) not in backends
+            }
     with tempfile.TemporaryDirectory(prefix="bench_catalog_") as tmp:
         for name in backends:
             console.print(f"[bold]{name}[/]")
