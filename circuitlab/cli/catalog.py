@@ -45,6 +45,8 @@ def _catalog_options(
 
 @contextmanager
 def _open(ctx: typer.Context, create: bool = False) -> Iterator[Any]:
+    """The catalog of --catalog; any CatalogError, opening or inside the block, becomes a
+    one-line CliError (exit 2)."""
     from circuitlab.catalog import CatalogError, open_catalog
 
     try:
@@ -107,21 +109,16 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List records of one kind (circuits by default), by id."""
-    from circuitlab.catalog import CatalogError
-
     with _open(ctx) as cat:
-        try:
-            if kind == "circuit":
-                hits = cat.search(limit=limit, offset=offset)
-                if as_json:
-                    _echo_json([asdict(h) for h in hits])
-                else:
-                    console.print(_summaries_table(f"circuits in {cat.url}", hits))
-                return
-            ids = cat.ids(kind, limit=limit, offset=offset)
-            names = cat.backend.names(ids)
-        except CatalogError as exc:
-            raise CliError(str(exc)) from None
+        if kind == "circuit":
+            hits = cat.search(limit=limit, offset=offset)
+            if as_json:
+                _echo_json([asdict(h) for h in hits])
+            else:
+                console.print(_summaries_table(f"circuits in {cat.url}", hits))
+            return
+        ids = cat.ids(kind, limit=limit, offset=offset)
+        names = cat.backend.names(ids)
         if as_json:
             _echo_json([{"id": i, "name": names.get(i, "")} for i in ids])
             return
@@ -143,14 +140,9 @@ def show_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
 ) -> None:
     """Show one record: a circuit's interface, metrics and strongest edges; others as fields."""
-    from circuitlab.catalog import CatalogError
-
     with _open(ctx) as cat:
-        try:
-            record = cat.get(record_id)
-            graph = cat.graph(record.id, top_k=top) if record.kind == "circuit" else None
-        except CatalogError as exc:
-            raise CliError(str(exc)) from None
+        record = cat.get(record_id)
+        graph = cat.graph(record.id, top_k=top) if record.kind == "circuit" else None
         data = record.to_dict()
         if as_json:
             _echo_json(data)
@@ -232,25 +224,20 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Search circuits by task, tags, interface domain, metric thresholds and text."""
-    from circuitlab.catalog import CatalogError
-
     with _open(ctx) as cat:
-        try:
-            hits = cat.search(
-                task=task,
-                model=model,
-                tags=tag or (),
-                domain=domain,
-                complexity=complexity,
-                text=text,
-                feature=feature,
-                minimum=_bounds(minimum, "--min"),
-                maximum=_bounds(maximum, "--max"),
-                order_by=order_by,
-                limit=limit,
-            )
-        except CatalogError as exc:
-            raise CliError(str(exc)) from None
+        hits = cat.search(
+            task=task,
+            model=model,
+            tags=tag or (),
+            domain=domain,
+            complexity=complexity,
+            text=text,
+            feature=feature,
+            minimum=_bounds(minimum, "--min"),
+            maximum=_bounds(maximum, "--max"),
+            order_by=order_by,
+            limit=limit,
+        )
         if as_json:
             _echo_json([asdict(h) for h in hits])
         else:
@@ -283,13 +270,8 @@ def lineage_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Task -> models -> derived models -> circuits -> functions -> programs around a record."""
-    from circuitlab.catalog import CatalogError
-
     with _open(ctx) as cat:
-        try:
-            lin = cat.lineage(record_id)
-        except CatalogError as exc:
-            raise CliError(str(exc)) from None
+        lin = cat.lineage(record_id)
     if as_json:
         _echo_json(
             {
@@ -316,13 +298,8 @@ def delete_cmd(
     cascade: bool = typer.Option(False, help="Also delete the records that depend on it."),
 ) -> None:
     """Delete a record (refused while others depend on it, unless --cascade)."""
-    from circuitlab.catalog import CatalogError
-
     with _open(ctx) as cat:
-        try:
-            gone = cat.delete(record_id, cascade=cascade)
-        except CatalogError as exc:
-            raise CliError(str(exc)) from None
+        gone = cat.delete(record_id, cascade=cascade)
     console.print(f"deleted {len(gone)} record(s): " + ", ".join(i[:12] for i in gone))
 
 
