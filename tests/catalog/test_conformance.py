@@ -562,6 +562,8 @@ def plan(self, record):
 Catalog._plan = plan
 
 cat = open_catalog(sys.argv[1])
+if hasattr(cat.backend, "edge_batch"):  # several UNWIND batches, so some edges are sent
+    cat.backend.edge_batch = 1000
 world = synthetic.world()
 cat.put(synthetic.circuit(world.model, seed=123, n_features=300, n_edges=8000))
 """
