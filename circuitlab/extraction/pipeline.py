@@ -323,9 +323,10 @@ def extract(
                 config,
                 interface.to_record(),
                 examples,
+                interface.signature,
             )
-            ids = catalog.put_many(records)
-            circuit_id = ids[-1]
+            catalog.put_many(records)
+            circuit_id = records[2].id
             phase_done("catalog")
         summary["timings_s"] = timings
         summary["circuit_id"] = circuit_id

@@ -13,6 +13,8 @@ from circuitlab.catalog import (
     Edge,
     Example,
     Feature,
+    Function,
+    Implements,
     Interpretation,
     Metadata,
     Metrics,
@@ -84,8 +86,10 @@ def catalog_records(
     config,
     interface=None,
     examples=(),
+    signature=None,
 ) -> list[Any]:
-    """[Task, Model, Circuit] ready for `Catalog.put_many` (the Circuit last)."""
+    """[Task, Model, Circuit] ready for `Catalog.put_many`, followed by the verified signature
+    as a Function and the circuit's IMPLEMENTS edge to it when the interface has one."""
     task_rec = task_record(task)
     model_rec = model_record(info, model)
     model_id = model_rec.id
@@ -199,4 +203,26 @@ def catalog_records(
         ),
         metadata=Metadata(source_run=str(info.path), extra={"extraction": config.to_dict()}),
     )
-    return [task_rec, model_rec, circuit]
+    out: list[Any] = [task_rec, model_rec, circuit]
+    if interface is not None and signature is not None and signature.agreement > 0:
+        function = Function(
+            name=signature.function,
+            signature=signature.signature,
+            expression=signature.expression,
+            input_domains=[port.domain for port in interface.inputs],
+            output_domain=interface.output.domain,
+            description=f"{signature.call}: a registry primitive"
+            if signature.primitive
+            else signature.call,
+            properties={"call": signature.call, "primitive": signature.primitive},
+        )
+        out += [
+            function,
+            Implements(
+                circuit=circuit.id,
+                function=function.id,
+                agreement=signature.agreement,
+                n_examples=signature.n_examples,
+            ),
+        ]
+    return out

@@ -87,3 +87,39 @@ def test_cli_errors_are_one_line(tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "--ablation" in res.stderr
+
+
+def test_verified_signature_becomes_a_function_and_implements_edge(run_dir, tmp_path, monkeypatch):
+    # The small fixture model has not grokked, so its interface has no signature; give it one
+    # to check the plumbing from a verified signature to (Circuit)-[:IMPLEMENTS]->(Function).
+    import dataclasses
+
+    from circuitlab.extraction import interface as itf
+
+    real = itf.infer_interface
+
+    def with_signature(model, task, **kwargs):
+        found = real(model, task, **kwargs)
+        match = itf.SignatureMatch(
+            "ADDMOD",
+            "ADDMOD(a, b, p=13)",
+            "ADDMOD(a: Z_13, b: Z_13, p=13) -> Z_13",
+            "(a+b) mod 13",
+            0.75,
+            169,
+            True,
+        )
+        return dataclasses.replace(found, signature=match)
+
+    monkeypatch.setattr(itf, "infer_interface", with_signature)
+    url = f"sqlite:///{tmp_path / 'cat.db'}"
+    result = extract(run_dir, url, CONFIG)
+    with open_catalog(url) as cat:
+        counts = cat.stats().counts
+        assert counts["function"] == 1 and counts["IMPLEMENTS"] == 1
+        (fid,) = cat.ids("function")
+        function = cat.get(fid)
+        assert function.name == "ADDMOD" and function.input_domains == ["Z_13", "Z_13"]
+        (iid,) = cat.ids("implements")
+        edge = cat.get(iid)
+        assert edge.circuit == result.circuit_id and edge.function == fid and edge.agreement == 0.75
