@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         """Extract the circuit of a trained model: transcoder, attribution graphs of every
         input, the smallest faithful circuit, its interpretation; artifacts go to
         RUN_DIR/extraction/ and the circuit into the catalog."""
+        from circuitlab.extraction.activations import ActivationError
         from circuitlab.extraction.attribution import AttributionConfig
         from circuitlab.extraction.circuit import ABLATIONS
         from circuitlab.extraction.pipeline import ExtractConfig, ExtractionError, extract
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
                 progress=progress,
                 write_catalog=not no_catalog,
             )
-        except ExtractionError as exc:
+        except (ExtractionError, ActivationError, TranscoderError) as exc:
             raise CliError(str(exc)) from None
         s = result.summary
         table = Table(title=f"circuit of {s['task']} ({run_dir})", show_header=False)
