@@ -14,7 +14,6 @@ Phases (the progress output uses the same names):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -69,14 +68,6 @@ class ExtractResult:
     out_dir: Path
     circuit_id: str | None
     summary: dict[str, Any]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _publish(partial: Path, final: Path) -> None:
