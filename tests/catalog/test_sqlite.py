@@ -115,3 +115,41 @@ def test_a_reader_sees_committed_data_while_a_writer_writes(tmp_path: Path) -> N
     writer.backend._db.execute("ROLLBACK")
     writer.close()
     reader.close()
+
+
+def _version(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_migrations_run_forward_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from circuitlab.catalog import sqlite as backend
+
+    world = synthetic.world(4)
+    paths = [tmp_path / "good.db", tmp_path / "bad.db"]
+    for path in paths:
+        with open_catalog(path) as cat:
+            for record in world.records():
+                cat.put(record)
+    base = list(backend.MIGRATIONS)
+    step = ["ALTER TABLE circuits ADD COLUMN note TEXT", "UPDATE circuits SET note = 'v2'"]
+    monkeypatch.setattr(backend, "MIGRATIONS", [*base, step])
+    with open_catalog(paths[0]) as cat:
+        assert cat.get(world.circuits[1].id) == world.circuits[1]
+        notes = cat.backend._db.execute("SELECT DISTINCT note FROM circuits").fetchall()
+    assert notes == [("v2",)] and _version(paths[0]) == SCHEMA_VERSION + 1
+    # A step that fails half-way leaves the file at the old version, data untouched.
+    monkeypatch.setattr(backend, "MIGRATIONS", [*base, [step[0], "THIS IS NOT SQL"]])
+    with pytest.raises(CatalogError, match="syntax error"):
+        open_catalog(paths[1])
+    assert _version(paths[1]) == SCHEMA_VERSION
+    monkeypatch.setattr(backend, "MIGRATIONS", base)
+    with open_catalog(paths[1]) as cat:
+        columns = [r[1] for r in cat.backend._db.execute("PRAGMA table_info(circuits)")]
+        assert "note" not in columns
+        assert cat.get(world.circuits[2].id) == world.circuits[2]
