@@ -123,3 +123,21 @@ def test_verified_signature_becomes_a_function_and_implements_edge(run_dir, tmp_
         (iid,) = cat.ids("implements")
         edge = cat.get(iid)
         assert edge.circuit == result.circuit_id and edge.function == fid and edge.agreement == 0.75
+
+
+@pytest.mark.parametrize("normalization", [None, "LN"])
+def test_two_layer_models_extract(tmp_path, normalization):
+    model = dict(SMALL, n_layers=2, normalization=normalization)
+    recipe = get_recipe("fast").replace(train_fraction=0.6, max_steps=60, model=model)
+    run = tmp_path / "run"
+    train_stack([RunSpec("sub_mod_11", recipe, 1, run)], threads=1)
+    result = extract(run, None, CONFIG, write_catalog=False)
+    summary = result.summary
+    assert (
+        summary["transcoder"]["nmse_per_layer"]
+        and len(summary["transcoder"]["nmse_per_layer"]) == 2
+    )
+    circuit = json.loads((result.out_dir / "circuit.json").read_text())
+    assert {f["layer"] for f in circuit["features"]} <= {0, 1}
+    assert summary["circuit"]["n_features_total"] == 2 * CONFIG.transcoder.n_features
+    assert 0.0 <= summary["graph"]["replacement_score"] <= 1.0
