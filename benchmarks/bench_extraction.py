@@ -176,7 +176,8 @@ def main() -> None:
         table.add_row(name, shown, target, {True: "yes", False: "NO", None: ""}[met], ref)
     console.print(table)
     console.print(
-        f"circuit: {s['interpretation']['label']}; circuit frequencies {f.get('circuit_frequencies')}, "
+        f"circuit: {s['interpretation']['label']}; "
+        f"circuit frequencies {f.get('circuit_frequencies')}, "
         f"embedding DFT {f.get('keys', {}).get('frequencies')}"
     )
 

@@ -53,12 +53,21 @@ def _run(case: Any, repeats: int, **kw: Any) -> dict[str, Any]:
     assert result is not None
     fn = result.function
     resolve = kw["registry"].resolve if kw.get("registry") is not None else None
-    exact = bool(fn is not None and result.status == "exact" and
-                 case.check(lambda *cols: fn.evaluate(*cols, resolve=resolve)) and
-                 tuple(i.name for i in fn.inputs) == case.relevant)
-    return {"exact": exact, "seconds": min(walls), "cpu_seconds": min(cpus),
-            "candidates": result.stats.candidates, "pairs": result.stats.pairs,
-            "evaluated": result.stats.evaluated, "function": fn.render() if fn else None}
+    exact = bool(
+        fn is not None
+        and result.status == "exact"
+        and case.check(lambda *cols: fn.evaluate(*cols, resolve=resolve))
+        and tuple(i.name for i in fn.inputs) == case.relevant
+    )
+    return {
+        "exact": exact,
+        "seconds": min(walls),
+        "cpu_seconds": min(cpus),
+        "candidates": result.stats.candidates,
+        "pairs": result.stats.pairs,
+        "evaluated": result.stats.evaluated,
+        "function": fn.render() if fn else None,
+    }
 
 
 def bench_cases(repeats: int) -> dict[str, Any]:
@@ -71,17 +80,27 @@ def bench_throughput(seconds: float) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     X, y = rng.uniform(-100, 100, (40, 5)), rng.uniform(-1, 1, 40)
     rows = 40 + 64
-    enum = search((X, y), config=DiscoveryConfig(max_seconds=seconds, max_cost=12, probes=64,
-                                                pairs=False)).stats
-    full = search((X, y), config=DiscoveryConfig(max_seconds=seconds, max_cost=12,
-                                                probes=64)).stats
-    return {"seconds": enum.seconds, "candidates": enum.candidates, "bank": enum.bank,
-            "level": enum.level, "rows_per_candidate": rows,
-            "candidates_per_s": enum.candidates / enum.seconds,
-            "candidate_rows_per_s": enum.candidates * rows / enum.seconds,
-            "with_pairs": {"seconds": full.seconds, "candidates": full.candidates,
-                           "pairs": full.pairs, "level": full.level},
-            "pairs_per_s": full.pairs / full.seconds, "stopped": enum.stopped}
+    enum = search(
+        (X, y), config=DiscoveryConfig(max_seconds=seconds, max_cost=12, probes=64, pairs=False)
+    ).stats
+    full = search((X, y), config=DiscoveryConfig(max_seconds=seconds, max_cost=12, probes=64)).stats
+    return {
+        "seconds": enum.seconds,
+        "candidates": enum.candidates,
+        "bank": enum.bank,
+        "level": enum.level,
+        "rows_per_candidate": rows,
+        "candidates_per_s": enum.candidates / enum.seconds,
+        "candidate_rows_per_s": enum.candidates * rows / enum.seconds,
+        "with_pairs": {
+            "seconds": full.seconds,
+            "candidates": full.candidates,
+            "pairs": full.pairs,
+            "level": full.level,
+        },
+        "pairs_per_s": full.pairs / full.seconds,
+        "stopped": enum.stopped,
+    }
 
 
 def bench_reuse() -> dict[str, Any]:
@@ -93,16 +112,18 @@ def bench_reuse() -> dict[str, Any]:
     case = data["TOTAL_E_JUNK"]
     without = _run(case, 1)
     with_reg = _run(case, 1, registry=reg)
-    return {"without": without, "with": with_reg,
-            "ratio": without["evaluated"] / max(with_reg["evaluated"], 1)}
+    return {
+        "without": without,
+        "with": with_reg,
+        "ratio": without["evaluated"] / max(with_reg["evaluated"], 1),
+    }
 
 
 def bench_ablation(n_heldout: int, budget: float) -> dict[str, Any]:
     guide = load_guide()
     out: dict[str, Any] = {"cases": {}, "heldout": []}
     for name, case in cases(seed=0).items():
-        out["cases"][name] = {p.name: _run(case, 1, proposer=p)
-                              for p in (UniformProposer(), guide)}
+        out["cases"][name] = {p.name: _run(case, 1, proposer=p) for p in (UniformProposer(), guide)}
     rng = np.random.default_rng(10_000)  # the guide was trained on seed 0
     cfg = DiscoveryConfig(max_seconds=budget, max_cost=7)
     while len(out["heldout"]) < n_heldout:
@@ -113,8 +134,11 @@ def bench_ablation(n_heldout: int, budget: float) -> dict[str, Any]:
         entry: dict[str, Any] = {"families": sorted(fams)}
         for p in (UniformProposer(), guide):
             r = search((X, y), config=cfg, proposer=p)
-            entry[p.name] = {"solved": r.function is not None, "evaluated": r.stats.evaluated,
-                             "seconds": r.stats.seconds}
+            entry[p.name] = {
+                "solved": r.function is not None,
+                "evaluated": r.stats.evaluated,
+                "seconds": r.stats.seconds,
+            }
         out["heldout"].append(entry)
     return out
 
@@ -124,16 +148,23 @@ def _summarise_ablation(ab: dict[str, Any]) -> dict[str, Any]:
         both = [(u, g) for u, g in pairs if u["solved"] and g["solved"]]
         ratios = [u["evaluated"] / max(g["evaluated"], 1) for u, g in both]
         return {
-            "n": len(pairs), "solved_uniform": sum(u["solved"] for u, _ in pairs),
+            "n": len(pairs),
+            "solved_uniform": sum(u["solved"] for u, _ in pairs),
             "solved_guide": sum(g["solved"] for _, g in pairs),
             "evaluated_uniform": sum(u["evaluated"] for u, _ in both),
             "evaluated_guide": sum(g["evaluated"] for _, g in both),
             "median_ratio_uniform_over_guide": statistics.median(ratios) if ratios else None,
-            "guide_better": sum(r > 1 for r in ratios), "guide_worse": sum(r < 1 for r in ratios),
+            "guide_better": sum(r > 1 for r in ratios),
+            "guide_worse": sum(r < 1 for r in ratios),
         }
 
-    case_pairs = [({"solved": v["uniform"]["exact"], **v["uniform"]},
-                   {"solved": v["guide"]["exact"], **v["guide"]}) for v in ab["cases"].values()]
+    case_pairs = [
+        (
+            {"solved": v["uniform"]["exact"], **v["uniform"]},
+            {"solved": v["guide"]["exact"], **v["guide"]},
+        )
+        for v in ab["cases"].values()
+    ]
     held = [(e["uniform"], e["guide"]) for e in ab["heldout"]]
     return {"cases": stats(case_pairs), "heldout": stats(held)}
 
@@ -143,24 +174,38 @@ def print_tables(res: dict[str, Any]) -> None:
     for col in ("case", "exact", "wall s", "cpu s", "candidates", "pair fits", "function"):
         t.add_column(col)
     for name, r in res["cases"].items():
-        t.add_row(name, "yes" if r["exact"] else "NO", f"{r['seconds']:.3f}",
-                  f"{r['cpu_seconds']:.3f}", f"{r['candidates']:,}", f"{r['pairs']:,}",
-                  r["function"] or "-")
+        t.add_row(
+            name,
+            "yes" if r["exact"] else "NO",
+            f"{r['seconds']:.3f}",
+            f"{r['cpu_seconds']:.3f}",
+            f"{r['candidates']:,}",
+            f"{r['pairs']:,}",
+            r["function"] or "-",
+        )
     console.print(t)
     th = res["throughput"]
-    console.print(f"throughput: {th['candidates_per_s']:,.0f} candidates/s "
-                  f"({th['candidate_rows_per_s']:,.0f} candidate-rows/s, "
-                  f"{th['rows_per_candidate']} rows each), {th['pairs_per_s']:,.0f} pair fits/s; "
-                  f"{th['bank']:,} distinct kept, cost level {th['level']} in "
-                  f"{th['seconds']:.1f} s")
+    console.print(
+        f"throughput: {th['candidates_per_s']:,.0f} candidates/s "
+        f"({th['candidate_rows_per_s']:,.0f} candidate-rows/s, "
+        f"{th['rows_per_candidate']} rows each), {th['pairs_per_s']:,.0f} pair fits/s; "
+        f"{th['bank']:,} distinct kept, cost level {th['level']} in "
+        f"{th['seconds']:.1f} s"
+    )
     ru = res["reuse"]
     t = Table(title="registry reuse: TOTAL_E with junk columns (target: ratio >= 10)")
     for col in ("registry", "candidates", "pair fits", "evaluated", "wall s", "function"):
         t.add_column(col)
     for label, key in (("primitives only", "without"), ("+ KE, PE", "with")):
         r = ru[key]
-        t.add_row(label, f"{r['candidates']:,}", f"{r['pairs']:,}", f"{r['evaluated']:,}",
-                  f"{r['seconds']:.3f}", r["function"] or "-")
+        t.add_row(
+            label,
+            f"{r['candidates']:,}",
+            f"{r['pairs']:,}",
+            f"{r['evaluated']:,}",
+            f"{r['seconds']:.3f}",
+            r["function"] or "-",
+        )
     console.print(t)
     console.print(f"reuse ratio (evaluated without / with): {ru['ratio']:.1f}x")
     ab = res["ablation"]
@@ -170,18 +215,26 @@ def print_tables(res: dict[str, Any]) -> None:
     for name, v in ab["cases"].items():
         u, g = v["uniform"], v["guide"]
         mark = "" if u["exact"] and g["exact"] else " (not exact)"
-        t.add_row(name, f"{u['evaluated']:,}", f"{g['evaluated']:,}",
-                  f"{u['evaluated'] / max(g['evaluated'], 1):.2f}{mark}")
+        t.add_row(
+            name,
+            f"{u['evaluated']:,}",
+            f"{g['evaluated']:,}",
+            f"{u['evaluated'] / max(g['evaluated'], 1):.2f}{mark}",
+        )
     console.print(t)
     for key, label in (("cases", "acceptance cases"), ("heldout", "held-out random targets")):
         s = res["ablation_summary"][key]
         med = s["median_ratio_uniform_over_guide"]
-        line = (f"{label}: solved uniform {s['solved_uniform']}/{s['n']}, guide "
-                f"{s['solved_guide']}/{s['n']}")
+        line = (
+            f"{label}: solved uniform {s['solved_uniform']}/{s['n']}, guide "
+            f"{s['solved_guide']}/{s['n']}"
+        )
         if med is not None:
-            line += (f"; where both solved: evaluated {s['evaluated_uniform']:,} vs "
-                     f"{s['evaluated_guide']:,}, median uniform/guide {med:.2f}x, guide better "
-                     f"on {s['guide_better']}, worse on {s['guide_worse']}")
+            line += (
+                f"; where both solved: evaluated {s['evaluated_uniform']:,} vs "
+                f"{s['evaluated_guide']:,}, median uniform/guide {med:.2f}x, guide better "
+                f"on {s['guide_better']}, worse on {s['guide_worse']}"
+            )
         console.print(line)
 
 
@@ -195,8 +248,13 @@ def main() -> None:
     repeats, heldout = (1, 10) if args.quick else (args.repeats, args.heldout)
     t0 = time.perf_counter()
     res: dict[str, Any] = {
-        "config": {"repeats": repeats, "heldout": heldout, "targets": TARGETS,
-                   "python": platform.python_version(), "machine": platform.machine()},
+        "config": {
+            "repeats": repeats,
+            "heldout": heldout,
+            "targets": TARGETS,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
         "cases": bench_cases(repeats),
         "throughput": bench_throughput(10.0),
         "reuse": bench_reuse(),
@@ -207,8 +265,9 @@ def main() -> None:
         "all_exact": all(r["exact"] for r in res["cases"].values()),
         "max_case_seconds": max(r["seconds"] for r in res["cases"].values()),
         "reuse_ratio": res["reuse"]["ratio"],
-        "meets_targets": all(r["exact"] and r["seconds"] <= TARGETS["case_seconds"]
-                             for r in res["cases"].values())
+        "meets_targets": all(
+            r["exact"] and r["seconds"] <= TARGETS["case_seconds"] for r in res["cases"].values()
+        )
         and res["reuse"]["ratio"] >= TARGETS["reuse_ratio"],
         "wall_seconds": time.perf_counter() - t0,
     }

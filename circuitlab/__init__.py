@@ -1,3 +1,3 @@
-"""circuitlab: grok small algorithmic transformers, extract their circuits, catalog and compose them."""
+"""circuitlab: grok small algorithmic transformers, extract their circuits, catalog, compose."""
 
 __version__ = "0.1.0"

@@ -27,7 +27,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Grok small algorithmic transformers, extract their circuits, catalog and compose them."""

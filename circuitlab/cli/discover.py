@@ -32,22 +32,29 @@ def register(app: typer.Typer) -> None:
     @app.command("discover")
     def discover_cmd(
         data: Annotated[Path, typer.Argument(help="CSV with a header; one row per example.")],
-        output: str = typer.Option(None, "--output", "-y",
-                                   help="Output column (default: the last column)."),
-        name: str = typer.Option(None, "--name", "-n",
-                                 help="Function name (default: the output column, upper-case)."),
-        registry: str = typer.Option(
-            None, "--registry", "-r",
-            help=f"Registry directory or catalog URL (sqlite:///..., neo4j://...); default "
-                 f"${REGISTRY_ENV}, else the catalog ${CATALOG_ENV}, else "
-                 "~/.circuitlab/functions. Its functions are building blocks.",
+        output: str = typer.Option(
+            None, "--output", "-y", help="Output column (default: the last column)."
         ),
-        save: bool = typer.Option(True, "--register/--no-register",
-                                  help="Store the function found in the registry."),
-        approximate: bool = typer.Option(False, "--approximate/--exact",
-                                         help="On noisy data, accept the best approximate fit."),
-        proposer: str = typer.Option("uniform", "--proposer",
-                                     help="Search order: uniform or guide (learned)."),
+        name: str = typer.Option(
+            None, "--name", "-n", help="Function name (default: the output column, upper-case)."
+        ),
+        registry: str = typer.Option(
+            None,
+            "--registry",
+            "-r",
+            help=f"Registry directory or catalog URL (sqlite:///..., neo4j://...); default "
+            f"${REGISTRY_ENV}, else the catalog ${CATALOG_ENV}, else "
+            "~/.circuitlab/functions. Its functions are building blocks.",
+        ),
+        save: bool = typer.Option(
+            True, "--register/--no-register", help="Store the function found in the registry."
+        ),
+        approximate: bool = typer.Option(
+            False, "--approximate/--exact", help="On noisy data, accept the best approximate fit."
+        ),
+        proposer: str = typer.Option(
+            "uniform", "--proposer", help="Search order: uniform or guide (learned)."
+        ),
         seed: int = typer.Option(0, "--seed"),
         max_seconds: float = typer.Option(60.0, "--max-seconds", min=0.1),
         max_cost: int = typer.Option(9, "--max-cost", min=1, max=30),
@@ -66,17 +73,20 @@ def register(app: typer.Typer) -> None:
             reg = Registry.open(registry or default_registry())
             if save:
                 reg.check_new_name(fname)
-            cfg = DiscoveryConfig(seed=seed, max_seconds=max_seconds, max_cost=max_cost,
-                                  approximate=approximate)
-            result = search(examples, name=fname, registry=reg, config=cfg,
-                            proposer=_proposer(proposer))
+            cfg = DiscoveryConfig(
+                seed=seed, max_seconds=max_seconds, max_cost=max_cost, approximate=approximate
+            )
+            result = search(
+                examples, name=fname, registry=reg, config=cfg, proposer=_proposer(proposer)
+            )
             stored = reg.register(result.function) if save and result.function else None
         except RegistryError as exc:
             raise CliError(str(exc)) from None
         if as_json:
             out = result.summary()
-            out["table"] = [{k: v for k, v in vars(r).items() if not k.startswith("_")}
-                            for r in result.table]
+            out["table"] = [
+                {k: v for k, v in vars(r).items() if not k.startswith("_")} for r in result.table
+            ]
             out["registered"] = stored.ref if stored else None
             if result.function is not None:
                 out["record"] = (stored or result.function).to_dict()
@@ -86,12 +96,20 @@ def register(app: typer.Typer) -> None:
             for col in ("", "complexity", "loss", "score", "expression", "sympy"):
                 table.add_column(col)
             for r in result.table:
-                table.add_row("*" if r.chosen else "", str(r.complexity), f"{r.loss:.4g}",
-                              f"{r.score:.3g}", r.expression, r.sympy)
+                table.add_row(
+                    "*" if r.chosen else "",
+                    str(r.complexity),
+                    f"{r.loss:.4g}",
+                    f"{r.score:.3g}",
+                    r.expression,
+                    r.sympy,
+                )
             console.print(table)
             s = result.stats
-            console.print(f"{s.candidates:,} candidates and {s.pairs:,} pair fits in "
-                          f"{s.seconds:.2f} s (cost level {s.level}, proposer {result.proposer})")
+            console.print(
+                f"{s.candidates:,} candidates and {s.pairs:,} pair fits in "
+                f"{s.seconds:.2f} s (cost level {s.level}, proposer {result.proposer})"
+            )
         if result.function is None:
             raise CliError(result.message)
         if not as_json:
@@ -99,8 +117,10 @@ def register(app: typer.Typer) -> None:
             ignored = [c for c, used in result.relevance.items() if not used]
             console.print(f"[bold]{result.status}[/]: {fn.signature()} = {fn.render()}")
             if ignored:
-                console.print(f"columns not used (resampling them leaves the output unchanged): "
-                              f"{', '.join(ignored)}")
+                console.print(
+                    f"columns not used (resampling them leaves the output unchanged): "
+                    f"{', '.join(ignored)}"
+                )
             if stored:
                 console.print(f"registered {stored.ref} (layer {stored.layer})")
 

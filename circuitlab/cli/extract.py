@@ -94,7 +94,8 @@ def register(app: typer.Typer) -> None:
         table.add_row("features kept", f"{c['n_features']} of {c['n_features_total']}")
         table.add_row(
             "sufficiency",
-            f"accuracy {c['sufficiency_accuracy']:.4f}, loss {c['sufficiency_loss']:.4f} ({c['ablation']} ablation)",
+            f"accuracy {c['sufficiency_accuracy']:.4f}, loss {c['sufficiency_loss']:.4f} "
+            f"({c['ablation']} ablation)",
         )
         table.add_row(
             "necessity", f"accuracy {c['necessity_accuracy']:.4f}, loss {c['necessity_loss']:.4f}"
@@ -102,11 +103,13 @@ def register(app: typer.Typer) -> None:
         table.add_row("full model", f"accuracy {c['full_accuracy']:.4f}, loss {c['full_loss']:.4f}")
         table.add_row(
             "transcoder",
-            f"NMSE {t['nmse']:.4f}, L0 {t['l0']:.1f}, dead {t['dead_fraction']:.2%}, top-1 agreement {t['top1_agreement']:.4f}",
+            f"NMSE {t['nmse']:.4f}, L0 {t['l0']:.1f}, dead {t['dead_fraction']:.2%}, "
+            f"top-1 agreement {t['top1_agreement']:.4f}",
         )
         table.add_row(
             "graphs",
-            f"replacement {g['replacement_score']:.3f}, completeness {g['completeness']:.3f}, {g['n_prompts']:,} prompts",
+            f"replacement {g['replacement_score']:.3f}, completeness {g['completeness']:.3f}, "
+            f"{g['n_prompts']:,} prompts",
         )
         table.add_row("artifacts", str(result.out_dir))
         table.add_row("graph JSON", ", ".join(Path(p).name for p in s.get("graphs", [])))

@@ -11,8 +11,9 @@ from circuitlab.cli.discover import REGISTRY_ENV, default_registry
 
 group = typer.Typer(help="Browse the symbolic function registry.", no_args_is_help=True)
 
-_REG = typer.Option(None, "--registry", "-r",
-                    help=f"Registry directory or catalog URL (default ${REGISTRY_ENV}).")
+_REG = typer.Option(
+    None, "--registry", "-r", help=f"Registry directory or catalog URL (default ${REGISTRY_ENV})."
+)
 
 
 @group.command("list")

@@ -45,11 +45,18 @@ def register(app: typer.Typer) -> None:
                 raise CliError(str(exc)) from None
             family = next((f.name for f in known if f.pattern.fullmatch(name)), "")
             data = task.dataset()
-            records.append({
-                "spec": task.spec, "family": family, "description": task.describe(),
-                "d_vocab": task.d_vocab, "d_vocab_out": task.d_vocab_out, "n_ctx": task.n_ctx,
-                "n_answers": len(task.answer_positions), "examples": len(data),
-            })
+            records.append(
+                {
+                    "spec": task.spec,
+                    "family": family,
+                    "description": task.describe(),
+                    "d_vocab": task.d_vocab,
+                    "d_vocab_out": task.d_vocab_out,
+                    "n_ctx": task.n_ctx,
+                    "n_answers": len(task.answer_positions),
+                    "examples": len(data),
+                }
+            )
             if show:
                 pick = np.random.default_rng(0).permutation(len(data))[:show]
                 samples[task.spec] = [
@@ -71,8 +78,12 @@ def register(app: typer.Typer) -> None:
         table.add_column("description")
         for r in records:
             table.add_row(
-                escape(r["spec"]), f"{r['d_vocab']}/{r['d_vocab_out']}", str(r["n_ctx"]),
-                str(r["n_answers"]), f"{r['examples']:,}", escape(r["description"]),
+                escape(r["spec"]),
+                f"{r['d_vocab']}/{r['d_vocab_out']}",
+                str(r["n_ctx"]),
+                str(r["n_answers"]),
+                f"{r['examples']:,}",
+                escape(r["description"]),
             )
         console.print(table)
         for task_spec, lines in samples.items():

@@ -211,10 +211,12 @@ def _run_with_progress(specs, workers: int, strategy: str, resume: bool, overwri
     if len(results) == 1:
         r = results[0]
         console.print(
-            f"run directory: {r.run_dir}\ncurves: {r.run_dir / 'curves.png'}\nsummary: {r.run_dir / 'summary.json'}"
+            f"run directory: {r.run_dir}\ncurves: {r.run_dir / 'curves.png'}\n"
+            f"summary: {r.run_dir / 'summary.json'}"
         )
     else:
         grokked = [r.grokked_at for r in results if r.grokked_at is not None]
         console.print(
-            f"{len(grokked)}/{len(results)} runs grokked; see `circuitlab runs {specs[0].run_dir.parent.parent}`"
+            f"{len(grokked)}/{len(results)} runs grokked; "
+            f"see `circuitlab runs {specs[0].run_dir.parent.parent}`"
         )

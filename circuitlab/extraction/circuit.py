@@ -237,7 +237,8 @@ def select_circuit(
     accuracy down to the target, if any k up to all ranked features does."""
     if importance.dim() != 2 or importance.shape[0] != tc.n_layers:
         raise CircuitError(
-            f"importance must be (n_layers={tc.n_layers}, n_features), got {tuple(importance.shape)}"
+            f"importance must be (n_layers={tc.n_layers}, n_features), "
+            f"got {tuple(importance.shape)}"
         )
     targets = torch.as_tensor(targets).long()
     ref = ref or reference(model, tc, tokens, batch_size=batch_size)

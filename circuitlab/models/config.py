@@ -49,12 +49,14 @@ class ModelConfig:
             )
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ModelConfigError(
-                f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}"
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, "
+                f"got {self.attention_backend!r}"
             )
         positions = tuple(int(p) for p in self.answer_positions)
         if not positions or any(not 0 <= p < self.n_ctx for p in positions):
             raise ModelConfigError(
-                f"answer_positions must be non-empty and within [0, n_ctx={self.n_ctx}), got {positions}"
+                f"answer_positions must be non-empty and within [0, n_ctx={self.n_ctx}), "
+                f"got {positions}"
             )
         object.__setattr__(self, "answer_positions", positions)
 

@@ -1,9 +1,9 @@
 """Symbolic registry: typed functions over primitives, persisted, and discovered from examples.
 
-    from circuitlab.registry import Registry, discover
-    reg = Registry.open("functions/")     # a directory of JSON records, or sqlite:///catalog.db
-    ke = discover((X, y), names=["m", "v"], name="KE", registry=reg, register=True)
-    reg.call("KE", 2.0, 3.0)              # -> 9.0
+from circuitlab.registry import Registry, discover
+reg = Registry.open("functions/")     # a directory of JSON records, or sqlite:///catalog.db
+ke = discover((X, y), names=["m", "v"], name="KE", registry=reg, register=True)
+reg.call("KE", 2.0, 3.0)              # -> 9.0
 """
 
 from circuitlab.registry.discover import (
@@ -24,9 +24,32 @@ from circuitlab.registry.registry import Registry
 from circuitlab.registry.store import FunctionStore, JsonFileStore, MemoryStore
 
 __all__ = [
-    "Call", "Const", "DiscoveryConfig", "DiscoveryError", "DiscoveryResult", "Domain",
-    "Examples", "Expr", "Function", "FunctionStore", "Input", "JsonFileStore", "Kind",
-    "MemoryStore", "Primitive", "Proposal", "Proposer", "Provenance", "Registry",
-    "RegistryError", "UniformProposer", "Var", "call", "discover", "discover_grid",
-    "get_primitive", "primitives", "search",
+    "Call",
+    "Const",
+    "DiscoveryConfig",
+    "DiscoveryError",
+    "DiscoveryResult",
+    "Domain",
+    "Examples",
+    "Expr",
+    "Function",
+    "FunctionStore",
+    "Input",
+    "JsonFileStore",
+    "Kind",
+    "MemoryStore",
+    "Primitive",
+    "Proposal",
+    "Proposer",
+    "Provenance",
+    "Registry",
+    "RegistryError",
+    "UniformProposer",
+    "Var",
+    "call",
+    "discover",
+    "discover_grid",
+    "get_primitive",
+    "primitives",
+    "search",
 ]

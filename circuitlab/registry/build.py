@@ -24,8 +24,9 @@ from circuitlab.registry.search import Hypothesis, Searcher
 
 
 class Builder:
-    def __init__(self, searcher: Searcher, data: Examples, domains: list[Domain],
-                 resolve: ex.Resolver | None) -> None:
+    def __init__(
+        self, searcher: Searcher, data: Examples, domains: list[Domain], resolve: ex.Resolver | None
+    ) -> None:
         self.s, self.data, self.domains, self.resolve = searcher, data, domains, resolve
         self.rows = searcher.rows
 
@@ -37,9 +38,10 @@ class Builder:
 
         def make(values: list[float]) -> Hypothesis:
             wrap = (hyp.wrap[0], values[0]) if hyp.wrap else None
-            body = values[len(inner):]
-            return Hypothesis(list(zip(body[:-1], refs, strict=True)), body[-1], hyp.train_mse,
-                              wrap)
+            body = values[len(inner) :]
+            return Hypothesis(
+                list(zip(body[:-1], refs, strict=True)), body[-1], hyp.train_mse, wrap
+            )
 
         for i in range(len(coefs)):
             for candidate in _nice(coefs[i]):
@@ -67,13 +69,19 @@ class Builder:
             return ex.Const(key)
 
         ordered = sorted(hyp.terms, key=lambda t: (t[0] < 0, t[1]))
-        parts = [(c, self._wrapped(self.s.bank.expr(r, self.s.ops), hyp, const))
-                 for c, r in ordered]
+        parts = [
+            (c, self._wrapped(self.s.bank.expr(r, self.s.ops), hyp, const)) for c, r in ordered
+        ]
         acc: ex.Expr | None = None
         for coef, e in parts:
             if acc is None:
-                acc = e if coef == 1 else ex.call("NEG", e) if coef == -1 else \
-                    ex.call("MUL", const(coef), e)
+                acc = (
+                    e
+                    if coef == 1
+                    else ex.call("NEG", e)
+                    if coef == -1
+                    else ex.call("MUL", const(coef), e)
+                )
                 continue
             term = e if abs(coef) == 1 else ex.call("MUL", const(abs(coef)), e)
             acc = ex.call("ADD" if coef > 0 else "SUB", acc, term)
@@ -104,16 +112,19 @@ class Builder:
 
         def out(e: ex.Expr) -> np.ndarray:
             with np.errstate(all="ignore"):
-                return np.broadcast_to(np.asarray(ex.evaluate(e, cols, consts, self.resolve),
-                                                  dtype=np.float64), (len(self.rows.X),))
+                return np.broadcast_to(
+                    np.asarray(ex.evaluate(e, cols, consts, self.resolve), dtype=np.float64),
+                    (len(self.rows.X),),
+                )
 
         target = out(expr)
         changed = True
         while changed:
             changed = False
             for candidate in _rewrites(expr):
-                if ex.size(candidate) < ex.size(expr) and np.array_equal(out(candidate), target,
-                                                                         equal_nan=True):
+                if ex.size(candidate) < ex.size(expr) and np.array_equal(
+                    out(candidate), target, equal_nan=True
+                ):
                     expr, changed = candidate, True
                     break
         return expr
@@ -139,22 +150,27 @@ class Builder:
             changed = False
             for _ in range(3):
                 trial = cols.copy()
-                trial[j] = np.concatenate([rng.permutation(X[:, j]),
-                                           self.domains[j].sample(rng, 64)])[: len(X)]
+                trial[j] = np.concatenate(
+                    [rng.permutation(X[:, j]), self.domains[j].sample(rng, 64)]
+                )[: len(X)]
                 if len(trial[j]) < len(X):
                     continue
-                got = np.broadcast_to(np.asarray(ex.evaluate(expr, trial, consts, self.resolve),
-                                                 dtype=np.float64), (len(X),))
-                same = np.isclose(got, base, rtol=1e-12, atol=0.0) | (np.isnan(got) &
-                                                                      np.isnan(base))
+                got = np.broadcast_to(
+                    np.asarray(ex.evaluate(expr, trial, consts, self.resolve), dtype=np.float64),
+                    (len(X),),
+                )
+                same = np.isclose(got, base, rtol=1e-12, atol=0.0) | (
+                    np.isnan(got) & np.isnan(base)
+                )
                 if not same.all():
                     changed = True
                     break
             out[j] = changed
         return out
 
-    def function(self, hyp: Hypothesis, name: str, status: str, provenance: Provenance
-                 ) -> tuple[Function, dict[str, bool]]:
+    def function(
+        self, hyp: Hypothesis, name: str, status: str, provenance: Provenance
+    ) -> tuple[Function, dict[str, bool]]:
         expr, consts = self.expression(hyp)
         expr = self.simplify(expr, consts)
         rel = self.relevance(expr, consts)
@@ -169,8 +185,15 @@ class Builder:
         out_dom = Domain.infer(y)
         if out_dom.kind is Kind.BOOL and join(*(d.kind for d in self.domains)) is Kind.REAL:
             out_dom = Domain(Kind.INT, 0.0, 1.0)
-        fn = Function.new(name, inputs, expr, output=out_dom, constants=consts, status=status,
-                          provenance=provenance)
+        fn = Function.new(
+            name,
+            inputs,
+            expr,
+            output=out_dom,
+            constants=consts,
+            status=status,
+            provenance=provenance,
+        )
         return fn, {self.data.names[j]: rel[j] for j in range(self.data.k)}
 
 

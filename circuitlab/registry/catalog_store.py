@@ -49,16 +49,27 @@ class CatalogStore:
                 self._refresh()
             dep = self._index.get((name, version or -1))
             if dep is None:
-                raise RegistryError(f"{fn.name} calls {name}@{version}, which is not in the "
-                                    f"catalog {self.catalog.url}")
+                raise RegistryError(
+                    f"{fn.name} calls {name}@{version}, which is not in the "
+                    f"catalog {self.catalog.url}"
+                )
             slots.append(Slot(slot=f"s{i}", function=dep))
         data = fn.to_dict()
         return FunctionRecord(
-            name=fn.name, signature=fn.signature(), expression=fn.render(),
-            input_domains=[str(i.domain) for i in fn.inputs], output_domain=str(fn.output),
-            description=fn.description, composes=slots,
-            properties={"registry": data, "version": fn.version, "layer": fn.layer,
-                        "status": fn.status, "arity": fn.arity},
+            name=fn.name,
+            signature=fn.signature(),
+            expression=fn.render(),
+            input_domains=[str(i.domain) for i in fn.inputs],
+            output_domain=str(fn.output),
+            description=fn.description,
+            composes=slots,
+            properties={
+                "registry": data,
+                "version": fn.version,
+                "layer": fn.layer,
+                "status": fn.status,
+                "arity": fn.arity,
+            },
             metadata=Metadata(extra={"source": fn.provenance.source}),
         )
 

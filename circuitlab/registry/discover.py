@@ -105,12 +105,18 @@ class DiscoveryResult:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "status": self.status, "function": self.function.render() if self.function else None,
-            "candidates": self.stats.candidates, "pairs": self.stats.pairs,
-            "evaluated": self.stats.evaluated, "bank": self.stats.bank,
-            "level": self.stats.level, "refine": self.stats.refine,
+            "status": self.status,
+            "function": self.function.render() if self.function else None,
+            "candidates": self.stats.candidates,
+            "pairs": self.stats.pairs,
+            "evaluated": self.stats.evaluated,
+            "bank": self.stats.bank,
+            "level": self.stats.level,
+            "refine": self.stats.refine,
             "seconds": round(self.stats.seconds, 4),
-            "relevance": self.relevance, "proposer": self.proposer, "message": self.message,
+            "relevance": self.relevance,
+            "proposer": self.proposer,
+            "message": self.message,
         }
 
 
@@ -119,9 +125,14 @@ class DiscoveryResult:
 
 
 def discover(
-    examples: Any, *, names: Sequence[str] | None = None, name: str = "F",
-    registry: Registry | None = None, proposer: Proposer | None = None,
-    config: DiscoveryConfig | None = None, oracle: Callable[..., Any] | None = None,
+    examples: Any,
+    *,
+    names: Sequence[str] | None = None,
+    name: str = "F",
+    registry: Registry | None = None,
+    proposer: Proposer | None = None,
+    config: DiscoveryConfig | None = None,
+    oracle: Callable[..., Any] | None = None,
     register: bool = False,
 ) -> Function:
     """The simplest function that fits `examples` exactly (or approximately, when configured).
@@ -132,8 +143,15 @@ def discover(
     outputs on the probe inputs, when the examples come from a known process. Raises
     `DiscoveryError` when nothing fits, leaving the registry untouched.
     """
-    result = search(examples, names=names, name=name, registry=registry, proposer=proposer,
-                    config=config, oracle=oracle)
+    result = search(
+        examples,
+        names=names,
+        name=name,
+        registry=registry,
+        proposer=proposer,
+        config=config,
+        oracle=oracle,
+    )
     if result.function is None:
         raise DiscoveryError(result.message, result)
     if register:
@@ -144,9 +162,14 @@ def discover(
 
 
 def search(
-    examples: Any, *, names: Sequence[str] | None = None, name: str = "F",
-    registry: Registry | None = None, proposer: Proposer | None = None,
-    config: DiscoveryConfig | None = None, oracle: Callable[..., Any] | None = None,
+    examples: Any,
+    *,
+    names: Sequence[str] | None = None,
+    name: str = "F",
+    registry: Registry | None = None,
+    proposer: Proposer | None = None,
+    config: DiscoveryConfig | None = None,
+    oracle: Callable[..., Any] | None = None,
 ) -> DiscoveryResult:
     """Like `discover` but returns the full result (statistics, table) and never raises on a
     failed search (only on bad input)."""
@@ -159,7 +182,10 @@ def search(
     ops = build_ops(kinds, data.y, registry if cfg.use_registry else None, cfg)
     scfg = SearchConfig(
         max_cost=min(cfg.max_cost, cfg.approximate_max_cost) if cfg.approximate else cfg.max_cost,
-        max_seconds=cfg.max_seconds, max_bank=cfg.max_bank, rtol=cfg.rtol, pairs=cfg.pairs,
+        max_seconds=cfg.max_seconds,
+        max_bank=cfg.max_bank,
+        rtol=cfg.rtol,
+        pairs=cfg.pairs,
         seed=cfg.seed,
     )
     prop = proposer or UniformProposer()
@@ -168,12 +194,21 @@ def search(
     resolve = registry.resolve if registry is not None else None
     builder = Builder(searcher, data, domains, resolve)
     provenance = Provenance(
-        source="discovered", data_hash=data.data_hash(), seed=cfg.seed,
-        search={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                "proposer": prop.name, "candidates": outcome.stats.candidates,
-                "pairs": outcome.stats.pairs, "seconds": round(outcome.stats.seconds, 4),
-                "rows": {"train": rows.n_train, "held_out": rows.n_hold,
-                         "probes": int(rows.X.shape[0] - rows.n_train - rows.n_hold)}},
+        source="discovered",
+        data_hash=data.data_hash(),
+        seed=cfg.seed,
+        search={
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+            "proposer": prop.name,
+            "candidates": outcome.stats.candidates,
+            "pairs": outcome.stats.pairs,
+            "seconds": round(outcome.stats.seconds, 4),
+            "rows": {
+                "train": rows.n_train,
+                "held_out": rows.n_hold,
+                "probes": int(rows.X.shape[0] - rows.n_train - rows.n_hold),
+            },
+        },
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         package_version=__version__,
     )
@@ -184,8 +219,9 @@ def search(
 # rows and operations
 
 
-def _rows(data: Examples, cfg: DiscoveryConfig, oracle: Callable[..., Any] | None
-          ) -> tuple[Rows, list[Domain]]:
+def _rows(
+    data: Examples, cfg: DiscoveryConfig, oracle: Callable[..., Any] | None
+) -> tuple[Rows, list[Domain]]:
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(data.n)
     n_hold = int(round(cfg.holdout * data.n)) if data.n >= 4 else 0
@@ -193,14 +229,18 @@ def _rows(data: Examples, cfg: DiscoveryConfig, oracle: Callable[..., Any] | Non
     n_hold = max(n_hold, 0)
     tr, ho = order[: data.n - n_hold], order[data.n - n_hold :]
     domains = data.domains()
-    probes = np.stack([d.sample(rng, cfg.probes) for d in domains], axis=1) if cfg.probes \
+    probes = (
+        np.stack([d.sample(rng, cfg.probes) for d in domains], axis=1)
+        if cfg.probes
         else np.zeros((0, data.k))
+    )
     X = np.concatenate([data.X[tr], data.X[ho], probes])
     oracle_y = None
     if oracle is not None and cfg.probes:
         try:
-            oracle_y = np.broadcast_to(np.asarray(oracle(*probes.T), dtype=np.float64),
-                                       (cfg.probes,)).copy()
+            oracle_y = np.broadcast_to(
+                np.asarray(oracle(*probes.T), dtype=np.float64), (cfg.probes,)
+            ).copy()
         except Exception as exc:  # the oracle is user code: report, don't crash
             raise RegistryError(f"the oracle failed on probe inputs: {exc}") from None
     return Rows(X, data.y[tr], data.y[ho], len(tr), len(ho), oracle_y), domains
@@ -214,8 +254,9 @@ def _infer_moduli(y: np.ndarray, cfg: DiscoveryConfig) -> tuple[int, ...]:
     return ()
 
 
-def build_ops(kinds: Sequence[Kind], y: np.ndarray, registry: Registry | None,
-              cfg: DiscoveryConfig) -> list[Op]:
+def build_ops(
+    kinds: Sequence[Kind], y: np.ndarray, registry: Registry | None, cfg: DiscoveryConfig
+) -> list[Op]:
     """The operations a numeric search may apply: primitives of the chosen groups (modular ones
     once per candidate modulus) and every numeric registered function."""
     ops: list[Op] = []
@@ -238,12 +279,19 @@ def build_ops(kinds: Sequence[Kind], y: np.ndarray, registry: Registry | None,
 
 
 def _prim_op(prim: Primitive, params: dict[str, int]) -> Op:
-    label = prim.name + ("[" + ",".join(f"{k}={v}" for k, v in params.items()) + "]"
-                         if params else "")
-    return Op(label, prim.group, prim.arity, prim.out_kind,
-              lambda *a: prim.fn(*a, **params),
-              lambda args: ex.call(prim.name, *args, **params), prim.commutative,
-              param_cost=len(params))
+    label = prim.name + (
+        "[" + ",".join(f"{k}={v}" for k, v in params.items()) + "]" if params else ""
+    )
+    return Op(
+        label,
+        prim.group,
+        prim.arity,
+        prim.out_kind,
+        lambda *a: prim.fn(*a, **params),
+        lambda args: ex.call(prim.name, *args, **params),
+        prim.commutative,
+        param_cost=len(params),
+    )
 
 
 def _function_op(fn: Function, registry: Registry) -> Op:
@@ -253,26 +301,42 @@ def _function_op(fn: Function, registry: Registry) -> Op:
     def rule(kinds: tuple[Kind, ...]) -> Kind | None:
         if len(kinds) != len(want):
             return None
-        return out if all(is_subkind(k, w) or w is Kind.REAL for k, w in zip(kinds, want,
-                                                                            strict=True)) \
+        return (
+            out
+            if all(is_subkind(k, w) or w is Kind.REAL for k, w in zip(kinds, want, strict=True))
             else None
+        )
 
     def apply(*args: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
-            return np.asarray(ex.evaluate(fn.expr, list(args), fn.constant_dict,
-                                          registry.resolve), dtype=np.float64) + \
-                np.zeros_like(args[0])
+            return np.asarray(
+                ex.evaluate(fn.expr, list(args), fn.constant_dict, registry.resolve),
+                dtype=np.float64,
+            ) + np.zeros_like(args[0])
 
-    return Op(fn.ref, "registered", fn.arity, rule, apply,
-              lambda args: ex.call(fn.name, *args, version=fn.version))
+    return Op(
+        fn.ref,
+        "registered",
+        fn.arity,
+        rule,
+        apply,
+        lambda args: ex.call(fn.name, *args, version=fn.version),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # conclusion and results table
 
 
-def _conclude(outcome: SearchOutcome, b: Builder, name: str, prov: Provenance, data: Examples,
-              cfg: DiscoveryConfig, proposer: str) -> DiscoveryResult:
+def _conclude(
+    outcome: SearchOutcome,
+    b: Builder,
+    name: str,
+    prov: Provenance,
+    data: Examples,
+    cfg: DiscoveryConfig,
+    proposer: str,
+) -> DiscoveryResult:
     stats = outcome.stats
     if outcome.accepted:
         best: tuple[Any, ...] | None = None
@@ -284,9 +348,15 @@ def _conclude(outcome: SearchOutcome, b: Builder, name: str, prov: Provenance, d
         assert best is not None
         _, fn, rel = best
         table = _table(outcome, b, name, prov, data, exact=fn)
-        return DiscoveryResult(fn, "exact", stats, table, rel,
-                               f"exact: {fn.render()} after {stats.evaluated:,} candidates",
-                               proposer)
+        return DiscoveryResult(
+            fn,
+            "exact",
+            stats,
+            table,
+            rel,
+            f"exact: {fn.render()} after {stats.evaluated:,} candidates",
+            proposer,
+        )
     table = _table(outcome, b, name, prov, data)
     hint = "" if cfg.approximate else "; ask for an approximate fit (--approximate) on noisy data"
     reason = stats.stopped or "no exact fit"
@@ -294,16 +364,36 @@ def _conclude(outcome: SearchOutcome, b: Builder, name: str, prov: Provenance, d
         chosen = next(r for r in table if r.chosen)
         hyp = chosen._hyp  # type: ignore[attr-defined]
         fn, rel = b.function(hyp, name, "approximate", prov)
-        return DiscoveryResult(fn, "approximate", stats, table, rel,
-                               f"approximate (loss {chosen.loss:.3g}): {fn.render()}", proposer)
+        return DiscoveryResult(
+            fn,
+            "approximate",
+            stats,
+            table,
+            rel,
+            f"approximate (loss {chosen.loss:.3g}): {fn.render()}",
+            proposer,
+        )
     best_loss = min((r.loss for r in table), default=float("nan"))
-    return DiscoveryResult(None, "failed", stats, table, {},
-                           f"no exact function found ({reason}; best approximate loss "
-                           f"{best_loss:.3g}){hint}; nothing registered", proposer)
+    return DiscoveryResult(
+        None,
+        "failed",
+        stats,
+        table,
+        {},
+        f"no exact function found ({reason}; best approximate loss "
+        f"{best_loss:.3g}){hint}; nothing registered",
+        proposer,
+    )
 
 
-def _table(outcome: SearchOutcome, b: Builder, name: str, prov: Provenance, data: Examples,
-           exact: Function | None = None) -> list[TableRow]:
+def _table(
+    outcome: SearchOutcome,
+    b: Builder,
+    name: str,
+    prov: Provenance,
+    data: Examples,
+    exact: Function | None = None,
+) -> list[TableRow]:
     """Pareto front of the fits seen (lower loss at every step up in complexity)."""
     entries = []
     for _, (mse, hyp) in sorted(outcome.approximate.items()):
@@ -345,7 +435,9 @@ def _table(outcome: SearchOutcome, b: Builder, name: str, prov: Provenance, data
             rows[-1].chosen = True
         else:
             n_ops = max(2, len(b.s.ops) + data.k)
-            dl = [0.5 * n * math.log2(max(r.loss, floor) / var) + r.complexity * math.log2(n_ops)
-                  for r in rows]
+            dl = [
+                0.5 * n * math.log2(max(r.loss, floor) / var) + r.complexity * math.log2(n_ops)
+                for r in rows
+            ]
             rows[int(np.argmin(dl))].chosen = True
     return rows

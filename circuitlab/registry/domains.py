@@ -92,16 +92,20 @@ class Domain:
             kinds = [k.value for k in Kind]
             raise RegistryError(f"domain needs a kind in {kinds}, got {data!r}") from None
         shape = tuple(data["shape"]) if data.get("shape") is not None else None
-        return cls(kind, data.get("lo"), data.get("hi"), data.get("modulus"), shape,
-                   data.get("colours"))
+        return cls(
+            kind, data.get("lo"), data.get("hi"), data.get("modulus"), shape, data.get("colours")
+        )
 
     @classmethod
     def infer(cls, values: np.ndarray) -> Domain:
         """The tightest domain of observed values: B for {0, 1}, Z[lo..hi] for integers, else R."""
         values = np.asarray(values)
         if values.ndim == 3:
-            return cls(Kind.GRID, shape=(values.shape[1], values.shape[2]),
-                       colours=int(values.max()) + 1 if values.size else None)
+            return cls(
+                Kind.GRID,
+                shape=(values.shape[1], values.shape[2]),
+                colours=int(values.max()) + 1 if values.size else None,
+            )
         lo, hi = float(values.min()), float(values.max())
         if np.all((values == 0) | (values == 1)):
             return cls(Kind.BOOL, 0.0, 1.0)

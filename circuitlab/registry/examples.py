@@ -59,15 +59,17 @@ class Examples:
         for i, row in enumerate(rows):
             if not (isinstance(row, Sequence) and len(row) == 2):
                 raise RegistryError(f"example {i} must be a pair (inputs, output), got {row!r}")
-            ins = row[0] if isinstance(row[0], Sequence) and not isinstance(row[0], str) \
-                else [row[0]]
+            ins = (
+                row[0] if isinstance(row[0], Sequence) and not isinstance(row[0], str) else [row[0]]
+            )
             inputs.append(list(ins))
             outputs.append(row[1])
         return cls.from_arrays(inputs, outputs, names)
 
     @classmethod
-    def from_arrays(cls, X: Any, y: Any, names: Sequence[str] | None = None,
-                    output_name: str = "y") -> Examples:
+    def from_arrays(
+        cls, X: Any, y: Any, names: Sequence[str] | None = None, output_name: str = "y"
+    ) -> Examples:
         if isinstance(X, list | tuple):
             lengths = {len(r) if isinstance(r, Sequence) else 1 for r in X}
             if len(lengths) > 1:
@@ -76,8 +78,10 @@ class Examples:
         if Xa.ndim == 1:
             Xa = Xa[:, None]
         if Xa.ndim != 2 or ya.ndim != 1:
-            raise RegistryError(f"inputs must be (rows, columns) and outputs one value per row; "
-                                f"got shapes {Xa.shape} and {ya.shape}")
+            raise RegistryError(
+                f"inputs must be (rows, columns) and outputs one value per row; "
+                f"got shapes {Xa.shape} and {ya.shape}"
+            )
         if len(Xa) != len(ya):
             raise RegistryError(f"{len(Xa)} input rows but {len(ya)} outputs")
         bad = np.flatnonzero(~np.isfinite(ya))
@@ -96,8 +100,10 @@ class Examples:
         if len(set(names)) != k:
             raise RegistryError(f"column names must be distinct, got {list(names)}")
         if len(ya) < k + 1:
-            raise RegistryError(f"{len(ya)} rows is fewer than the unknowns: {k} input columns "
-                                f"need at least {k + 1} rows")
+            raise RegistryError(
+                f"{len(ya)} rows is fewer than the unknowns: {k} input columns "
+                f"need at least {k + 1} rows"
+            )
         return cls(Xa, ya, names, check_name(output_name, "output name"))
 
     @classmethod
@@ -115,8 +121,9 @@ class Examples:
         header = [h.strip() for h in rows[0]]
         for i, row in enumerate(rows[1:], start=2):
             if len(row) != len(header):
-                raise RegistryError(f"{path}: line {i} has {len(row)} values, "
-                                    f"the header has {len(header)}")
+                raise RegistryError(
+                    f"{path}: line {i} has {len(row)} values, the header has {len(header)}"
+                )
         out = output if output is not None else header[-1]
         if out not in header:
             raise RegistryError(f"{path}: no column {out!r}; columns are {header}")

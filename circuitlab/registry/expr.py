@@ -112,8 +112,9 @@ def substitute(expr: Expr, mapping: Mapping[int, Expr]) -> Expr:
     if isinstance(expr, Var):
         return mapping.get(expr.index, expr)
     if isinstance(expr, Call):
-        return Call(expr.op, tuple(substitute(a, mapping) for a in expr.args), expr.params,
-                    expr.version)
+        return Call(
+            expr.op, tuple(substitute(a, mapping) for a in expr.args), expr.params, expr.version
+        )
     return expr
 
 
@@ -174,8 +175,11 @@ def _apply(
 
 
 def _loop(
-    count: np.ndarray, x: np.ndarray, params: dict[str, Any],
-    constants: Mapping[str, float], resolve: Resolver | None,
+    count: np.ndarray,
+    x: np.ndarray,
+    params: dict[str, Any],
+    constants: Mapping[str, float],
+    resolve: Resolver | None,
 ) -> np.ndarray:
     """Bounded iteration: x <- body(x), count times per row; count is clipped to [0, bound]."""
     body, bound = params.get("body"), params.get("bound")
@@ -202,8 +206,10 @@ def to_json(expr: Expr) -> Any:
         return {"const": expr.name}
     out: dict[str, Any] = {"op": expr.op, "args": [to_json(a) for a in expr.args]}
     if expr.params:
-        out["params"] = {k: ({"expr": to_json(v)} if isinstance(v, Var | Const | Call) else v)
-                         for k, v in expr.params}
+        out["params"] = {
+            k: ({"expr": to_json(v)} if isinstance(v, Var | Const | Call) else v)
+            for k, v in expr.params
+        }
     if expr.version is not None:
         out["version"] = expr.version
     return out
@@ -222,8 +228,12 @@ def from_json(data: Any) -> Expr:
         k: (from_json(v["expr"]) if isinstance(v, dict) and "expr" in v else v)
         for k, v in data.get("params", {}).items()
     }
-    return call(str(data["op"]), *(from_json(a) for a in data.get("args", [])),
-                version=data.get("version"), **params)
+    return call(
+        str(data["op"]),
+        *(from_json(a) for a in data.get("args", [])),
+        version=data.get("version"),
+        **params,
+    )
 
 
 def _fmt_const(value: float) -> str:
@@ -240,13 +250,18 @@ def render(expr: Expr, names: Sequence[str], constants: Mapping[str, float] | No
         return expr.name
     parts = [render(a, names, constants) for a in expr.args]
     for k, v in expr.params:
-        parts.append(f"{k}={render(v, ['x'], constants)}" if isinstance(v, Var | Const | Call)
-                     else f"{k}={v}")
+        parts.append(
+            f"{k}={render(v, ['x'], constants)}"
+            if isinstance(v, Var | Const | Call)
+            else f"{k}={v}"
+        )
     return f"{expr.op}({', '.join(parts)})"
 
 
 def to_sympy(
-    expr: Expr, names: Sequence[str], constants: Mapping[str, float],
+    expr: Expr,
+    names: Sequence[str],
+    constants: Mapping[str, float],
     resolve: Resolver | None = None,
 ) -> Any:
     """A sympy expression with registered functions inlined (for display and simplification)."""
@@ -258,8 +273,11 @@ def to_sympy(
         if isinstance(node, Var):
             return env[node.index]
         if isinstance(node, Const):
-            return sympy.nsimplify(consts[node.name], rational=False, tolerance=0) \
-                if float(consts[node.name]).is_integer() else sympy.Float(consts[node.name])
+            return (
+                sympy.nsimplify(consts[node.name], rational=False, tolerance=0)
+                if float(consts[node.name]).is_integer()
+                else sympy.Float(consts[node.name])
+            )
         args = [conv(a, env, consts) for a in node.args]
         if not is_primitive(node.op):
             if resolve is None:
@@ -277,9 +295,15 @@ def _sympy_prim(node: Call, a: list[Any]) -> Any:
     op, p = node.op, node.param_dict
     one, zero = sympy.Integer(1), sympy.Integer(0)
     table: dict[str, Callable[[], Any]] = {
-        "ADD": lambda: a[0] + a[1], "SUB": lambda: a[0] - a[1], "MUL": lambda: a[0] * a[1],
-        "DIV": lambda: a[0] / a[1], "INC": lambda: a[0] + 1, "DEC": lambda: a[0] - 1,
-        "SQUARE": lambda: a[0] ** 2, "NEG": lambda: -a[0], "ABS": lambda: sympy.Abs(a[0]),
+        "ADD": lambda: a[0] + a[1],
+        "SUB": lambda: a[0] - a[1],
+        "MUL": lambda: a[0] * a[1],
+        "DIV": lambda: a[0] / a[1],
+        "INC": lambda: a[0] + 1,
+        "DEC": lambda: a[0] - 1,
+        "SQUARE": lambda: a[0] ** 2,
+        "NEG": lambda: -a[0],
+        "ABS": lambda: sympy.Abs(a[0]),
         "MOD": lambda: sympy.Mod(a[0], p["p"]),
         "ADDMOD": lambda: sympy.Mod(a[0] + a[1], p["p"]),
         "SUBMOD": lambda: sympy.Mod(a[0] - a[1], p["p"]),
@@ -291,9 +315,12 @@ def _sympy_prim(node: Call, a: list[Any]) -> Any:
         "EQ": lambda: sympy.Piecewise((one, sympy.Eq(a[0], a[1])), (zero, True)),
         "NE": lambda: sympy.Piecewise((one, sympy.Ne(a[0], a[1])), (zero, True)),
         "COND": lambda: sympy.Piecewise((a[1], sympy.Ne(a[0], 0)), (a[2], True)),
-        "SQRT": lambda: sympy.sqrt(a[0]), "EXP": lambda: sympy.exp(a[0]),
-        "LOG": lambda: sympy.log(a[0]), "SIN": lambda: sympy.sin(a[0]),
-        "COS": lambda: sympy.cos(a[0]), "POW": lambda: a[0] ** a[1],
+        "SQRT": lambda: sympy.sqrt(a[0]),
+        "EXP": lambda: sympy.exp(a[0]),
+        "LOG": lambda: sympy.log(a[0]),
+        "SIN": lambda: sympy.sin(a[0]),
+        "COS": lambda: sympy.cos(a[0]),
+        "POW": lambda: a[0] ** a[1],
     }
     if op in table:
         return table[op]()

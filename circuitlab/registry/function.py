@@ -37,15 +37,25 @@ class Provenance:
     package_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "data_hash": self.data_hash, "seed": self.seed,
-                "search": dict(self.search), "created": self.created,
-                "package_version": self.package_version}
+        return {
+            "source": self.source,
+            "data_hash": self.data_hash,
+            "seed": self.seed,
+            "search": dict(self.search),
+            "created": self.created,
+            "package_version": self.package_version,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Provenance:
-        return cls(data.get("source", "manual"), data.get("data_hash"), data.get("seed"),
-                   dict(data.get("search") or {}), data.get("created"),
-                   data.get("package_version"))
+        return cls(
+            data.get("source", "manual"),
+            data.get("data_hash"),
+            data.get("seed"),
+            dict(data.get("search") or {}),
+            data.get("created"),
+            data.get("package_version"),
+        )
 
 
 @dataclass(frozen=True)
@@ -65,14 +75,23 @@ class Function:
 
     @classmethod
     def new(
-        cls, name: str, inputs: Sequence[Input | str], expr: ex.Expr, *,
-        output: Domain | None = None, constants: Mapping[str, float] | None = None,
-        status: str = "exact", provenance: Provenance | None = None, description: str = "",
+        cls,
+        name: str,
+        inputs: Sequence[Input | str],
+        expr: ex.Expr,
+        *,
+        output: Domain | None = None,
+        constants: Mapping[str, float] | None = None,
+        status: str = "exact",
+        provenance: Provenance | None = None,
+        description: str = "",
     ) -> Function:
         """Validate and build; plain strings as inputs mean real-valued inputs of that name."""
         check_name(name)
-        ins = tuple(i if isinstance(i, Input) else Input(check_name(i, "input name"),
-                                                         Domain(Kind.REAL)) for i in inputs)
+        ins = tuple(
+            i if isinstance(i, Input) else Input(check_name(i, "input name"), Domain(Kind.REAL))
+            for i in inputs
+        )
         if len({i.name for i in ins}) != len(ins):
             names = [i.name for i in ins]
             raise RegistryError(f"{name}: input names must be distinct, got {names}")
@@ -88,8 +107,16 @@ class Function:
             raise RegistryError(f"{name}: expression reads inputs {bad} but has {len(ins)} inputs")
         if status not in STATUSES:
             raise RegistryError(f"{name}: status must be one of {STATUSES}, got {status!r}")
-        return cls(name, ins, expr, output or Domain(Kind.REAL), tuple(sorted(consts.items())),
-                   status=status, provenance=provenance or Provenance(), description=description)
+        return cls(
+            name,
+            ins,
+            expr,
+            output or Domain(Kind.REAL),
+            tuple(sorted(consts.items())),
+            status=status,
+            provenance=provenance or Provenance(),
+            description=description,
+        )
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -132,8 +159,10 @@ class Function:
         Calls of other functions need `resolve` (a Registry provides it).
         """
         if len(args) != self.arity:
-            raise RegistryError(f"{self.name} takes {self.arity} inputs "
-                                f"({', '.join(i.name for i in self.inputs)}), got {len(args)}")
+            raise RegistryError(
+                f"{self.name} takes {self.arity} inputs "
+                f"({', '.join(i.name for i in self.inputs)}), got {len(args)}"
+            )
         arrays = []
         for inp, a in zip(self.inputs, args, strict=True):
             arr = np.asarray(a)
@@ -155,27 +184,37 @@ class Function:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": SCHEMA, "name": self.name, "version": self.version,
-            "arity": self.arity, "inputs": [i.to_dict() for i in self.inputs],
-            "output": self.output.to_dict(), "expr": ex.to_json(self.expr),
-            "constants": dict(self.constants), "status": self.status, "layer": self.layer,
+            "schema": SCHEMA,
+            "name": self.name,
+            "version": self.version,
+            "arity": self.arity,
+            "inputs": [i.to_dict() for i in self.inputs],
+            "output": self.output.to_dict(),
+            "expr": ex.to_json(self.expr),
+            "constants": dict(self.constants),
+            "status": self.status,
+            "layer": self.layer,
             "uses": [{"name": n, "version": v, "slot": s} for s, (n, v) in enumerate(self.uses())],
-            "provenance": self.provenance.to_dict(), "description": self.description,
+            "provenance": self.provenance.to_dict(),
+            "description": self.description,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Function:
         try:
             if data.get("schema", 1) > SCHEMA:
-                raise RegistryError(f"function record has schema {data['schema']}, newer than "
-                                    f"this circuitlab understands ({SCHEMA}); upgrade circuitlab")
+                raise RegistryError(
+                    f"function record has schema {data['schema']}, newer than "
+                    f"this circuitlab understands ({SCHEMA}); upgrade circuitlab"
+                )
             return cls(
                 name=check_name(data["name"]),
                 inputs=tuple(Input.from_dict(i) for i in data["inputs"]),
                 expr=ex.from_json(data["expr"]),
                 output=Domain.from_dict(data["output"]),
                 constants=tuple(sorted((str(k), float(v)) for k, v in data["constants"].items())),
-                version=int(data["version"]), status=str(data["status"]),
+                version=int(data["version"]),
+                status=str(data["status"]),
                 layer=int(data["layer"]),
                 provenance=Provenance.from_dict(data.get("provenance") or {}),
                 description=str(data.get("description", "")),
@@ -185,8 +224,11 @@ class Function:
 
     def content_hash(self) -> str:
         """Hash of what the function computes (not of when or how it was found)."""
-        core = {k: v for k, v in self.to_dict().items()
-                if k in ("name", "version", "inputs", "output", "expr", "constants")}
+        core = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k in ("name", "version", "inputs", "output", "expr", "constants")
+        }
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
     def with_(self, **changes: Any) -> Function:

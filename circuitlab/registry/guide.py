@@ -75,8 +75,7 @@ def _rank(v: np.ndarray) -> np.ndarray:
 def signature(X: np.ndarray, y: np.ndarray, kinds: Sequence[Kind]) -> np.ndarray:
     """Properties of (X, y) that hint at the operations relating them. X: (n, k), y: (n,)."""
     with np.errstate(all="ignore"):
-        return _signature(np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64),
-                          kinds)
+        return _signature(np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64), kinds)
 
 
 def _signature(X: np.ndarray, y: np.ndarray, kinds: Sequence[Kind]) -> np.ndarray:
@@ -84,11 +83,16 @@ def _signature(X: np.ndarray, y: np.ndarray, kinds: Sequence[Kind]) -> np.ndarra
     y_int = bool(np.all(y == np.round(y)))
     ints = [j for j in range(k) if kinds[j] in (Kind.INT, Kind.BOOL)]
     f: list[float] = [
-        float(y_int), float(np.all((y == 0) | (y == 1))), float(np.all(y >= 0)),
-        float(np.mean(y < 0)), float(np.mean(y == 0)),
+        float(y_int),
+        float(np.all((y == 0) | (y == 1))),
+        float(np.all(y >= 0)),
+        float(np.mean(y < 0)),
+        float(np.mean(y == 0)),
         float(np.log10(1 + np.std(y)) / 5),
-        float(any(kd is Kind.BOOL for kd in kinds)), float(len(ints) == k),
-        float(any(kd is Kind.REAL for kd in kinds)), k / 5,
+        float(any(kd is Kind.BOOL for kd in kinds)),
+        float(len(ints) == k),
+        float(any(kd is Kind.REAL for kd in kinds)),
+        k / 5,
     ]
     lin = [_r2(X[:, j], y) for j in range(k)]
     f += [max(lin), max(_r2(_rank(X[:, j]), _rank(y)) for j in range(k))]
@@ -96,11 +100,19 @@ def _signature(X: np.ndarray, y: np.ndarray, kinds: Sequence[Kind]) -> np.ndarra
     f += [max(_r2(X[:, j] ** 2, y) for j in range(k))]
     prod = [_r2(X[:, i] * X[:, j], y) for i in range(k) for j in range(i, k)]
     f += [max(prod)]
-    ratio = [_r2(X[:, i] / X[:, j], y) for i in range(k) for j in range(k)
-             if i != j and np.all(X[:, j] != 0)]
+    ratio = [
+        _r2(X[:, i] / X[:, j], y)
+        for i in range(k)
+        for j in range(k)
+        if i != j and np.all(X[:, j] != 0)
+    ]
     f += [max(ratio, default=0.0)]
-    f += [max((_r2_two(X[:, i], X[:, j], y) for i in range(k) for j in range(i + 1, k)),
-              default=max(lin))]
+    f += [
+        max(
+            (_r2_two(X[:, i], X[:, j], y) for i in range(k) for j in range(i + 1, k)),
+            default=max(lin),
+        )
+    ]
     # oscillation of y along its best column (sin/cos); log-log slope (powers); exp
     best = int(np.argmax(lin))
     order = np.argsort(X[:, best], kind="stable")
@@ -111,16 +123,22 @@ def _signature(X: np.ndarray, y: np.ndarray, kinds: Sequence[Kind]) -> np.ndarra
         slope = np.polyfit(np.log(np.abs(X[pos, best])), np.log(np.abs(y[pos])), 1)[0]
     else:
         slope = 0.0
-    f += [float(abs(slope - 2) < 0.3), float(abs(slope - 1) < 0.3), float(slope < -0.3),
-          float(np.clip(slope, -4, 4) / 4)]
-    f += [max((_r2(X[:, j], np.log(y)) for j in range(k)), default=0.0) if np.all(y > 0)
-          else 0.0]
+    f += [
+        float(abs(slope - 2) < 0.3),
+        float(abs(slope - 1) < 0.3),
+        float(slope < -0.3),
+        float(np.clip(slope, -4, 4) / 4),
+    ]
+    f += [max((_r2(X[:, j], np.log(y)) for j in range(k)), default=0.0) if np.all(y > 0) else 0.0]
     # bit relations (integers only)
     if y_int and ints and np.all(y >= 0) and np.all(X[:, ints] >= 0):
         yi = y.astype(np.int64)
         cols = X[:, ints].astype(np.int64)
-        f += [max(float(np.mean((yi & c) == yi)) for c in cols.T),
-              max(float(np.mean((yi | c) == yi)) for c in cols.T), 1.0]
+        f += [
+            max(float(np.mean((yi & c) == yi)) for c in cols.T),
+            max(float(np.mean((yi | c) == yi)) for c in cols.T),
+            1.0,
+        ]
     else:
         f += [0.0, 0.0, 0.0]
     xmax = float(np.abs(X).max()) if X.size else 0.0
@@ -128,16 +146,37 @@ def _signature(X: np.ndarray, y: np.ndarray, kinds: Sequence[Kind]) -> np.ndarra
     return np.nan_to_num(np.array(f, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # 2. training set
 
 
 _GRAMMAR = {  # primitives the generator composes, with their arity
-    "ADD": 2, "SUB": 2, "MUL": 2, "DIV": 2, "INC": 1, "DEC": 1, "SQUARE": 1, "NEG": 1, "ABS": 1,
-    "AND": 2, "OR": 2, "XOR": 2, "NOT": 1, "BNOT": 1, "LT": 2, "LE": 2, "EQ": 2, "NE": 2,
-    "ADDMOD": 2, "SUBMOD": 2, "MULMOD": 2, "SQRT": 1, "EXP": 1, "LOG": 1, "SIN": 1, "COS": 1,
+    "ADD": 2,
+    "SUB": 2,
+    "MUL": 2,
+    "DIV": 2,
+    "INC": 1,
+    "DEC": 1,
+    "SQUARE": 1,
+    "NEG": 1,
+    "ABS": 1,
+    "AND": 2,
+    "OR": 2,
+    "XOR": 2,
+    "NOT": 1,
+    "BNOT": 1,
+    "LT": 2,
+    "LE": 2,
+    "EQ": 2,
+    "NE": 2,
+    "ADDMOD": 2,
+    "SUBMOD": 2,
+    "MULMOD": 2,
+    "SQRT": 1,
+    "EXP": 1,
+    "LOG": 1,
+    "SIN": 1,
+    "COS": 1,
 }
 _KINDS = (Kind.BOOL, Kind.INT, Kind.INT, Kind.REAL)
 
@@ -152,8 +191,9 @@ def _column(rng: np.random.Generator, kind_ix: int, n: int) -> tuple[np.ndarray,
     return rng.uniform(0.5, 10, n), Kind.REAL
 
 
-def random_task(rng: np.random.Generator, n: int = 40
-                ) -> tuple[np.ndarray, np.ndarray, tuple[Kind, ...], set[str], ex.Expr] | None:
+def random_task(
+    rng: np.random.Generator, n: int = 40
+) -> tuple[np.ndarray, np.ndarray, tuple[Kind, ...], set[str], ex.Expr] | None:
     """One random target: (X, y, column kinds, families used, expression), or None if invalid."""
     n_rel = int(rng.integers(1, 4))
     n_junk = int(rng.integers(0, 3))
@@ -220,13 +260,25 @@ class GuideModel:
         return dict(zip(self.families, (float(v) for v in p), strict=True))
 
     def to_json(self) -> dict:
-        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "W": self.W.tolist(),
-                "b": self.b.tolist(), "families": list(self.families), "meta": self.meta}
+        return {
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "W": self.W.tolist(),
+            "b": self.b.tolist(),
+            "families": list(self.families),
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> GuideModel:
-        return cls(np.array(data["mean"]), np.array(data["scale"]), np.array(data["W"]),
-                   np.array(data["b"]), tuple(data["families"]), dict(data.get("meta", {})))
+        return cls(
+            np.array(data["mean"]),
+            np.array(data["scale"]),
+            np.array(data["W"]),
+            np.array(data["b"]),
+            tuple(data["families"]),
+            dict(data.get("meta", {})),
+        )
 
 
 def training_set(n_tasks: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,8 +295,9 @@ def training_set(n_tasks: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(feats), np.array(labels, dtype=np.float64)
 
 
-def train(n_tasks: int = 3000, seed: int = 0, steps: int = 2000, l2: float = 1e-3,
-          lr: float = 0.5) -> GuideModel:
+def train(
+    n_tasks: int = 3000, seed: int = 0, steps: int = 2000, l2: float = 1e-3, lr: float = 0.5
+) -> GuideModel:
     """Fit the guide on `n_tasks` random targets (deterministic for a seed)."""
     F, L = training_set(n_tasks, seed)
     mean, scale = F.mean(axis=0), F.std(axis=0)
@@ -259,8 +312,15 @@ def train(n_tasks: int = 3000, seed: int = 0, steps: int = 2000, l2: float = 1e-
         b -= lr * G.mean(axis=0)
     P = 1 / (1 + np.exp(-(Z @ W + b)))
     acc = float(((P > 0.5) == (L > 0.5)).mean())
-    meta = {"n_tasks": n_tasks, "seed": seed, "steps": steps, "l2": l2, "lr": lr,
-            "train_label_accuracy": round(acc, 4), "n_features": int(Z.shape[1])}
+    meta = {
+        "n_tasks": n_tasks,
+        "seed": seed,
+        "steps": steps,
+        "l2": l2,
+        "lr": lr,
+        "train_label_accuracy": round(acc, 4),
+        "n_features": int(Z.shape[1]),
+    }
     return GuideModel(mean, scale, W, b, tuple(FAMILIES), meta)
 
 
@@ -301,8 +361,9 @@ def load_guide(path: str | Path | None = None) -> GuideProposer:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RegistryError(f"no guide weights at {p}; train them with "
-                            "`python -m circuitlab.registry.guide`") from None
+        raise RegistryError(
+            f"no guide weights at {p}; train them with `python -m circuitlab.registry.guide`"
+        ) from None
     return GuideProposer(GuideModel.from_json(data))
 
 

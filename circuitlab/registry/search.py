@@ -154,8 +154,15 @@ class Bank:
         self._sizes: dict[int, int] = {}
         self._exprs: dict[Ref, ex.Expr] = {}
 
-    def add(self, level: int, vals: np.ndarray, kinds: np.ndarray, oi: int,
-            split: tuple[int, ...], picks: np.ndarray) -> int:
+    def add(
+        self,
+        level: int,
+        vals: np.ndarray,
+        kinds: np.ndarray,
+        oi: int,
+        split: tuple[int, ...],
+        picks: np.ndarray,
+    ) -> int:
         """Queue entries for `level`; returns the index of the first one."""
         start = self._sizes.get(level, 0)
         self._pending.setdefault(level, []).append((vals, kinds))
@@ -197,8 +204,9 @@ class Bank:
         if bt.oi < 0:
             out: ex.Expr = ex.Var(int(bt.picks[0][r]))
         else:
-            args = [self.expr((bt.split[a], int(bt.picks[a][r])), ops)
-                    for a in range(len(bt.split))]
+            args = [
+                self.expr((bt.split[a], int(bt.picks[a][r])), ops) for a in range(len(bt.split))
+            ]
             out = ops[bt.oi].build(args)
         self._exprs[ref] = out
         return out
@@ -212,8 +220,9 @@ def _hash_rows(bits: np.ndarray) -> np.ndarray:
     n = bits.shape[1]
     if n not in _MULTIPLIERS:
         rng = np.random.default_rng(20250101 + n)
-        _MULTIPLIERS[n] = rng.integers(1, 2**63, size=n, dtype=np.uint64) * np.uint64(2) + \
-            np.uint64(1)
+        _MULTIPLIERS[n] = rng.integers(1, 2**63, size=n, dtype=np.uint64) * np.uint64(
+            2
+        ) + np.uint64(1)
     # mix every element first (murmur3's finaliser): the sum below is linear, and without this
     # a difference confined to the top bit (a sign) cancels in pairs (2 * 2**63 = 0 mod 2**64)
     x = bits ^ (bits >> np.uint64(33))
@@ -264,8 +273,14 @@ def _new_keys(keys: np.ndarray, seen: set[int]) -> np.ndarray:
 class Searcher:
     """One search: rows, operations and proposer fixed; call `run()`."""
 
-    def __init__(self, rows: Rows, kinds: Sequence[Kind], ops: Sequence[Op],
-                 proposer: Proposer | None = None, config: SearchConfig | None = None) -> None:
+    def __init__(
+        self,
+        rows: Rows,
+        kinds: Sequence[Kind],
+        ops: Sequence[Op],
+        proposer: Proposer | None = None,
+        config: SearchConfig | None = None,
+    ) -> None:
         self.rows, self.col_kinds, self.cfg = rows, tuple(kinds), config or SearchConfig()
         self.proposer = proposer or UniformProposer()
         view = TaskView(rows.X[rows.train], rows.y_train, self.col_kinds)
@@ -324,8 +339,11 @@ class Searcher:
                     return self._done(self.accepted)
                 # a*u(c*f) + b costs about 3 more than f: try it after level cost(f) + 3
                 inner = level - 3
-                if 1 <= inner <= self.cfg.nonlinear_max_cost and self.rows.n_train >= 5 and \
-                        self._nonlinear(inner):
+                if (
+                    1 <= inner <= self.cfg.nonlinear_max_cost
+                    and self.rows.n_train >= 5
+                    and self._nonlinear(inner)
+                ):
                     self._refine(level + 1)
                     return self._done(self.accepted)
             self.stats.stopped = f"no exact fit up to cost {self.cfg.max_cost}"
@@ -387,8 +405,15 @@ class Searcher:
             found |= self._apply_indices(level, oi, op, split, idx, out_kind)
         return found
 
-    def _apply_indices(self, level: int, oi: int, op: Op, split: tuple[int, ...],
-                       idx: list[np.ndarray], out_kind: Kind) -> bool:
+    def _apply_indices(
+        self,
+        level: int,
+        oi: int,
+        op: Op,
+        split: tuple[int, ...],
+        idx: list[np.ndarray],
+        out_kind: Kind,
+    ) -> bool:
         N = self.rows.X.shape[0]
         shape = tuple(len(i) for i in idx)
         total = int(np.prod(shape))
@@ -409,14 +434,23 @@ class Searcher:
             args = [self.bank.vals[split[a]][picks[a]] for a in range(op.arity)]
             vals = op.apply(*args)
             kinds = np.full(len(vals), KCODE[out_kind], dtype=np.int8)
-            found |= self._accept_batch(level, vals, kinds, oi, split, np.stack(picks),
-                                        count=len(vals))
+            found |= self._accept_batch(
+                level, vals, kinds, oi, split, np.stack(picks), count=len(vals)
+            )
             if found:
                 return True
         return found
 
-    def _accept_batch(self, level: int, vals: np.ndarray, kinds: np.ndarray, oi: int,
-                      split: tuple[int, ...], picks: np.ndarray, count: int) -> bool:
+    def _accept_batch(
+        self,
+        level: int,
+        vals: np.ndarray,
+        kinds: np.ndarray,
+        oi: int,
+        split: tuple[int, ...],
+        picks: np.ndarray,
+        count: int,
+    ) -> bool:
         """Deduplicate new values into the bank and test them as `f` and `a*f + b`."""
         self.stats.candidates += count
         self._check_budget()
@@ -547,8 +581,7 @@ class Searcher:
         ri, rj = r[top][:, None], r[top][None, :]
         with np.errstate(all="ignore"):
             r2 = (ri**2 + rj**2 - 2 * ri * rj * G) / (1 - G**2)
-        r2 = np.where((np.abs(G) < 1 - 1e-9) & np.triu(np.ones_like(G, dtype=bool), 1), r2,
-                      -np.inf)
+        r2 = np.where((np.abs(G) < 1 - 1e-9) & np.triu(np.ones_like(G, dtype=bool), 1), r2, -np.inf)
         levels = np.array([self.rep_refs[t][0] for t in top])
         cplx = levels[:, None] + levels[None, :] + 7
         for c in np.unique(cplx):
@@ -629,8 +662,9 @@ class Searcher:
                     return A @ coef - y
 
                 for k in best:
-                    sol = least_squares(resid, x0=[starts[k]], xtol=1e-15, ftol=1e-15,
-                                        gtol=1e-15, max_nfev=200)
+                    sol = least_squares(
+                        resid, x0=[starts[k]], xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=200
+                    )
                     if np.abs(sol.fun).max() > self.tol:
                         continue
                     c = float(sol.x[0])
@@ -665,11 +699,14 @@ class Searcher:
         if self._refine_limit is not None and self.stats.candidates > self._refine_limit:
             raise _Budget("refinement budget spent")
         if time.perf_counter() - self.t0 > self.cfg.max_seconds:
-            raise _Budget(f"time budget of {self.cfg.max_seconds:g} s ran out at cost "
-                          f"{self.stats.level}")
+            raise _Budget(
+                f"time budget of {self.cfg.max_seconds:g} s ran out at cost {self.stats.level}"
+            )
         if self.stats.bank > self.cfg.max_bank:
-            raise _Budget(f"bank limit of {self.cfg.max_bank:,} distinct candidates reached at "
-                          f"cost {self.stats.level}")
+            raise _Budget(
+                f"bank limit of {self.cfg.max_bank:,} distinct candidates reached at "
+                f"cost {self.stats.level}"
+            )
 
     def _done(self, accepted: list[Hypothesis]) -> SearchOutcome:
         self.stats.seconds = time.perf_counter() - self.t0

@@ -235,7 +235,5 @@ def synthesize(expr: str, p: int) -> SynthesisTask:
 def _synthesis(match: re.Match[str]) -> Task:
     form = re.fullmatch(r"_mod_(?P<p>\d+)\[(?P<expr>.*)\]", match["rest"], flags=re.DOTALL)
     if form is None:
-        raise TaskError(
-            f"synthesis specs look like synth_mod_97[a*b+c], got {match.string!r}"
-        )
+        raise TaskError(f"synthesis specs look like synth_mod_97[a*b+c], got {match.string!r}")
     return SynthesisTask(form["expr"], int(form["p"]))

@@ -309,7 +309,7 @@ def _finish(
         title=f"{spec.task} seed {spec.seed}",
         grokked_at=stack.grokked_at[i],
     )
-    rundir.finalize(partial, spec.run_dir, overwrite=True if overwrite else False)
+    rundir.finalize(partial, spec.run_dir, overwrite=overwrite)
     return RunResult(spec.run_dir, spec.seed, step, stack.grokked_at[i], metrics, wall)
 
 

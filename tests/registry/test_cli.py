@@ -24,8 +24,11 @@ def _csv(path: Path, header: str, rows: list[str]) -> Path:
 
 @pytest.fixture
 def ke_csv(tmp_path: Path) -> Path:
-    rows = [f"{m},{v},{(m * 37 + v * 11) % 23 - 11.5},{0.5 * m * v * v}"
-            for m in range(1, 6) for v in range(1, 6)]
+    rows = [
+        f"{m},{v},{(m * 37 + v * 11) % 23 - 11.5},{0.5 * m * v * v}"
+        for m in range(1, 6)
+        for v in range(1, 6)
+    ]
     return _csv(tmp_path / "ke.csv", "m,v,junk,ke", rows)
 
 
@@ -43,8 +46,19 @@ def test_discover_registers_and_lists(ke_csv: Path, tmp_path: Path):
 
 
 def test_discover_json_output(ke_csv: Path, tmp_path: Path):
-    res = runner.invoke(app, ["discover", str(ke_csv), "--registry", str(tmp_path / "r"),
-                              "--no-register", "--json", "--name", "KIN"])
+    res = runner.invoke(
+        app,
+        [
+            "discover",
+            str(ke_csv),
+            "--registry",
+            str(tmp_path / "r"),
+            "--no-register",
+            "--json",
+            "--name",
+            "KIN",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["status"] == "exact" and out["registered"] is None
@@ -53,14 +67,17 @@ def test_discover_json_output(ke_csv: Path, tmp_path: Path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("header, rows, message", [
-    ("a,b,y", ["1,2,3", "2,3", "3,4,7", "4,5,9"], "line 3 has 2 values"),
-    ("a,b,y", ["1,2,3", "2,x,5", "3,4,7", "4,5,9"], "non-numeric value 'x'"),
-    ("a,b,y", ["1,2,3", "2,3,nan", "3,4,7", "4,5,9"], "outputs must be finite"),
-    ("a,b,y", ["1,2,3", "2,3,inf", "3,4,7", "4,5,9"], "outputs must be finite"),
-    ("a,b,c,y", ["1,2,3,4", "2,3,4,5"], "fewer than the unknowns"),
-    ("a,b,y", [], "at least one data row"),
-])
+@pytest.mark.parametrize(
+    "header, rows, message",
+    [
+        ("a,b,y", ["1,2,3", "2,3", "3,4,7", "4,5,9"], "line 3 has 2 values"),
+        ("a,b,y", ["1,2,3", "2,x,5", "3,4,7", "4,5,9"], "non-numeric value 'x'"),
+        ("a,b,y", ["1,2,3", "2,3,nan", "3,4,7", "4,5,9"], "outputs must be finite"),
+        ("a,b,y", ["1,2,3", "2,3,inf", "3,4,7", "4,5,9"], "outputs must be finite"),
+        ("a,b,c,y", ["1,2,3,4", "2,3,4,5"], "fewer than the unknowns"),
+        ("a,b,y", [], "at least one data row"),
+    ],
+)
 def test_bad_csv_is_one_line_and_exit_2(tmp_path: Path, header, rows, message):
     path = _csv(tmp_path / "bad.csv", header, rows)
     res = runner.invoke(app, ["discover", str(path), "--registry", str(tmp_path / "r")])
@@ -76,25 +93,45 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path, ke_csv: Path)
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr
     assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    missing = subprocess.run([str(exe), "discover", str(tmp_path / "nope.csv")],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [str(exe), "discover", str(tmp_path / "nope.csv")], capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "no such file" in missing.stderr
     rng = np.random.default_rng(0)
-    noisy = _csv(tmp_path / "noise.csv", "a,b,y",
-                 [f"{a:.3f},{b:.3f},{c:.3f}" for a, b, c in rng.uniform(-1, 1, (30, 3))])
-    failed = subprocess.run([str(exe), "discover", str(noisy), "--registry", str(reg),
-                             "--max-cost", "3"], capture_output=True, text=True)
+    noisy = _csv(
+        tmp_path / "noise.csv",
+        "a,b,y",
+        [f"{a:.3f},{b:.3f},{c:.3f}" for a, b, c in rng.uniform(-1, 1, (30, 3))],
+    )
+    failed = subprocess.run(
+        [str(exe), "discover", str(noisy), "--registry", str(reg), "--max-cost", "3"],
+        capture_output=True,
+        text=True,
+    )
     assert failed.returncode == 2 and "nothing registered" in failed.stderr
     assert [f.name for f in Registry.open(reg)] == ["KE"]
 
 
 def test_discover_with_the_guide_and_approximate_fit(tmp_path: Path):
     rng = np.random.default_rng(1)
-    rows = [f"{m:.4f},{v:.4f},{0.5 * m * v * v + e:.4f}"
-            for m, v, e in zip(*rng.uniform(1, 10, (2, 80)), rng.normal(0, 0.3, 80), strict=True)]
+    rows = [
+        f"{m:.4f},{v:.4f},{0.5 * m * v * v + e:.4f}"
+        for m, v, e in zip(*rng.uniform(1, 10, (2, 80)), rng.normal(0, 0.3, 80), strict=True)
+    ]
     path = _csv(tmp_path / "noisy.csv", "m,v,ke", rows)
-    res = runner.invoke(app, ["discover", str(path), "--registry", str(tmp_path / "r"),
-                              "--approximate", "--proposer", "guide", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "discover",
+            str(path),
+            "--registry",
+            str(tmp_path / "r"),
+            "--approximate",
+            "--proposer",
+            "guide",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["status"] == "approximate" and out["proposer"] == "guide"

@@ -46,9 +46,12 @@ def test_arithmetic_and_safe_elementary():
 def test_modular_arithmetic_matches_python():
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 113, 200), rng.integers(1, 113, 200)
-    for op, ref in [("ADDMOD", lambda x, y: (x + y) % 113), ("SUBMOD", lambda x, y: (x - y) % 113),
-                    ("MULMOD", lambda x, y: (x * y) % 113),
-                    ("DIVMOD", lambda x, y: (x * pow(int(y), -1, 113)) % 113)]:
+    for op, ref in [
+        ("ADDMOD", lambda x, y: (x + y) % 113),
+        ("SUBMOD", lambda x, y: (x - y) % 113),
+        ("MULMOD", lambda x, y: (x * y) % 113),
+        ("DIVMOD", lambda x, y: (x * pow(int(y), -1, 113)) % 113),
+    ]:
         got = ev(call(op, X, Y, p=113), a, b)
         assert got.tolist() == [float(ref(int(x), int(y))) for x, y in zip(a, b, strict=True)], op
     assert np.isnan(ev(call("DIVMOD", X, Y, p=7), [3], [14])[0])
@@ -92,12 +95,26 @@ def test_grid_primitives_match_hand_computed_grids():
 
 
 def _energy_registry(reg: Registry) -> Registry:
-    reg.register(Function.new("KE", ["m", "v"], call("MUL", Const("c"), call(
-        "MUL", X, call("SQUARE", Y))), constants={"c": 0.5}))
-    reg.register(Function.new("PE", ["m", "h"], call("MUL", Const("g"), call("MUL", X, Y)),
-                              constants={"g": 9.81}))
-    reg.register(Function.new("TOTAL_E", ["m", "v", "h"], call(
-        "ADD", call("KE", X, Y, version=1), call("PE", X, Var(2), version=1))))
+    reg.register(
+        Function.new(
+            "KE",
+            ["m", "v"],
+            call("MUL", Const("c"), call("MUL", X, call("SQUARE", Y))),
+            constants={"c": 0.5},
+        )
+    )
+    reg.register(
+        Function.new(
+            "PE", ["m", "h"], call("MUL", Const("g"), call("MUL", X, Y)), constants={"g": 9.81}
+        )
+    )
+    reg.register(
+        Function.new(
+            "TOTAL_E",
+            ["m", "v", "h"],
+            call("ADD", call("KE", X, Y, version=1), call("PE", X, Var(2), version=1)),
+        )
+    )
     return reg
 
 
@@ -149,8 +166,9 @@ def test_reload_in_fresh_process_is_bitwise_identical(tmp_path: Path):
         f"out = Registry.open({str(tmp_path)!r}).call('TOTAL_E', *x)\n"
         "sys.stdout.write(' '.join(float(o).hex() for o in out))\n"
     )
-    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True).stdout.split()
+    there = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert there == [float(o).hex() for o in here]
 
 
@@ -170,10 +188,16 @@ def test_grid_primitives_equal_the_grid_tasks():
     from circuitlab.tasks.grid import GRID_OPS, sample_grids
 
     grids = sample_grids(3, 3, 4, size=200)
-    ours = {"rot90": call("ROT90", X), "rot180": call("ROT180", X), "rot270": call("ROT270", X),
-            "mirror": call("MIRROR", X), "flip": call("FLIP", X),
-            "transpose": call("TRANSPOSE", X), "antitranspose": call("ANTITRANSPOSE", X),
-            "recolour": call("RECOLOUR", X, k=4)}
+    ours = {
+        "rot90": call("ROT90", X),
+        "rot180": call("ROT180", X),
+        "rot270": call("ROT270", X),
+        "mirror": call("MIRROR", X),
+        "flip": call("FLIP", X),
+        "transpose": call("TRANSPOSE", X),
+        "antitranspose": call("ANTITRANSPOSE", X),
+        "recolour": call("RECOLOUR", X, k=4),
+    }
     assert set(ours) == set(GRID_OPS)
     for op, (_, transform, _) in GRID_OPS.items():
         assert np.array_equal(ex.evaluate(ours[op], [grids], {}), transform(grids, 4)), op

@@ -59,27 +59,53 @@ def test_answer_unchanged_when_junk_is_resampled(name: str):
 
 def test_nand_then_xor_posed_one_after_the_other(tmp_path):
     reg = Registry.open(tmp_path)
-    nand = discover((CASES["NAND"].X, CASES["NAND"].y), names=("a", "b"), name="NAND",
-                    registry=reg, register=True)
-    xor = discover((CASES["XOR"].X, CASES["XOR"].y), names=("a", "b"), name="XOR_FN",
-                   registry=reg, register=True)
+    nand = discover(
+        (CASES["NAND"].X, CASES["NAND"].y),
+        names=("a", "b"),
+        name="NAND",
+        registry=reg,
+        register=True,
+    )
+    xor = discover(
+        (CASES["XOR"].X, CASES["XOR"].y),
+        names=("a", "b"),
+        name="XOR_FN",
+        registry=reg,
+        register=True,
+    )
     bits = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float).T
     assert reg.call("NAND", *bits).tolist() == [1, 1, 1, 0]
     assert reg.call("XOR_FN", *bits).tolist() == [0, 1, 1, 0]
     assert {f.name for f in Registry.open(tmp_path)} == {"NAND", "XOR_FN"}
     assert nand.version == xor.version == 1
     with pytest.raises(RegistryError, match="already exists"):
-        discover((CASES["NAND"].X, CASES["NAND"].y), names=("a", "b"), name="NAND",
-                 registry=reg, register=True)
+        discover(
+            (CASES["NAND"].X, CASES["NAND"].y),
+            names=("a", "b"),
+            name="NAND",
+            registry=reg,
+            register=True,
+        )
 
 
 def test_xor_from_a_registered_nand_when_xor_is_not_a_primitive():
     reg = Registry()
-    discover((CASES["NAND"].X, CASES["NAND"].y), names=("a", "b"), name="NAND", registry=reg,
-             register=True)
+    discover(
+        (CASES["NAND"].X, CASES["NAND"].y),
+        names=("a", "b"),
+        name="NAND",
+        registry=reg,
+        register=True,
+    )
     cfg = DiscoveryConfig(groups=("bitwise",), exclude=("XOR", "NOT", "BNOT"))
-    xor = discover((CASES["XOR"].X, CASES["XOR"].y), names=("a", "b"), name="XOR_FN",
-                   registry=reg, config=cfg, register=True)
+    xor = discover(
+        (CASES["XOR"].X, CASES["XOR"].y),
+        names=("a", "b"),
+        name="XOR_FN",
+        registry=reg,
+        config=cfg,
+        register=True,
+    )
     assert "NAND" in {n for n, _ in xor.uses()} and xor.layer == 2
     bits = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float).T
     assert reg.call("XOR_FN", *bits).tolist() == [0, 1, 1, 0]
@@ -88,8 +114,13 @@ def test_xor_from_a_registered_nand_when_xor_is_not_a_primitive():
 def test_registered_ke_and_pe_make_total_energy_ten_times_cheaper():
     reg = Registry()
     for name in ("KE", "PE"):
-        discover((CASES[name].X, CASES[name].y), names=CASES[name].names, name=name,
-                 registry=reg, register=True)
+        discover(
+            (CASES[name].X, CASES[name].y),
+            names=CASES[name].names,
+            name=name,
+            registry=reg,
+            register=True,
+        )
     case = CASES["TOTAL_E_JUNK"]
     without = _solve(case)
     with_reg = _solve(case, registry=reg)
@@ -99,7 +130,9 @@ def test_registered_ke_and_pe_make_total_energy_ten_times_cheaper():
     assert {n for n, _ in fn.uses()} == {"KE", "PE"}
     assert reg.register(fn).layer == 2
     assert with_reg.stats.evaluated * 10 <= without.stats.evaluated, (
-        with_reg.stats.evaluated, without.stats.evaluated)
+        with_reg.stats.evaluated,
+        without.stats.evaluated,
+    )
 
 
 def test_same_seed_same_function():
@@ -116,8 +149,12 @@ def test_fresh_probes_are_checked_against_the_oracle():
     y = x * 1.0
     # an oracle that disagrees with the examples off the training points: nothing is accepted
     with pytest.raises(DiscoveryError, match="nothing registered"):
-        discover((x[:, None], y), names=["x"], oracle=lambda v: np.where(np.isin(v, x), v, 0.0),
-                 config=DiscoveryConfig(max_cost=3))
+        discover(
+            (x[:, None], y),
+            names=["x"],
+            oracle=lambda v: np.where(np.isin(v, x), v, 0.0),
+            config=DiscoveryConfig(max_cost=3),
+        )
     fn = discover((x[:, None], y), names=["x"], oracle=lambda v: v)
     assert fn.render() == "x"
 
@@ -127,11 +164,15 @@ def test_noisy_data_gives_an_approximate_function_and_a_table():
     m, v = rng.uniform(1, 10, (2, 200))
     y = 0.5 * m * v**2 + rng.normal(0, 0.5, 200)
     with pytest.raises(DiscoveryError, match="approximate") as info:
-        discover((np.stack([m, v], 1), y), names=["m", "v"],
-                 config=DiscoveryConfig(max_cost=4, pairs=False))
+        discover(
+            (np.stack([m, v], 1), y),
+            names=["m", "v"],
+            config=DiscoveryConfig(max_cost=4, pairs=False),
+        )
     assert info.value.result.status == "failed"
-    result = search((np.stack([m, v], 1), y), names=["m", "v"],
-                    config=DiscoveryConfig(approximate=True))
+    result = search(
+        (np.stack([m, v], 1), y), names=["m", "v"], config=DiscoveryConfig(approximate=True)
+    )
     fn = result.function
     assert result.status == "approximate" and fn.status == "approximate"
     assert {i.name for i in fn.inputs} == {"m", "v"}
@@ -141,15 +182,18 @@ def test_noisy_data_gives_an_approximate_function_and_a_table():
     assert all(r.expression and r.sympy for r in result.table)
 
 
-@pytest.mark.parametrize("examples, names, match", [
-    ([([1, 2], 3), ([1], 2), ([2, 2], 4)], None, "unequal"),
-    ([([1, "a"], 3), ([1, 2], 3), ([2, 2], 4)], None, "numbers"),
-    ([([1, 2], 3), ([2, 2], float("nan")), ([3, 2], 4), ([4, 2], 5)], None, "finite"),
-    ([([1, 2], 3), ([2, 2], float("inf")), ([3, 2], 4), ([4, 2], 5)], None, "finite"),
-    ([([1, 2, 3], 3), ([2, 2, 3], 4)], None, "fewer than the unknowns"),
-    ([([1], 1), ([2], 4), ([3], 9)], ["a", "b"], "column names"),
-    ([([1], 1), ([2], 4), ([3], 9)], ["not ok"], "identifier"),
-])
+@pytest.mark.parametrize(
+    "examples, names, match",
+    [
+        ([([1, 2], 3), ([1], 2), ([2, 2], 4)], None, "unequal"),
+        ([([1, "a"], 3), ([1, 2], 3), ([2, 2], 4)], None, "numbers"),
+        ([([1, 2], 3), ([2, 2], float("nan")), ([3, 2], 4), ([4, 2], 5)], None, "finite"),
+        ([([1, 2], 3), ([2, 2], float("inf")), ([3, 2], 4), ([4, 2], 5)], None, "finite"),
+        ([([1, 2, 3], 3), ([2, 2, 3], 4)], None, "fewer than the unknowns"),
+        ([([1], 1), ([2], 4), ([3], 9)], ["a", "b"], "column names"),
+        ([([1], 1), ([2], 4), ([3], 9)], ["not ok"], "identifier"),
+    ],
+)
 def test_bad_input_is_a_clear_error(examples, names, match):
     with pytest.raises(RegistryError, match=match):
         discover(examples, names=names)
@@ -170,16 +214,20 @@ def test_failed_discovery_registers_nothing(tmp_path):
     rng = np.random.default_rng(5)
     X, y = rng.uniform(-1, 1, (30, 2)), rng.uniform(-1, 1, 30)
     with pytest.raises(DiscoveryError, match="nothing registered"):
-        discover((X, y), name="NOISE", registry=reg, register=True,
-                 config=DiscoveryConfig(max_cost=4))
+        discover(
+            (X, y), name="NOISE", registry=reg, register=True, config=DiscoveryConfig(max_cost=4)
+        )
     assert len(Registry.open(tmp_path)) == 0 and not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("truth, expected", [
-    (lambda x: 2 * np.exp(0.3 * x) + 1, "INC(MUL(2, EXP(MUL(0.3, x))))"),
-    (lambda x: 3 * np.sin(2.5 * x), "MUL(3, SIN(MUL(2.5, x)))"),
-    (lambda x: x**1.7, "POW(x, 1.7)"),
-])
+@pytest.mark.parametrize(
+    "truth, expected",
+    [
+        (lambda x: 2 * np.exp(0.3 * x) + 1, "INC(MUL(2, EXP(MUL(0.3, x))))"),
+        (lambda x: 3 * np.sin(2.5 * x), "MUL(3, SIN(MUL(2.5, x)))"),
+        (lambda x: x**1.7, "POW(x, 1.7)"),
+    ],
+)
 def test_constants_inside_nonlinear_functions(truth, expected):
     rng = np.random.default_rng(0)
     x, junk = rng.uniform(0.5, 4, 30), rng.uniform(-100, 100, 30)
@@ -206,10 +254,15 @@ def test_simplification_is_verified_and_shrinks():
     assert fn.render() == "BNOT(AND(a, b))"  # found as -AND(a, b) - 1, rewritten and checked
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("add_mod_23", "ADDMOD(a, b, p=23)"), ("sub_mod_23", "SUBMOD(a, b, p=23)"),
-    ("mul_mod_23", "MULMOD(a, b, p=23)"), ("div_mod_23", "DIVMOD(a, b, p=23)"),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("add_mod_23", "ADDMOD(a, b, p=23)"),
+        ("sub_mod_23", "SUBMOD(a, b, p=23)"),
+        ("mul_mod_23", "MULMOD(a, b, p=23)"),
+        ("div_mod_23", "DIVMOD(a, b, p=23)"),
+    ],
+)
 def test_names_what_a_modular_task_computes(spec: str, expected: str):
     from circuitlab.tasks import get_task
 

@@ -30,11 +30,17 @@ def test_guide_conditions_on_the_outputs():
     p_ratio = guide.probabilities(TaskView(X, ratio, kinds))
     p_product = guide.probabilities(TaskView(X, product, kinds))
     assert p_ratio["DIV"] > 0.5 > p_product["DIV"]  # same inputs, different outputs
-    ops = [OpInfo("DIV", "arithmetic", 2), OpInfo("MUL", "arithmetic", 2),
-           OpInfo("KE@1", "registered", 2)]
+    ops = [
+        OpInfo("DIV", "arithmetic", 2),
+        OpInfo("MUL", "arithmetic", 2),
+        OpInfo("KE@1", "registered", 2),
+    ]
     prop = guide.propose(TaskView(X, ratio, kinds), ops)
-    assert prop.costs["DIV"] == 1 and prop.costs["KE@1"] == 1 and set(prop.order) == {
-        "DIV", "MUL", "KE@1"}
+    assert (
+        prop.costs["DIV"] == 1
+        and prop.costs["KE@1"] == 1
+        and set(prop.order) == {"DIV", "MUL", "KE@1"}
+    )
 
 
 def test_training_is_deterministic_and_learns_something():
