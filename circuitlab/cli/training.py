@@ -83,6 +83,9 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace existing run directories."
         ),
+        threads: int = typer.Option(
+            0, "--threads", help="Torch threads for a single-process run (0 = torch's default)."
+        ),
     ) -> None:
         """Train models on a task; each seed/variation becomes its own run directory.
 
@@ -107,7 +110,7 @@ def register(app: typer.Typer) -> None:
             specs[0].model_config()
         except (TaskError, RecipeError, ValueError, TypeError) as exc:  # ModelConfigError too
             raise CliError(str(exc)) from None
-        _run_with_progress(specs, workers, strategy, resume, overwrite)
+        _run_with_progress(specs, workers, strategy, resume, overwrite, threads)
 
     @app.command("runs")
     def runs_cmd(
@@ -156,7 +159,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"no finished runs under {root}")
 
 
-def _run_with_progress(specs, workers: int, strategy: str, resume: bool, overwrite: bool) -> None:
+def _run_with_progress(
+    specs, workers: int, strategy: str, resume: bool, overwrite: bool, threads: int = 0
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from circuitlab.training import RecipeError, RunDirError
@@ -205,6 +210,7 @@ def _run_with_progress(specs, workers: int, strategy: str, resume: bool, overwri
                 on_plan=on_plan,
                 on_event=on_event,
                 on_result=on_result,
+                threads=threads or None,
             )
         except (RunDirError, RecipeError) as exc:
             raise CliError(str(exc)) from None

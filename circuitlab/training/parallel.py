@@ -109,8 +109,11 @@ def train_many(
     on_plan: Callable[[Plan], None] | None = None,
     on_event: Callable[[ProgressEvent], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
+    threads: int | None = None,
 ) -> list[RunResult]:
     """Train every run: stacked or looped per the plan, one single-threaded worker per core.
+
+    `threads` sets torch's threads when everything runs in this process (None: torch's default).
 
     With one worker everything runs in this process using all its threads.
     """
@@ -127,7 +130,9 @@ def train_many(
                         (str(chunk[0].run_dir), step, max_steps, max(r["val_acc"] for r in rows))
                     )
 
-            for res in train_stack(chunk, resume=resume, overwrite=overwrite, progress=report):
+            for res in train_stack(
+                chunk, resume=resume, overwrite=overwrite, progress=report, threads=threads
+            ):
                 results.append(res)
                 if on_result:
                     on_result(res)
