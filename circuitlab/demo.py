@@ -14,7 +14,7 @@ from circuitlab.cli.common import CliError, console, err_console
 
 OUT = "runs/demo"
 TASK = "add_mod_113"
-CATALOG = f"sqlite:///{OUT}/catalog.db"
+CATALOG = f"{OUT}/catalog.db"  # a plain path is a SQLite file; sqlite:///x means /x
 
 
 def run(*args: str) -> None:
