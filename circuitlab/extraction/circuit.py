@@ -15,6 +15,7 @@ Method:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,15 @@ class Reference:
     acts: list[Tensor]  # per layer (N, S_l, F): feature activations on every input
     errors: list[Tensor]  # per layer (N, S_l, D): true MLP output minus reconstruction
     permutation: Tensor  # (N,) the input each input is resampled from
+
+    @functools.cached_property
+    def act_means(self) -> list[Tensor]:
+        """Per layer (1, S_l, F): the mean-ablation values, computed once per reference."""
+        return [a.mean(0, keepdim=True) for a in self.acts]
+
+    @functools.cached_property
+    def error_means(self) -> list[Tensor]:
+        return [e.mean(0, keepdim=True) for e in self.errors]
 
 
 @torch.no_grad()
@@ -86,12 +96,12 @@ def _aligned(a: Tensor, y: Tensor, answers: list[int]) -> Tensor:
     return a if a.shape[1] == y.shape[1] else a[:, answers]
 
 
-def _ablated(ref_values: Tensor, index: Tensor, ablation: str) -> Tensor:
+def _ablated(ref_values: Tensor, mean: Tensor, index: Tensor, ablation: str) -> Tensor:
     """What an ablated activation is replaced with, for the inputs at `index`."""
     if ablation == "zero":
-        return torch.zeros_like(ref_values[index])
+        return mean.new_zeros(len(index), *mean.shape[1:])
     if ablation == "mean":
-        return ref_values.mean(0, keepdim=True).expand_as(ref_values[index])
+        return mean.expand(len(index), *mean.shape[1:])
     return ref_values[index]  # resample: `index` already points at the other inputs
 
 
@@ -116,11 +126,13 @@ def ablation_hooks(
     def write(y: Tensor, name: str) -> Tensor:
         t = int(name.split(".")[1])
         a = tc.encode(t, mlp_in[t])
-        ablated = _ablated(ref.acts[t], source, ablation)
+        ablated = _ablated(ref.acts[t], ref.act_means[t], source, ablation)
         k = keep[t].to(a.dtype)
         if mode == "sufficiency":
             delta[t] = a * k + ablated * (1 - k)
-            out = tc.b_dec[t].expand_as(y) + _ablated(ref.errors[t], source, ablation)
+            out = tc.b_dec[t].expand_as(y) + _ablated(
+                ref.errors[t], ref.error_means[t], source, ablation
+            )
         else:
             delta[t] = (ablated - a) * k
             out = y
@@ -346,7 +358,7 @@ def task_edges(graph, keep: list[Tensor], n_features: int) -> TaskEdges:
     logit_base = len(keys)
     keys += [("logit", a) for a in answers]
     # node index -> key index per prompt (-1: not in the circuit)
-    B, K = graph.n_prompts, graph.n_feature_slots
+    B = graph.n_prompts
     lookup = torch.full((L * F,), -1, dtype=torch.long)
     for flat, i in key_of_flat.items():
         lookup[flat] = i
@@ -358,12 +370,15 @@ def task_edges(graph, keep: list[Tensor], n_features: int) -> TaskEdges:
     logits = (logit_base + answer_index).expand(B, -1)
     logits = torch.where(graph.logit_mask, logits, -1)
     node_key = torch.cat([feat_key, errors, tokens, logits], dim=1)  # (B, N)
-    adjacency = graph.adjacency.clone()
-    adjacency[:, graph.logit_start :] *= graph.logit_probs.unsqueeze(-1)
+    # logit in-edges weighted by the logit's probability; a (B, N) row scale read through the
+    # mask, so the (B, N, N) adjacency (~1 GB for all p=113 inputs) is never copied
+    adjacency = graph.adjacency
+    row_scale = torch.ones(B, graph.n_nodes, dtype=adjacency.dtype)
+    row_scale[:, graph.logit_start :] = graph.logit_probs.to(adjacency.dtype)
     n = len(keys)
     valid = (node_key.unsqueeze(2) >= 0) & (node_key.unsqueeze(1) >= 0)
     pair = node_key.unsqueeze(2) * n + node_key.unsqueeze(1)
     weights = torch.zeros(n * n, dtype=adjacency.dtype)
-    weights.index_add_(0, pair[valid], adjacency[valid])
-    del K
+    scaled = adjacency[valid] * row_scale.unsqueeze(2).expand_as(adjacency)[valid]
+    weights.index_add_(0, pair[valid], scaled)
     return TaskEdges(keys, weights.view(n, n) / max(B, 1))

@@ -214,6 +214,8 @@ def extract(
 
         say("circuit", f"smallest circuit with sufficiency accuracy >= {config.target_accuracy}")
         importance = circ.importance_from_graph(graph, tc.n_features)
+        # clean activations and errors: ablations, Fourier labels and examples all read them
+        ref = circ.reference(model, tc, tokens, seed=config.seed)
         keep, faith = circ.select_circuit(
             model,
             tc,
@@ -223,6 +225,7 @@ def extract(
             target_accuracy=config.target_accuracy,
             ablation=config.ablation,
             necessity_target=config.necessity_target,
+            ref=ref,
         )
         edges = circ.task_edges(graph, keep, tc.n_features)
         phase_done("circuit")
@@ -234,7 +237,6 @@ def extract(
 
         say("interpret", "interpreting the circuit")
         interpretation, fourier_report = _interpret(model, task, info)
-        ref = circ.reference(model, tc, tokens)
         feature_labels, found = _circuit_fourier(model, task, tc, tokens, keep, ref)
         if fourier_report is not None:
             from circuitlab.extraction.fourier import key_f1
