@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from circuitlab.models import functional as Fn
 from circuitlab.training import RunSpec, get_recipe, read_metrics, train_stack
 from circuitlab.training.parallel import train_many
-from circuitlab.training.trainer import _loss_acc, _Stack, _stack_data, tune_malloc
+from circuitlab.training.trainer import _Stack, _stack_data, tune_malloc
 
 RESULTS = Path(__file__).parent / "results" / "training.json"
 console = Console()
@@ -77,13 +76,7 @@ def _ours_step_fn():
     x, y, _, _ = _stack_data([spec])
     stack = _Stack([spec], cfg)
 
-    def step():
-        loss, _ = _loss_acc(Fn.forward(stack.params, cfg, x), y)
-        loss.sum().backward()
-        stack.opt.step()
-        stack.opt.zero_grad()
-
-    return step
+    return lambda: stack.step(x, y)
 
 
 def _tl_step_fn():
@@ -157,14 +150,11 @@ def _model_steps_per_s(specs, stacked: bool, steps: int) -> float:
         cfg = group[0].model_config()
         x, y, _, _ = _stack_data(group)
         batch = group[0].recipe.batch_size
-        states.append((cfg, x[:, :batch], y[:, :batch], _Stack(group, cfg)))
+        states.append((x[:, :batch], y[:, :batch], _Stack(group, cfg)))
 
     def one_round():
-        for cfg, x, y, stack in states:
-            loss, _ = _loss_acc(Fn.forward(stack.params, cfg, x), y)
-            loss.sum().backward()
-            stack.opt.step()
-            stack.opt.zero_grad()
+        for x, y, stack in states:
+            stack.step(x, y)
 
     one_round()
     start = time.perf_counter()

@@ -174,6 +174,14 @@ class _Stack:
         self.started = [time.perf_counter()] * len(specs)
         self.elapsed_before = [0.0] * len(specs)  # wall time spent before a resume
 
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step on tokens (M, B, S) and targets (M, B, Q): the sum over models of
+        each model's mean loss, so every model gets the gradient it would get alone."""
+        loss, _ = _loss_acc(Fn.forward(self.params, self.cfg, x), y)
+        loss.sum().backward()
+        self.opt.step()
+        self.opt.zero_grad()
+
     def model_state(self, i: int) -> dict[str, torch.Tensor]:
         return {n: p[i].detach().clone() for n, p in self.params.items()}
 
@@ -247,10 +255,7 @@ def measure_step_time(specs: Sequence[RunSpec], steps: int = 3) -> float:
     timings = []
     for _ in range(steps + 1):  # the first step warms up allocations
         start = time.perf_counter()
-        loss, _ = _loss_acc(Fn.forward(stack.params, cfg, train_x), train_y)
-        loss.sum().backward()
-        stack.opt.step()
-        stack.opt.zero_grad()
+        stack.step(train_x, train_y)
         timings.append(time.perf_counter() - start)
     return min(timings[1:])
 
@@ -401,11 +406,7 @@ def train_stack(
             y = torch.gather(data["y"], 1, index.unsqueeze(-1).expand(-1, -1, data["y"].shape[-1]))
         else:
             x, y = data["x"], data["y"]
-        logits = Fn.forward(stack.params, cfg, x)
-        loss, _ = _loss_acc(logits, y)
-        loss.sum().backward()
-        stack.opt.step()
-        stack.opt.zero_grad()
+        stack.step(x, y)
         step += 1
         eval_now = step % recipe0.eval_every == 0 or any(
             step >= s.recipe.max_steps for s in stack.specs
