@@ -15,7 +15,6 @@ Phases (the progress output uses the same names):
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from circuitlab._atomic import replace_dir, write_json_atomic
 from circuitlab.extraction import circuit as circ
 from circuitlab.extraction import graph as graphs
 from circuitlab.extraction.activations import mlp_activations, task_tokens
@@ -68,15 +68,6 @@ class ExtractResult:
     out_dir: Path
     circuit_id: str | None
     summary: dict[str, Any]
-
-
-def _publish(partial: Path, final: Path) -> None:
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(partial, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _plot_sufficiency(curve: list[dict[str, float]], chosen: int, total: int, path: Path) -> None:
@@ -292,7 +283,7 @@ def extract(
         summary["graphs"] = [str(out / "graphs" / g.name) for g in graph_files]
         summary["timings_s"] = timings
         (partial / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _publish(partial, out)
+        replace_dir(partial, out)
         phase_done("write")
 
         circuit_id = None
@@ -323,7 +314,7 @@ def extract(
             phase_done("catalog")
         summary["timings_s"] = timings
         summary["circuit_id"] = circuit_id
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(out / "summary.json", summary)
         return ExtractResult(out, circuit_id, summary)
     finally:
         if catalog is not None:

@@ -11,13 +11,13 @@ safetensors. sae-lens has no TopK transcoder and no cross-layer transcoders, so 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
+from circuitlab._atomic import replace_dir
 from circuitlab.extraction.transcoder import Transcoder, TranscoderError
 
 SAE_LENS_FORMAT_VERSION = "6.54.12"  # the sae-lens version whose format this writes
@@ -83,12 +83,5 @@ def export_saelens(tc: Transcoder, directory: str | Path, model_name: str = "cir
         save_file(weights, str(out / "sae_weights.safetensors"))
         cfg = saelens_config(tc, layer, model_name)
         (out / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    if directory.exists():
-        old = directory.with_name(directory.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
+    replace_dir(tmp, directory)
     return directory

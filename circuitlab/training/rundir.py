@@ -13,13 +13,14 @@ A run is written into `RUN.partial/` (which also holds its resumable checkpoint)
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from circuitlab._atomic import replace_dir, write_json_atomic  # noqa: F401 (re-exported)
 
 GROK_THRESHOLD = 0.99  # the grokking step is the first logged step with val acc >= this
 REQUIRED_FILES = ("config.json", "model.safetensors", "metrics.jsonl", "summary.json")
@@ -31,12 +32,6 @@ class RunDirError(ValueError):
 
 def partial_path(run_dir: Path) -> Path:
     return run_dir.with_name(run_dir.name + ".partial")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:
@@ -70,16 +65,9 @@ def versions() -> dict[str, str]:
 def finalize(partial: Path, run_dir: Path, overwrite: bool) -> None:
     """Atomically publish a finished partial directory under its final name."""
     shutil.rmtree(partial / "checkpoint", ignore_errors=True)
-    if run_dir.exists():
-        if not overwrite:
-            raise RunDirError(f"{run_dir} already exists; pass --overwrite or choose another --out")
-        trash = run_dir.with_name(run_dir.name + ".old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(run_dir, trash)
-        os.replace(partial, run_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(partial, run_dir)
+    if run_dir.exists() and not overwrite:
+        raise RunDirError(f"{run_dir} already exists; pass --overwrite or choose another --out")
+    replace_dir(partial, run_dir)
 
 
 @dataclass(frozen=True)
