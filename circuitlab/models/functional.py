@@ -116,14 +116,22 @@ def _bcast(p: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def _gather(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """table (M, R, *tail), rows (M, B, S) int -> (M, B, S, *tail).
+    """table (M, R, *tail), rows (M, ...) int -> (M, ..., *tail).
 
     index_select, not advanced indexing: its backward (index_add) is ~7x faster on CPU.
     """
     m, r = table.shape[:2]
-    offset = torch.arange(m, device=rows.device).view(m, 1, 1) * r
+    offset = torch.arange(m, device=rows.device).view(m, *[1] * (rows.dim() - 1)) * r
     flat = table.reshape(m * r, -1).index_select(0, (rows + offset).reshape(-1))
     return flat.view(*rows.shape, *table.shape[2:])
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x (M, ..., K) @ w (M, K, N) + b (M, N), the bias added inside the GEMM (one pass fewer
+    over the output forward, none for its gradient)."""
+    m, k = x.shape[0], x.shape[-1]
+    out = torch.baddbmm(b.unsqueeze(1), x.reshape(m, -1, k), w)
+    return out.view(*x.shape[:-1], w.shape[-1])
 
 
 def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, hook: HookCall, name: str):
@@ -172,6 +180,69 @@ def _attention(
     return z.transpose(1, 2).reshape(m, b, nq, h, e)
 
 
+def score_table_pays(n_vocab: int, batch: int, d_head: int) -> bool:
+    """Whether tabling block-0 scores beats per-example q*k products: the table has V*V entries
+    per (query, key, head), made by a fast matmul, against batch*d_head multiply-adds by an
+    element-wise kernel about 8x slower per operation (measured on CPU)."""
+    return n_vocab * n_vocab * 8 <= batch * d_head
+
+
+def _table_attention(
+    params: Params,
+    cfg: ModelConfig,
+    embed_table: torch.Tensor,  # (M, S, V, D): token + position embedding of every pair
+    tokens: torch.Tensor,  # (M, B, S)
+    query_at: slice | torch.Tensor,
+    allowed: torch.Tensor,  # (Q, S)
+    backend: str,
+    tail: bool,
+) -> torch.Tensor:  # z: (M, B, Q, H, E)
+    """Block 0 attention when its input is only (position, token) pairs.
+
+    LayerNorm, Q, K and V are computed once per pair (S*V rows, not B*S) and gathered. When the
+    vocabulary is small against the batch, the query-key products are also tabled, one score per
+    (query pair, key pair, head), so no example forms a q*k product at all.
+    """
+    att = "blocks.0.attn"
+    m, b, s = tokens.shape
+    n_vocab, d_head = cfg.d_vocab, cfg.d_head
+    table = embed_table
+    if cfg.normalization:
+        table = _layer_norm(table, params["blocks.0.ln1.w"], params["blocks.0.ln1.b"], _no_hook, "")
+
+    def project(rows: torch.Tensor, x: str) -> torch.Tensor:  # (M, S', V, H, E)
+        return torch.einsum("msvd,mhde->msvhe", rows, params[f"{att}.W_{x}"]) + _bcast(
+            params[f"{att}.b_{x}"], 5
+        )
+
+    def pair_rows(toks: torch.Tensor) -> torch.Tensor:  # (M, B, S') -> row in a (S', V) table
+        at = torch.arange(toks.shape[-1], device=toks.device)
+        return at * n_vocab + toks
+
+    # K and V are gathered separately: splitting one gathered KV tensor costs a cat of
+    # non-contiguous gradients in the backward pass that is slower than both gathers
+    q_table, k_table, v_table = (
+        project(table[:, query_at], "Q"),
+        project(table, "K"),
+        project(table, "V"),
+    )
+    v = _gather(v_table.flatten(1, 2), pair_rows(tokens))
+    q_tokens = tokens[:, :, query_at]
+    n_q = q_tokens.shape[-1]
+    if backend != "explicit" or not score_table_pays(n_vocab, b, d_head):
+        q = _gather(q_table.flatten(1, 2), pair_rows(q_tokens))
+        k = _gather(k_table.flatten(1, 2), pair_rows(tokens))
+        return _attention(q, k, v, allowed, backend, _no_hook, att, tail)
+    # scores[m, q, vq, s, vs, h] for every query pair and key pair, then one gather per example
+    score_table = torch.einsum("mqahe,msche->mqasch", q_table, k_table) / math.sqrt(d_head)
+    row = (pair_rows(q_tokens).unsqueeze(-1) * s + torch.arange(s, device=tokens.device)) * (
+        n_vocab
+    ) + tokens.unsqueeze(2)  # (M, B, Q, S)
+    scores = _gather(score_table.reshape(m, n_q * n_vocab * s * n_vocab, cfg.n_heads), row)
+    pattern = scores.masked_fill(~allowed.unsqueeze(-1), float("-inf")).softmax(3)  # (M,B,Q,S,H)
+    return (pattern.unsqueeze(-1) * v.unsqueeze(2)).sum(3)
+
+
 def forward(
     params: Params,
     cfg: ModelConfig,
@@ -212,26 +283,9 @@ def forward(
             tail, query_at = True, slice(None)
         att = f"{pre}.attn"
         if use_tables and layer == 0:
-            table = embed_table
-            if cfg.normalization:
-                table = _layer_norm(
-                    table, params[f"{pre}.ln1.w"], params[f"{pre}.ln1.b"], hook, f"{pre}.ln1"
-                )
-            q_table = torch.einsum(
-                "msvd,mhde->msvhe", table[:, query_at], params[f"{att}.W_Q"]
-            ) + _bcast(params[f"{att}.b_Q"], 5)
-            kv_w = torch.cat([params[f"{att}.W_K"], params[f"{att}.W_V"]], dim=-1)
-            kv_b = torch.cat([params[f"{att}.b_K"], params[f"{att}.b_V"]], dim=-1)
-            kv_table = torch.einsum("msvd,mhde->msvhe", table, kv_w) + _bcast(kv_b, 5)
-            q_tokens = tokens[:, :, query_at]
-            q_pair = (
-                torch.arange(q_tokens.shape[-1], device=tokens.device).view(1, 1, -1) * cfg.d_vocab
-                + q_tokens
-            )
-            q = _gather(q_table.flatten(1, 2), q_pair)
-            k, v = _gather(kv_table.flatten(1, 2), pair).split(cfg.d_head, dim=-1)
-            x_q = x[:, :, query_at]
-            q_pos = positions[query_at]
+            x_q, q_pos = x[:, :, query_at], positions[query_at]
+            allowed = positions.view(1, s) <= q_pos.view(-1, 1)
+            z = _table_attention(params, cfg, embed_table, tokens, query_at, allowed, backend, tail)
         else:
             h = (
                 _layer_norm(x, params[f"{pre}.ln1.w"], params[f"{pre}.ln1.b"], hook, f"{pre}.ln1")
@@ -254,11 +308,10 @@ def forward(
                 torch.einsum("mbsd,mhde->mbshe", h, params[f"{att}.W_V"])
                 + _bcast(params[f"{att}.b_V"], 5),
             )
-        allowed = positions.view(1, s) <= q_pos.view(-1, 1)
-        z = hook(f"{att}.hook_z", _attention(q, k, v, allowed, backend, hook, att, tail))
-        attn_out = torch.einsum("mbqhe,mhed->mbqd", z, params[f"{att}.W_O"]) + _bcast(
-            params[f"{att}.b_O"], 4
-        )
+            allowed = positions.view(1, s) <= q_pos.view(-1, 1)
+            z = _attention(q, k, v, allowed, backend, hook, att, tail)
+        z = hook(f"{att}.hook_z", z)
+        attn_out = _linear(z.flatten(-2), params[f"{att}.W_O"].flatten(1, 2), params[f"{att}.b_O"])
         x = hook(f"{pre}.hook_resid_mid", x_q + hook(f"{pre}.hook_attn_out", attn_out))
         if cfg.d_mlp:
             h = (
@@ -270,22 +323,17 @@ def forward(
             mlp = f"{pre}.mlp"
             pre_act = hook(
                 f"{mlp}.hook_pre",
-                torch.einsum("mbqd,mdf->mbqf", h, params[f"{mlp}.W_in"])
-                + _bcast(params[f"{mlp}.b_in"], 4),
+                _linear(h, params[f"{mlp}.W_in"], params[f"{mlp}.b_in"]),
             )
             post = hook(
                 f"{mlp}.hook_post", F.relu(pre_act) if cfg.act_fn == "relu" else F.gelu(pre_act)
             )
-            mlp_out = torch.einsum("mbqf,mfd->mbqd", post, params[f"{mlp}.W_out"]) + _bcast(
-                params[f"{mlp}.b_out"], 4
-            )
+            mlp_out = _linear(post, params[f"{mlp}.W_out"], params[f"{mlp}.b_out"])
             x = x + hook(f"{pre}.hook_mlp_out", mlp_out)
         x = hook(f"{pre}.hook_resid_post", x)
     if cfg.normalization:
         x = _layer_norm(x, params["ln_final.w"], params["ln_final.b"], hook, "ln_final")
-    return torch.einsum("mbqd,mdo->mbqo", x, params["unembed.W_U"]) + _bcast(
-        params["unembed.b_U"], 4
-    )
+    return _linear(x, params["unembed.W_U"], params["unembed.b_U"])
 
 
 HOOK_NAMES_PER_LAYER = (

@@ -32,15 +32,29 @@ def test_answer_only_logits_equal_full_forward(normalization, n_layers):
 
 
 @pytest.mark.parametrize("normalization", [None, "LN"])
-def test_vocabulary_tables_match_per_example_path(normalization):
+@pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("answers", [(2,), (0, 2)])
+@pytest.mark.parametrize("batch", [20, 200])  # gathered q and k / tabled scores
+def test_vocabulary_tables_match_per_example_path(normalization, n_layers, answers, batch):
     # Without hooks block 0 uses per-token tables; with a no-op hook it computes per example.
-    cfg = small_config(normalization=normalization, n_layers=2)
-    model = Transformer(cfg, seed=1)
-    x = tokens(cfg, n=200)  # more rows than the vocabulary, so the table path is taken
-    fast = model(x)
-    with model.hooks([("blocks.0.hook_resid_pre", lambda a, name: None)]):
-        slow = model(x)
+    cfg = small_config(normalization=normalization, n_layers=n_layers, answer_positions=answers)
+    assert Fn.score_table_pays(cfg.d_vocab, batch, cfg.d_head) == (batch == 200)
+    params = {
+        n: torch.stack([Fn.init_params(cfg, seed)[n] for seed in (1, 2)]).requires_grad_()
+        for n in Fn.param_shapes(cfg)
+    }
+    x = torch.stack([tokens(cfg, n=batch, seed=s) for s in (0, 1)])
+
+    def logits_and_grads(hook):
+        out = Fn.forward(params, cfg, x, hook=hook)
+        grads = torch.autograd.grad(out.pow(2).sum(), list(params.values()))
+        return out, grads
+
+    fast, fast_grads = logits_and_grads(None)
+    slow, slow_grads = logits_and_grads(lambda name, a: a)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_sdpa_backend_matches_explicit():
