@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from rich.table import Table
 
 from circuitlab.training import RunSpec, get_recipe, read_metrics, train_stack
 from circuitlab.training.parallel import train_many
-from circuitlab.training.trainer import _Stack, _stack_data, tune_malloc
+from circuitlab.training.trainer import _Stack, _stack_data
 
 RESULTS = Path(__file__).parent / "results" / "training.json"
 console = Console()
@@ -121,23 +122,27 @@ def _time(fn, n: int) -> float:
     return statistics.median(times)
 
 
-def bench_step(rounds: int = 5, steps: int = 10) -> dict:
+def _step_times(threads: int, rounds: int = 5, steps: int = 10) -> dict:
+    """Median s/step of both models, measured alternately so both see the same machine load."""
+    torch.set_num_threads(threads)
+    ours, tl = _ours_step_fn(), _tl_step_fn()
+    for fn in (ours, tl):
+        _time(fn, 3)
+    o, t = [], []
+    for _ in range(rounds):
+        o.append(_time(ours, steps))
+        t.append(_time(tl, steps))
+    return {"circuitlab_s": statistics.median(o), "transformer_lens_s": statistics.median(t)}
+
+
+def bench_step() -> dict:
+    """Each thread count in a fresh process, so neither side inherits the other parts' heap."""
     out = {}
     for threads in (1, 2):
-        torch.set_num_threads(threads)
-        ours, tl = _ours_step_fn(), _tl_step_fn()
-        for fn in (ours, tl):
-            _time(fn, 3)
-        # alternate so both see the same machine load
-        o, t = [], []
-        for _ in range(rounds):
-            o.append(_time(ours, steps))
-            t.append(_time(tl, steps))
-        out[f"threads{threads}"] = {
-            "circuitlab_s": statistics.median(o),
-            "transformer_lens_s": statistics.median(t),
-            "speedup": statistics.median(t) / statistics.median(o),
-        }
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            times = pool.apply(_step_times, (threads,))
+        times["speedup"] = times["transformer_lens_s"] / times["circuitlab_s"]
+        out[f"threads{threads}"] = times
     return out
 
 
@@ -241,7 +246,7 @@ def print_tables(res: dict) -> None:
                 f"s/step, {k}",
                 f"{v['circuitlab_s']:.4f}",
                 f"TL {v['transformer_lens_s']:.4f}",
-                f"{v['speedup']:.1f}x",
+                f"{v['speedup']:.2f}x",
                 ">= 3x",
             )
     m = res.get("many")
@@ -274,7 +279,6 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0,1,2,3,4")
     args = parser.parse_args()
-    tune_malloc()
     parts = set(args.only.split(","))
     res = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     res["machine"] = {

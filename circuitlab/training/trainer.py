@@ -15,7 +15,6 @@ Method, per step:
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import time
@@ -81,20 +80,6 @@ class RunResult:
 
 
 ProgressFn = Callable[[int, int, list[dict[str, float]]], None]
-
-
-def tune_malloc() -> None:
-    """Keep freed activation buffers in the heap instead of returning them to the OS.
-
-    Each step allocates the same large tensors; glibc's default returns them with munmap and the
-    next step page-faults them back in, which costs ~20% of a step on this model size.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 32)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _check_stackable(specs: Sequence[RunSpec]) -> None:
@@ -331,7 +316,6 @@ def train_stack(
     if not specs:
         return []
     _check_stackable(specs)
-    tune_malloc()
     if threads:
         torch.set_num_threads(threads)
     cfg = specs[0].model_config()
