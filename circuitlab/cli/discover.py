@@ -55,9 +55,19 @@ def register(app: typer.Typer) -> None:
         proposer: str = typer.Option(
             "uniform", "--proposer", help="Search order: uniform or guide (learned)."
         ),
-        seed: int = typer.Option(0, "--seed"),
-        max_seconds: float = typer.Option(60.0, "--max-seconds", min=0.1),
-        max_cost: int = typer.Option(9, "--max-cost", min=1, max=30),
+        seed: int = typer.Option(
+            0, "--seed", help="Seed for the held-out rows and the probe inputs."
+        ),
+        max_seconds: float = typer.Option(
+            60.0, "--max-seconds", min=0.1, help="Give up after this long."
+        ),
+        max_cost: int = typer.Option(
+            9,
+            "--max-cost",
+            min=1,
+            max=30,
+            help="Largest expression cost searched (uniform proposer: 1 per operation).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Discover the simplest function that reproduces DATA exactly (or approximately)."""

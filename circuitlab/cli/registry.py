@@ -17,7 +17,10 @@ _REG = typer.Option(
 
 
 @group.command("list")
-def list_cmd(registry: str = _REG, as_json: bool = typer.Option(False, "--json")) -> None:
+def list_cmd(
+    registry: str = _REG,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
     """Functions by layer: name, version, signature, status, expression."""
     from rich.table import Table
 

@@ -179,7 +179,10 @@ def _run_with_progress(
 
         def on_plan(p) -> None:
             how = f"{p.strategy}, {p.workers} worker(s), {len(p.chunks)} job(s)"
-            extra = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in p.measured.items())
+            extra = ", ".join(
+                f"{k} {v:.0f} s" if k.endswith("_s") else f"{k} {v * 1000:.1f} ms"
+                for k, v in p.measured.items()
+            )
             progress.console.print(
                 f"training {len(specs)} run(s): {how}" + (f" [{extra}]" if extra else "")
             )

@@ -33,7 +33,7 @@ MIN_WORKER_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Plan:
-    strategy: str  # "stack" or "loop"
+    strategy: str  # "stack", "loop", or "mixed" when task groups differ
     workers: int
     chunks: list[list[RunSpec]]  # each chunk is one train_stack call
     measured: dict[str, float]  # seconds per model-step, when measured
@@ -54,47 +54,60 @@ def _split(items: list[RunSpec], parts: int) -> list[list[RunSpec]]:
 
 
 def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "auto") -> Plan:
+    """Decide how to run `specs`: worker count, and stack or loop, by measured step times.
+
+    `auto` first times one model single-threaded to estimate the whole job; short jobs stay in
+    this process. It then times a stack against one model under the threads the job will
+    really run with (a stack that loses single-threaded can win on two threads).
+    """
     if strategy not in STRATEGIES:
         raise RecipeError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
-    chunks: list[list[RunSpec]] = []
+    groups = group_stackable(specs)
     measured: dict[str, float] = {}
-    chosen = strategy
-    estimated = 0.0  # single-thread seconds of all the work, when measured
-    for group in group_stackable(specs):
-        pick = strategy
-        if strategy == "auto":
+    picks = [strategy] * len(groups)
+    if strategy == "auto":
+        estimated = sum(
+            sum(s.recipe.max_steps for s in group) * _timed(group[:1], threads=1)
+            for group in groups
+        )
+        measured["estimated_single_thread_s"] = estimated
+        if estimated < MIN_WORKER_SECONDS:
+            # Starting worker processes (spawn, import torch, build data) costs seconds:
+            # short jobs run faster in this process on all its threads.
+            workers = 1
+        threads = None if workers == 1 else 1
+        for i, group in enumerate(groups):
             if len(group) == 1:
-                pick = "loop"
-            else:
-                import torch
-
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)  # measure as a worker will run
-                try:
-                    size = min(len(group), MAX_STACK, max(2, len(group) // workers))
-                    one = measure_step_time(group[:1])
-                    many = measure_step_time(group[:size]) / size
-                finally:
-                    torch.set_num_threads(threads)
-                measured |= {"loop_s_per_model_step": one, f"stack{size}_s_per_model_step": many}
-                pick = "stack" if many < 0.9 * one else "loop"
-                work = sum(spec.recipe.max_steps for spec in group) * min(one, many)
-                estimated += work
-        chosen = pick
+                picks[i] = "loop"
+                continue
+            size = min(len(group), MAX_STACK, -(-len(group) // workers))
+            one = _timed(group[:1], threads)
+            many = _timed(group[:size], threads) / size
+            measured |= {"loop_s_per_model_step": one, f"stack{size}_s_per_model_step": many}
+            picks[i] = "stack" if many < 0.95 * one else "loop"
+    chunks: list[list[RunSpec]] = []
+    for group, pick in zip(groups, picks, strict=True):
         if pick == "loop":
             chunks += [[s] for s in group]
         else:
-            per_worker = _split(group, workers)
-            for part in per_worker:
+            for part in _split(group, workers):
                 chunks += [part[i : i + MAX_STACK] for i in range(0, len(part), MAX_STACK)]
-    if strategy == "auto" and workers > 1 and estimated and estimated < MIN_WORKER_SECONDS:
-        # Starting worker processes (spawn, import torch, build data) costs seconds: short jobs
-        # run faster in this process on all its threads.
-        workers = 1
-    if estimated:
-        measured["estimated_single_thread_s"] = estimated
+    chosen = picks[0] if len(set(picks)) == 1 else "mixed"
     return Plan(chosen, workers, chunks, measured)
+
+
+def _timed(specs: Sequence[RunSpec], threads: int | None) -> float:
+    """Seconds per step of `specs` stacked, with `threads` torch threads (None: as now)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return measure_step_time(specs)
+    finally:
+        torch.set_num_threads(before)
 
 
 ProgressEvent = tuple[str, int, int, float]  # (run dir, step, max steps, best val acc)
