@@ -6,7 +6,8 @@ The catalog knows storage, not torch: everything here is turned into plain JSON 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from circuitlab.catalog import (
     Circuit,
@@ -24,6 +25,18 @@ from circuitlab.catalog import (
     Task,
 )
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from circuitlab.extraction.circuit import Faithfulness, TaskEdges
+    from circuitlab.extraction.graph import GraphScores
+    from circuitlab.extraction.interface import InterfaceDefinition
+    from circuitlab.extraction.pipeline import ExtractConfig
+    from circuitlab.extraction.transcoder import Transcoder, TranscoderMetrics
+    from circuitlab.models import Transformer
+    from circuitlab.tasks.base import Task as TaskDefinition
+    from circuitlab.training.rundir import RunInfo
+
 EDGE_MIN = 1e-6  # averaged edges smaller than this (in logit units) are not stored
 
 
@@ -35,7 +48,7 @@ def _sha256(path) -> str:
     return digest.hexdigest()
 
 
-def task_record(task) -> Task:
+def task_record(task: TaskDefinition) -> Task:
     family = type(task).__module__.rsplit(".", 1)[-1]
     return Task(
         spec=task.spec,
@@ -48,7 +61,7 @@ def task_record(task) -> Task:
     )
 
 
-def model_record(info, model) -> Model:
+def model_record(info: RunInfo, model: Transformer) -> Model:
     summary, config = info.summary, info.config
     final = {k: float(v) for k, v in summary.get("final", {}).items() if isinstance(v, int | float)}
     return Model(
@@ -71,29 +84,31 @@ def model_record(info, model) -> Model:
 
 
 def catalog_records(
-    info,
-    model,
-    task,
-    tc,
-    keep,
-    importance,
-    edges,
-    faith,
-    tc_metrics,
-    scores,
-    interpretation,
-    feature_labels,
-    config,
-    interface=None,
-    examples=(),
-    signature=None,
+    info: RunInfo,
+    model: Transformer,
+    task: TaskDefinition,
+    *,
+    transcoder: Transcoder,
+    transcoder_metrics: TranscoderMetrics,
+    scores: GraphScores,
+    importance: Tensor,
+    edges: TaskEdges,
+    faith: Faithfulness,
+    interpretation: dict[str, Any],
+    feature_labels: dict[tuple[int, int], dict[str, Any]],
+    config: ExtractConfig,
+    interface: InterfaceDefinition | None = None,
+    examples: Sequence[dict[str, Any]] = (),
 ) -> list[Any]:
     """[Task, Model, Circuit] ready for `Catalog.put_many`, followed by the verified signature
-    as a Function and the circuit's IMPLEMENTS edge to it when the interface has one."""
+    as a Function and the circuit's IMPLEMENTS edge to it when the interface has one.
+
+    `importance` is (n_layers, n_features); `edges` holds the circuit's averaged direct effects;
+    `feature_labels` maps (layer, feature) to Fourier statistics for the Circuit's nodes."""
     task_rec = task_record(task)
     model_rec = model_record(info, model)
     model_id = model_rec.id
-    tc_name = f"{tc.cfg.kind}-{tc.n_features}"
+    tc_name = f"{transcoder.cfg.kind}-{transcoder.n_features}"
     names = task.token_names()
     n_layers = model.cfg.n_layers
     features: dict[tuple, Feature] = {}
@@ -168,9 +183,9 @@ def catalog_records(
             "sufficiency_loss": faith.sufficiency_loss,
             "necessity_accuracy": faith.necessity_accuracy,
             "necessity_loss": faith.necessity_loss,
-            "transcoder_nmse": tc_metrics.nmse,
-            "transcoder_l0": tc_metrics.l0,
-            "replacement_top1_agreement": tc_metrics.top1_agreement,
+            "transcoder_nmse": transcoder_metrics.nmse,
+            "transcoder_l0": transcoder_metrics.l0,
+            "replacement_top1_agreement": transcoder_metrics.top1_agreement,
         },
     )
     kept_share = faith.n_features / max(faith.n_features_total, 1)
@@ -191,7 +206,7 @@ def catalog_records(
         model=model_id,
         nodes=nodes,
         edges=edge_records,
-        interface=interface,
+        interface=None if interface is None else interface.to_record(),
         examples=example_records,
         interpretation=Interpretation(**interpretation),
         metrics=metrics,
@@ -204,13 +219,14 @@ def catalog_records(
         metadata=Metadata(source_run=str(info.path), extra={"extraction": config.to_dict()}),
     )
     out: list[Any] = [task_rec, model_rec, circuit]
-    if interface is not None and signature is not None and signature.agreement > 0:
+    signature = None if interface is None else interface.signature
+    if signature is not None and signature.agreement > 0:
         function = Function(
             name=signature.function,
             signature=signature.signature,
             expression=signature.expression,
-            input_domains=[port.domain for port in interface.inputs],
-            output_domain=interface.output.domain,
+            input_domains=[port.domain for port in circuit.interface.inputs],
+            output_domain=circuit.interface.output.domain,
             description=f"{signature.call}: a registry primitive"
             if signature.primitive
             else signature.call,
