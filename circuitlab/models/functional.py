@@ -164,9 +164,7 @@ def _attention(
         scores = scores.masked_fill(~allowed, float("-inf"))
         scores = hook(f"{prefix}.hook_attn_scores", scores)
         pattern = hook(f"{prefix}.hook_pattern", scores.softmax(-1))
-        if nq * s <= 64:
-            return (pattern.permute(0, 1, 3, 4, 2).unsqueeze(-1) * v.unsqueeze(2)).sum(3)
-        return torch.einsum("mbhqk,mbkhe->mbqhe", pattern, v)
+        return _mix_values(pattern.permute(0, 1, 3, 4, 2), v)
     if backend == "flash" and tail_queries:
         from flash_attn import flash_attn_func
 
@@ -240,7 +238,17 @@ def _table_attention(
     ) + tokens.unsqueeze(2)  # (M, B, Q, S)
     scores = _gather(score_table.reshape(m, n_q * n_vocab * s * n_vocab, cfg.n_heads), row)
     pattern = scores.masked_fill(~allowed.unsqueeze(-1), float("-inf")).softmax(3)  # (M,B,Q,S,H)
-    return (pattern.unsqueeze(-1) * v.unsqueeze(2)).sum(3)
+    return _mix_values(pattern, v)
+
+
+def _mix_values(
+    pattern: torch.Tensor,  # (M, B, Q, S, H)
+    v: torch.Tensor,  # (M, B, S, H, E)
+) -> torch.Tensor:  # z: (M, B, Q, H, E)
+    if pattern.shape[2] * pattern.shape[3] <= 64:
+        # tiny attention: multiply and sum beats batched 1xS by SxE matmuls (see `_attention`)
+        return (pattern.unsqueeze(-1) * v.unsqueeze(2)).sum(3)
+    return torch.einsum("mbqsh,mbshe->mbqhe", pattern, v)
 
 
 def forward(

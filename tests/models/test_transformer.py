@@ -33,11 +33,20 @@ def test_answer_only_logits_equal_full_forward(normalization, n_layers):
 
 @pytest.mark.parametrize("normalization", [None, "LN"])
 @pytest.mark.parametrize("n_layers", [1, 2])
-@pytest.mark.parametrize("answers", [(2,), (0, 2)])
-@pytest.mark.parametrize("batch", [20, 200])  # gathered q and k / tabled scores
-def test_vocabulary_tables_match_per_example_path(normalization, n_layers, answers, batch):
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(answer_positions=(2,)),
+        dict(answer_positions=(0, 2)),
+        # a 3x3 grid task: 9 answers after 9 cells, so attention mixes values by matmul
+        dict(d_vocab=4, d_vocab_out=3, n_ctx=18, answer_positions=tuple(range(9, 18))),
+    ],
+    ids=["tail", "two-answers", "grid"],
+)
+@pytest.mark.parametrize("batch", [10, 200])  # gathered q and k / tabled scores
+def test_vocabulary_tables_match_per_example_path(normalization, n_layers, shape, batch):
     # Without hooks block 0 uses per-token tables; with a no-op hook it computes per example.
-    cfg = small_config(normalization=normalization, n_layers=n_layers, answer_positions=answers)
+    cfg = small_config(normalization=normalization, n_layers=n_layers, **shape)
     assert Fn.score_table_pays(cfg.d_vocab, batch, cfg.d_head) == (batch == 200)
     params = {
         n: torch.stack([Fn.init_params(cfg, seed)[n] for seed in (1, 2)]).requires_grad_()
@@ -57,8 +66,9 @@ def test_vocabulary_tables_match_per_example_path(normalization, n_layers, answe
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_sdpa_backend_matches_explicit():
-    cfg = small_config(n_layers=2)
+@pytest.mark.parametrize("n_ctx", [3, 18])  # values mixed by multiply-and-sum / by matmul
+def test_sdpa_backend_matches_explicit(n_ctx):
+    cfg = small_config(n_layers=2, n_ctx=n_ctx, answer_positions=(n_ctx - 1,))
     x = tokens(cfg)
     explicit = Transformer(cfg, seed=0)(x, answers_only=False)
     sdpa_model = Transformer(dataclasses.replace(cfg, attention_backend="sdpa"), seed=0)
