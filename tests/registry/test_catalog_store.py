@@ -9,42 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuitlab.registry import Const, Function, Registry, RegistryError, Var, call
+from circuitlab.registry import Function, Registry, RegistryError, Var
 from circuitlab.registry.cases import cases
 from circuitlab.registry.discover import discover
+
+from .test_core import _energy_registry
 
 catalog = pytest.importorskip("circuitlab.catalog")
 
 X, Y = Var(0), Var(1)
 
 
-def _energy(reg: Registry) -> None:
-    reg.register(
-        Function.new(
-            "KE",
-            ["m", "v"],
-            call("MUL", Const("c"), call("MUL", X, call("SQUARE", Y))),
-            constants={"c": 0.5},
-        )
-    )
-    reg.register(
-        Function.new(
-            "PE", ["m", "h"], call("MUL", Const("g"), call("MUL", X, Y)), constants={"g": 9.81}
-        )
-    )
-    reg.register(
-        Function.new(
-            "TOTAL_E",
-            ["m", "v", "h"],
-            call("ADD", call("KE", X, Y, version=1), call("PE", X, Var(2), version=1)),
-        )
-    )
-
-
 def test_functions_are_catalog_records_with_composes_edges(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'cat.db'}"
     reg = Registry.open(url)
-    _energy(reg)
+    _energy_registry(reg)
     again = Registry.open(url)
     assert [f.to_dict() for f in again] == [f.to_dict() for f in reg]
     with catalog.open_catalog(url) as cat:
@@ -69,7 +48,7 @@ def test_functions_are_catalog_records_with_composes_edges(tmp_path: Path):
 def test_catalog_registry_reloads_bitwise_identical_in_fresh_process(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'cat.db'}"
     reg = Registry.open(url)
-    _energy(reg)
+    _energy_registry(reg)
     m, v, h = np.random.default_rng(2).uniform(-100, 100, (3, 101))
     here = [float(o).hex() for o in reg.call("TOTAL_E", m, v, h)]
     np.save(tmp_path / "x.npy", np.stack([m, v, h]))
