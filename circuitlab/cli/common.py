@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 
 console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # piped to a file or a log: rich would assume 80 columns and cut run paths in tables
+    console = Console(width=140)
 err_console = Console(stderr=True, soft_wrap=True)
 
 

@@ -140,7 +140,10 @@ def register(app: typer.Typer) -> None:
             "train acc",
             "time",
         ):
-            table.add_column(col, justify="left" if col in ("run", "task", "recipe") else "right")
+            text = col in ("run", "task", "recipe")  # folded, never cut: they are paths
+            table.add_column(
+                col, justify="left" if text else "right", overflow="fold", no_wrap=not text
+            )
         for r in found:
             s, final = r.summary, r.summary.get("final", {})
             table.add_row(
