@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import shared_run
 from rich.console import Console
 from rich.table import Table
 
@@ -25,7 +26,6 @@ from circuitlab.tasks import get_task
 from circuitlab.training.rundir import load_run, write_json_atomic
 
 RESULTS = Path(__file__).parent / "results" / "attribution.json"
-DEFAULT_RUN = Path("/work/shared/runs/add_mod_113/fast-seed0")
 console = Console()
 
 # circuit-tracer on this model (NOTES.md): ~0.14 s per prompt, one prompt at a time; its
@@ -36,7 +36,9 @@ TARGET = {"seconds_all": 60.0, "replacement": 0.9, "completeness": 0.95}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=DEFAULT_RUN)
+    parser.add_argument(
+        "--run", type=Path, help="run directory (default: the shared benchmark model)"
+    )
     parser.add_argument("--transcoder", type=Path, help="a saved transcoder directory")
     parser.add_argument("--train", type=int, metavar="F", help="train one with F features")
     parser.add_argument("--threads", type=int, default=AttributionConfig.threads)
@@ -46,6 +48,7 @@ def main() -> None:
     if (args.transcoder is None) == (args.train is None):
         parser.error("give exactly one of --transcoder DIR or --train F")
 
+    args.run = args.run or shared_run()
     info, model = load_run(args.run)
     task = get_task(info.config["task"])
     tokens, _ = task_tokens(task)

@@ -4,7 +4,9 @@ Anthropic's circuit-tracing papers. Writes benchmarks/results/extraction.json.
 
     python benchmarks/bench_extraction.py [--run RUN_DIR]
 
-Without --run it trains the model first (fast recipe, seed 0; ~1 minute on 2 idle cores).
+Without --run it uses the shared benchmark model (add_mod_113, fast recipe, seed 0, under
+runs/bench/; trained on first use, ~1.5 minutes on 2 idle cores). The run is copied, so its own
+directory is left as it was.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import shared_run
 from rich.console import Console
 from rich.table import Table
 
@@ -25,7 +28,7 @@ from circuitlab.extraction.attribution import AttributionConfig, attribute
 from circuitlab.extraction.pipeline import ExtractConfig, extract
 from circuitlab.extraction.transcoder import Transcoder
 from circuitlab.tasks import get_task
-from circuitlab.training import RunSpec, get_recipe, load_run, train_stack
+from circuitlab.training import load_run
 
 RESULTS = Path(__file__).parent / "results" / "extraction.json"
 console = Console()
@@ -50,11 +53,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        if args.run is None:
-            console.print("training add_mod_113 (fast recipe, seed 0)")
-            train_stack([RunSpec("add_mod_113", get_recipe("fast"), 0, run)])
-        else:
-            shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("extraction*"))
+        source = args.run or shared_run()
+        shutil.copytree(source, run, ignore=shutil.ignore_patterns("extraction*"))
         start = time.perf_counter()
         result = extract(
             run,

@@ -6,8 +6,8 @@ grokked model, against the issue's targets and the published reference numbers.
     python benchmarks/bench_transcoder.py --two-layer add_mod_47   # + 2-layer models, LN and not,
                                                                    # per-layer and cross-layer
 
-Writes benchmarks/results/transcoder.json. Train a run first if needed:
-    circuitlab train --task add_mod_113 --out runs
+Writes benchmarks/results/transcoder.json. Without --run it measures the shared benchmark model
+(add_mod_113, fast, seed 0 under runs/bench/; trained on first use).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import shared_run
 from rich.console import Console
 from rich.table import Table
 
@@ -29,7 +30,6 @@ from circuitlab.tasks import get_task
 from circuitlab.training import RunSpec, get_recipe, load_run, train_stack
 
 RESULTS = Path(__file__).parent / "results" / "transcoder.json"
-DEFAULT_RUN = Path("/work/shared/runs/add_mod_113/fast-seed0")
 console = Console()
 
 # Ameisen et al. 2025 (cross-layer transcoder on an 18-layer language model)
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--two-layer", metavar="TASK", help="also train and test 2-layer models")
     args = parser.parse_args()
-    runs = args.run or [DEFAULT_RUN]
+    runs = args.run or [shared_run()]
     for run in runs:
         if not run.is_dir():
             parser.error(f"no run directory {run}; train one: circuitlab train --task add_mod_113")

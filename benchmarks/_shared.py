@@ -1,0 +1,28 @@
+"""The grokked model the extraction-side benchmarks share, trained on first use.
+
+`python benchmarks/bench_X.py` puts this directory on sys.path, so a benchmark imports it as
+`from _shared import shared_run`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_RUN = REPO / "runs" / "bench" / "add_mod_113" / "fast-seed0"
+
+
+def shared_run() -> Path:
+    """add_mod_113, `fast` recipe, seed 0: the model the README's numbers are measured on.
+
+    Trained here (about 1.5 minutes on 2 cores) when no finished run exists yet; later
+    benchmarks reuse it, so they all measure the same model.
+    """
+    if not (SHARED_RUN / "summary.json").is_file():
+        from rich.console import Console
+
+        from circuitlab.training import RunSpec, get_recipe, train_stack
+
+        Console().print(f"training the shared benchmark model into {SHARED_RUN} ...")
+        train_stack([RunSpec("add_mod_113", get_recipe("fast"), 0, SHARED_RUN)], resume=True)
+    return SHARED_RUN
