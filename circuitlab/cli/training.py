@@ -78,7 +78,9 @@ def register(app: typer.Typer) -> None:
             help="auto (measure), stack (batch models in one process) or loop.",
         ),
         resume: bool = typer.Option(
-            False, "--resume", help="Continue unfinished runs from their last checkpoint."
+            False,
+            "--resume",
+            help="Skip finished runs, continue the others from their last checkpoint.",
         ),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace existing run directories."
@@ -206,6 +208,9 @@ def _run_with_progress(
                 f"{res.steps:,} steps in {res.wall_time:.1f}s"
             )
 
+        def on_skip(spec) -> None:
+            progress.console.print(f"[dim]skip[/] {spec.run_dir}: already finished")
+
         try:
             results = train_many(
                 specs,
@@ -217,10 +222,13 @@ def _run_with_progress(
                 on_event=on_event,
                 on_result=on_result,
                 threads=threads or None,
+                on_skip=on_skip,
             )
         except (RunDirError, RecipeError) as exc:
             raise CliError(str(exc)) from None
-    if len(results) == 1:
+    if not results:
+        console.print(f"nothing to train: all {len(specs)} run(s) are finished")
+    elif len(results) == 1:
         r = results[0]
         console.print(
             f"run directory: {r.run_dir}\ncurves: {r.run_dir / 'curves.png'}\n"

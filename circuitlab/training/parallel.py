@@ -8,6 +8,7 @@ and compute-bound (activations thrash the cache), so `auto` measures both and pi
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import queue
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from circuitlab.training import rundir
 from circuitlab.training.recipe import RecipeError
 from circuitlab.training.trainer import (
     SHARED_FIELDS,
@@ -110,6 +112,27 @@ def _timed(specs: Sequence[RunSpec], threads: int | None) -> float:
         torch.set_num_threads(before)
 
 
+def resume_groups(specs: Sequence[RunSpec]) -> dict[str, list[RunSpec]]:
+    """Runs by how they resume: "finished", "fresh" (no checkpoint), or "step N" (checkpoint)."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        state = rundir.partial_path(spec.run_dir) / "checkpoint" / "state.json"
+        if (spec.run_dir / "summary.json").is_file():
+            key = "finished"
+        elif state.is_file():
+            try:
+                key = f"step {json.loads(state.read_text())['step']}"
+            except (ValueError, KeyError) as exc:
+                raise rundir.RunDirError(
+                    f"unreadable checkpoint {state} ({exc}); delete {state.parent.parent} "
+                    "to start that run over"
+                ) from None
+        else:
+            key = "fresh"
+        groups.setdefault(key, []).append(spec)
+    return groups
+
+
 ProgressEvent = tuple[str, int, int, float]  # (run dir, step, max steps, best val acc)
 
 
@@ -135,16 +158,43 @@ def train_many(
     on_event: Callable[[ProgressEvent], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
     threads: int | None = None,
+    on_skip: Callable[[RunSpec], None] | None = None,
 ) -> list[RunResult]:
     """Train every run: stacked or looped per the plan, one single-threaded worker per core.
 
     `threads` sets torch's threads when everything runs in this process (None: torch's default).
-
     With one worker everything runs in this process using all its threads.
+
+    With `resume`, finished runs are skipped (`on_skip` hears of each), runs with a checkpoint
+    continue from it (runs stacked together only when checkpointed at the same step), and runs
+    that never checkpointed start over.
     """
-    the_plan = plan(specs, workers, strategy)
-    if on_plan:
-        on_plan(the_plan)
+    if resume:
+        groups = resume_groups(specs)
+        for spec in groups.pop("finished", []):
+            if on_skip:
+                on_skip(spec)
+        batches = [(group, key != "fresh") for key, group in groups.items()]
+    else:
+        batches = [(list(specs), False)]
+    results = []
+    for group, resumed in batches:
+        the_plan = plan(group, workers, strategy)
+        if on_plan:
+            on_plan(the_plan)
+        results += _run_plan(the_plan, resumed, overwrite, on_event, on_result, threads)
+    order = {s.run_dir: i for i, s in enumerate(specs)}
+    return sorted(results, key=lambda r: order[r.run_dir])
+
+
+def _run_plan(
+    the_plan: Plan,
+    resume: bool,
+    overwrite: bool,
+    on_event: Callable[[ProgressEvent], None] | None,
+    on_result: Callable[[RunResult], None] | None,
+    threads: int | None,
+) -> list[RunResult]:
     results: list[RunResult] = []
     if the_plan.workers == 1:
         for chunk in the_plan.chunks:
@@ -189,5 +239,4 @@ def train_many(
         finally:
             stop.set()
             pumper.join()
-    order = {s.run_dir: i for i, s in enumerate(specs)}
-    return sorted(results, key=lambda r: order[r.run_dir])
+    return results

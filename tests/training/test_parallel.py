@@ -1,7 +1,10 @@
-from circuitlab.training import RunSpec, train_stack
-from circuitlab.training.parallel import plan, train_many
+import pytest
 
-from .test_trainer import assert_same_weights, recipe
+from circuitlab.training import RunSpec, train_stack
+from circuitlab.training.parallel import plan, resume_groups, train_many
+from circuitlab.training.rundir import partial_path
+
+from .test_trainer import Interrupt, assert_same_weights, recipe, weights
 
 
 def test_runs_spread_over_worker_processes_equal_runs_alone(tmp_path):
@@ -38,3 +41,34 @@ def test_forced_strategies_split_stacks_over_workers(tmp_path):
     assert stacked.workers == 2 and sorted(len(c) for c in stacked.chunks) == [2, 3]
     looped = plan(specs, workers=2, strategy="loop")
     assert looped.measured == {} and all(len(c) == 1 for c in looped.chunks)
+
+
+def test_resume_skips_finished_runs_continues_checkpoints_and_starts_the_rest(tmp_path):
+    # A sweep cut off mid-way: one run finished, one checkpointed at step 20, one never began.
+    r = recipe(checkpoint_every=10)
+    specs = [RunSpec("add_mod_13", r, s, tmp_path / f"s{s}") for s in range(3)]
+    train_stack(specs[:1])
+
+    def stop_at_25(step, max_steps, rows):
+        if step >= 25:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_stack(specs[1:2], progress=stop_at_25)
+    partial_path(specs[2].run_dir).mkdir()  # a stale partial with no checkpoint
+    finished_weights = weights(specs[0].run_dir)
+    groups = resume_groups(specs)
+    assert {k: [s.seed for s in v] for k, v in groups.items()} == {
+        "finished": [0],
+        "step 20": [1],
+        "fresh": [2],
+    }
+
+    skipped = []
+    results = train_many(specs, workers=1, resume=True, on_skip=skipped.append)
+    assert skipped == specs[:1] and [res.seed for res in results] == [1, 2]
+    assert weights(specs[0].run_dir).keys() == finished_weights.keys()  # left alone
+    for spec in specs[1:]:
+        alone = tmp_path / f"alone{spec.seed}"
+        train_stack([RunSpec(spec.task, spec.recipe, spec.seed, alone)])
+        assert_same_weights(spec.run_dir, alone)
