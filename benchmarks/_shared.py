@@ -21,8 +21,10 @@ def shared_run() -> Path:
     if not (SHARED_RUN / "summary.json").is_file():
         from rich.console import Console
 
-        from circuitlab.training import RunSpec, get_recipe, train_stack
+        from circuitlab.training import RunSpec, get_recipe
+        from circuitlab.training.parallel import train_many
 
         Console().print(f"training the shared benchmark model into {SHARED_RUN} ...")
-        train_stack([RunSpec("add_mod_113", get_recipe("fast"), 0, SHARED_RUN)], resume=True)
+        spec = RunSpec("add_mod_113", get_recipe("fast"), 0, SHARED_RUN)
+        train_many([spec], workers=1, resume=True)  # continues an interrupted attempt
     return SHARED_RUN
