@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from circuitlab.tasks import get_task
@@ -42,6 +43,23 @@ TASKS = (
 console = Console(width=140)
 
 
+def print_table(out: dict) -> None:
+    table = Table(title=f"`{out['recipe']['name']}` on each task family (stop at 99% val)")
+    for col in ("task", "seed", "train ex.", "99% at step", "best val", "s/step", "time"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for r in out["runs"]:
+        table.add_row(
+            escape(r["task"]),  # synthesis specs hold brackets
+            str(r["seed"]),
+            f"{r['train_examples']:,}",
+            "not reached" if r["steps_to_99"] is None else f"{r['steps_to_99']:,}",
+            f"{r['best_val_acc']:.3f}",
+            f"{r['seconds_per_step']:.3f}",
+            f"{r['seconds']:.0f}s",
+        )
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,7 +67,11 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--recipe", default="fast")
+    parser.add_argument("--show", action="store_true", help="print the saved results only")
     args = parser.parse_args()
+    if args.show:
+        print_table(json.loads(RESULTS.read_text()))
+        return
     tasks = args.tasks.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     recipe = get_recipe(args.recipe).replace(stop_val_acc=0.99, checkpoint_every=10**6)
@@ -87,20 +109,7 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    table = Table(title=f"`{args.recipe}` on each task family (stop at 99% val or max_steps)")
-    for col in ("task", "seed", "train ex.", "99% at step", "best val", "s/step", "time"):
-        table.add_column(col, justify="left" if col == "task" else "right")
-    for r in rows:
-        table.add_row(
-            r["task"],
-            str(r["seed"]),
-            f"{r['train_examples']:,}",
-            "not reached" if r["steps_to_99"] is None else f"{r['steps_to_99']:,}",
-            f"{r['best_val_acc']:.3f}",
-            f"{r['seconds_per_step']:.3f}",
-            f"{r['seconds']:.0f}s",
-        )
-    console.print(table)
+    print_table(out)
     console.print(f"total {total / 60:.1f} min on 2 workers; results in {RESULTS}")
 
 
