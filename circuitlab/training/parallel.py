@@ -58,9 +58,10 @@ def _split(items: list[RunSpec], parts: int) -> list[list[RunSpec]]:
 def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "auto") -> Plan:
     """Decide how to run `specs`: worker count, and stack or loop, by measured step times.
 
-    `auto` first times one model single-threaded to estimate the whole job; short jobs stay in
-    this process. It then times a stack against one model under the threads the job will
-    really run with (a stack that loses single-threaded can win on two threads).
+    `auto`, when more than one worker could run, first times one model single-threaded to
+    estimate the whole job; short jobs stay in this process. It then times a stack against one
+    model under the threads the job will really run with (a stack that loses single-threaded can
+    win on two threads). A single run is never timed.
     """
     if strategy not in STRATEGIES:
         raise RecipeError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -68,7 +69,7 @@ def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "
     groups = group_stackable(specs)
     measured: dict[str, float] = {}
     picks = [strategy] * len(groups)
-    if strategy == "auto":
+    if strategy == "auto" and workers > 1:
         estimated = sum(
             sum(s.recipe.max_steps for s in group) * _timed(group[:1], threads=1)
             for group in groups
@@ -78,6 +79,7 @@ def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "
             # Starting worker processes (spawn, import torch, build data) costs seconds:
             # short jobs run faster in this process on all its threads.
             workers = 1
+    if strategy == "auto":
         threads = None if workers == 1 else 1
         for i, group in enumerate(groups):
             if len(group) == 1:

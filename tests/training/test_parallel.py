@@ -33,6 +33,8 @@ def test_auto_keeps_short_jobs_in_this_process_and_measures_the_stack(tmp_path):
         str(s.run_dir) for s in specs
     )
     assert [tmp_path / "other"] in [[s.run_dir for s in chunk] for chunk in p.chunks]
+    alone = plan(specs[:1], workers=2, strategy="auto")
+    assert alone.measured == {} and alone.workers == 1  # one run: nothing to decide
 
 
 def test_forced_strategies_split_stacks_over_workers(tmp_path):
