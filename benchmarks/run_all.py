@@ -1,7 +1,7 @@
 """Every benchmark in turn (`make bench`): each writes its JSON into benchmarks/results/ and
 prints its own comparison table; this prints how each ended and how long it took.
 
-    python benchmarks/run_all.py                    # everything (about an hour on 2 cores)
+    python benchmarks/run_all.py                    # everything (well over an hour on 2 cores)
     python benchmarks/run_all.py catalog registry   # some of them
 
 The extraction-side benchmarks share one grokked model (benchmarks/_shared.py), trained first.
