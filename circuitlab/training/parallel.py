@@ -69,10 +69,12 @@ def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "
     groups = group_stackable(specs)
     measured: dict[str, float] = {}
     picks = [strategy] * len(groups)
+    single: list[float | None] = [None] * len(groups)  # one model, one thread, s/step
     if strategy == "auto" and workers > 1:
+        single = [_timed(group[:1], threads=1) for group in groups]
         estimated = sum(
-            sum(s.recipe.max_steps for s in group) * _timed(group[:1], threads=1)
-            for group in groups
+            sum(s.recipe.max_steps for s in group) * t
+            for group, t in zip(groups, single, strict=True)
         )
         measured["estimated_single_thread_s"] = estimated
         if estimated < MIN_WORKER_SECONDS:
@@ -86,7 +88,7 @@ def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "
                 picks[i] = "loop"
                 continue
             size = min(len(group), MAX_STACK, -(-len(group) // workers))
-            one = _timed(group[:1], threads)
+            one = single[i] if threads == 1 and single[i] else _timed(group[:1], threads)
             many = _timed(group[:size], threads) / size
             measured |= {"loop_s_per_model_step": one, f"stack{size}_s_per_model_step": many}
             picks[i] = "stack" if many < 0.95 * one else "loop"
@@ -138,13 +140,19 @@ def resume_groups(specs: Sequence[RunSpec]) -> dict[str, list[RunSpec]]:
 ProgressEvent = tuple[str, int, int, float]  # (run dir, step, max steps, best val acc)
 
 
+def _event(
+    chunk: list[RunSpec], step: int, max_steps: int, rows: list[dict[str, float]]
+) -> ProgressEvent:
+    """A stack's progress, named by its first run, with the best validation accuracy in it."""
+    return (str(chunk[0].run_dir), step, max_steps, max(r["val_acc"] for r in rows))
+
+
 def _worker_run(args: tuple[list[RunSpec], bool, bool, object]) -> list[RunResult]:
     chunk, resume, overwrite, events = args
 
     def report(step: int, max_steps: int, rows: list[dict[str, float]]) -> None:
         if events is not None:
-            best = max(r["val_acc"] for r in rows)
-            events.put((str(chunk[0].run_dir), step, max_steps, best))  # type: ignore[attr-defined]
+            events.put(_event(chunk, step, max_steps, rows))  # type: ignore[attr-defined]
 
     return train_stack(chunk, resume=resume, overwrite=overwrite, threads=1, progress=report)
 
@@ -203,9 +211,7 @@ def _run_plan(
 
             def report(step, max_steps, rows, chunk=chunk):
                 if on_event:
-                    on_event(
-                        (str(chunk[0].run_dir), step, max_steps, max(r["val_acc"] for r in rows))
-                    )
+                    on_event(_event(chunk, step, max_steps, rows))
 
             for res in train_stack(
                 chunk, resume=resume, overwrite=overwrite, progress=report, threads=threads
