@@ -302,14 +302,20 @@ class Port:
 
     name: argument name, e.g. "a".
     domain: value domain, e.g. "Z_113", "S_5", "grid[3x3]:Z_10"; circuits connect on equal domains.
-    position: token position the input is read at.
+    position: token position the input is read at (the first one for a multi-token value).
     encoding: how a value becomes input, e.g. "token" (value = token id) or "token+offset:10".
+    positions: every token position of the value, in order (a grid's cells row-major); empty
+        means just `position`.
     """
 
     name: str = fld(prim(check.name))
     domain: str = fld(prim(check.string, empty=False, max_len=200))
     position: int = fld(prim(check.integer, lo=0))
     encoding: str = fld(_STR, default="token")
+    positions: list[int] = fld(listof(prim(check.integer, lo=0)), factory=list)
+
+    def all_positions(self) -> list[int]:
+        return list(self.positions) or [self.position]
 
 
 @dataclass
@@ -317,13 +323,19 @@ class Output:
     """The output of a circuit's interface.
 
     domain: value domain of the result, e.g. "Z_113".
-    position: token position the answer is read at.
+    position: token position the answer is read at (the first one for a multi-token value).
     decoding: how logits become a value, e.g. "argmax" (value = output token id).
+    positions: every answer position, in order (a grid's cells row-major); empty means just
+        `position`.
     """
 
     domain: str = fld(prim(check.string, empty=False, max_len=200))
     position: int = fld(prim(check.integer, lo=0))
     decoding: str = fld(_STR, default="argmax")
+    positions: list[int] = fld(listof(prim(check.integer, lo=0)), factory=list)
+
+    def all_positions(self) -> list[int]:
+        return list(self.positions) or [self.position]
 
 
 @dataclass
@@ -440,6 +452,37 @@ def metric_values(metrics: dict[str, Any], tags: dict[str, Any]) -> dict[str, fl
 
 
 @dataclass
+class Artifact:
+    """What makes a circuit runnable: the files it is measured with and their content hashes.
+
+    Paths are relative to the run directory (`metadata.source_run`), so a moved run still loads;
+    the hashes say whether the files are the ones the circuit was measured with.
+
+    weights_sha256: sha256 of the run's model.safetensors.
+    transcoder: directory of the transcoder (transcoder.safetensors + transcoder.json).
+    transcoder_sha256: sha256 of transcoder.safetensors.
+    ablation_file: safetensors file of the ablation statistics (per-layer mean activations and
+        mean reconstruction errors) the features outside the circuit are replaced with.
+    ablation_sha256: sha256 of that file.
+    n_features: transcoder features per layer (the circuit's features are its feature nodes).
+    function: name of the registry function the circuit implements, when one was verified.
+    """
+
+    weights_sha256: str = fld(prim(check.string, empty=False, max_len=64))
+    transcoder: str = fld(prim(check.string, empty=False, max_len=1000))
+    transcoder_sha256: str = fld(prim(check.string, empty=False, max_len=64))
+    ablation_file: str = fld(prim(check.string, empty=False, max_len=1000))
+    ablation_sha256: str = fld(prim(check.string, empty=False, max_len=64))
+    n_features: int = fld(prim(check.integer, lo=1))
+    function: str | None = fld(_OPT_STR, default=None)
+
+    def _check(self, data: dict[str, Any], path: str) -> None:
+        for key in ("weights_sha256", "transcoder_sha256", "ablation_sha256"):
+            if not check.HEX64_RE.match(data[key]):
+                raise RecordError(f"{path}.{key}", "must be 64 lowercase hex digits")
+
+
+@dataclass
 class Tags:
     """Searchable classification of a circuit.
 
@@ -546,6 +589,8 @@ class Circuit(_Record):
     examples: activation examples.
     metrics: performance (faithfulness with the ablation used, accuracy, replacement score).
     tags: prior alignment, complexity, generality score, free labels.
+    artifact: the files that make it runnable (transcoder, ablation statistics) with their
+        hashes, or None for a circuit that is only a graph.
     metadata: provenance (package version, dates, source run, extraction config in extra).
     """
 
@@ -558,6 +603,7 @@ class Circuit(_Record):
     examples: list[Example] = fld(listof(nested(Example)), factory=list)
     metrics: Metrics = fld(nested(Metrics), factory=Metrics)
     tags: Tags = fld(nested(Tags), factory=Tags)
+    artifact: Artifact | None = fld(optional(nested(Artifact)), default=None)
     metadata: Metadata = fld(nested(Metadata), factory=Metadata)
 
     kind: ClassVar[str] = "circuit"

@@ -116,6 +116,22 @@ def ablation_hooks(
     if ablation not in ABLATIONS:
         raise CircuitError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     source = ref.permutation[index] if ablation == "resample" else index
+    with _feature_hooks(
+        model,
+        tc,
+        keep,
+        mode,
+        lambda t: _ablated(ref.acts[t], ref.act_means[t], source, ablation),
+        lambda t: _ablated(ref.errors[t], ref.error_means[t], source, ablation),
+    ):
+        yield
+
+
+@contextmanager
+def _feature_hooks(model, tc, keep: list[Tensor], mode: str, acts_for, errors_for):
+    """The replacement model with the features outside (sufficiency) or inside (necessity) the
+    circuit replaced: acts_for(layer) / errors_for(layer) give what replaces the activations and
+    the reconstruction error of that layer for the current batch."""
     mlp_in: dict[int, Tensor] = {}
     delta: dict[int, Tensor] = {}
     answers = list(model.cfg.answer_positions)
@@ -126,13 +142,13 @@ def ablation_hooks(
     def write(y: Tensor, name: str) -> Tensor:
         t = int(name.split(".")[1])
         a = tc.encode(t, mlp_in[t])
-        ablated = _ablated(ref.acts[t], ref.act_means[t], source, ablation)
+        ablated = acts_for(t)
+        if ablated.shape[0] != a.shape[0]:
+            ablated = ablated.expand(a.shape[0], *ablated.shape[1:])
         k = keep[t].to(a.dtype)
         if mode == "sufficiency":
             delta[t] = a * k + ablated * (1 - k)
-            out = tc.b_dec[t].expand_as(y) + _ablated(
-                ref.errors[t], ref.error_means[t], source, ablation
-            )
+            out = tc.b_dec[t].expand_as(y) + errors_for(t)
         else:
             delta[t] = (ablated - a) * k
             out = y
@@ -148,6 +164,65 @@ def ablation_hooks(
         ]
     ):
         yield
+
+
+@dataclass(frozen=True)
+class AblationStats:
+    """What the features outside a circuit are replaced with when it runs on any input.
+
+    Per layer, at the positions an answers-only forward computes: the mean activation of every
+    feature and the mean reconstruction error over the reference inputs (zero ablation uses
+    zeros for both). Saved beside the circuit as safetensors, so a loaded circuit runs exactly
+    as extraction measured it. Resample ablation draws from other inputs and has no such
+    summary: a circuit measured with it cannot be called on new inputs.
+    """
+
+    ablation: str  # mean | zero
+    act_means: list[Tensor]  # per layer (1, S_l, F)
+    error_means: list[Tensor]  # per layer (1, S_l, D)
+
+    @classmethod
+    def of(cls, ref: Reference, ablation: str) -> AblationStats:
+        if ablation not in ("mean", "zero"):
+            raise CircuitError(
+                f"a callable circuit needs mean or zero ablation, got {ablation!r} (resample "
+                "replaces activations with another input's, which a new input does not have)"
+            )
+        return cls(ablation, list(ref.act_means), list(ref.error_means))
+
+    def save(self, path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {f"acts.{t}": a.contiguous() for t, a in enumerate(self.act_means)}
+        tensors |= {f"errors.{t}": e.contiguous() for t, e in enumerate(self.error_means)}
+        save_file(tensors, str(path), metadata={"ablation": self.ablation})
+
+    @classmethod
+    def load(cls, path) -> AblationStats:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            ablation = (fh.metadata() or {}).get("ablation", "")
+            n = sum(key.startswith("acts.") for key in fh.keys())  # noqa: SIM118
+            acts = [fh.get_tensor(f"acts.{t}") for t in range(n)]
+            errors = [fh.get_tensor(f"errors.{t}") for t in range(n)]
+        if ablation not in ("mean", "zero"):
+            raise CircuitError(f"{path}: unknown ablation {ablation!r} in its metadata")
+        return cls(ablation, acts, errors)
+
+    @contextmanager
+    def hooks(self, model, tc, keep: list[Tensor]) -> Iterator[None]:
+        """Make `model` run only the circuit `keep` (the sufficiency model), on any inputs."""
+        zero = self.ablation == "zero"
+        with _feature_hooks(
+            model,
+            tc,
+            keep,
+            "sufficiency",
+            lambda t: torch.zeros_like(self.act_means[t]) if zero else self.act_means[t],
+            lambda t: torch.zeros_like(self.error_means[t]) if zero else self.error_means[t],
+        ):
+            yield
 
 
 @dataclass

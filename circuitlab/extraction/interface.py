@@ -144,28 +144,23 @@ class InterfaceDefinition:
         )
 
     def to_record(self) -> records.Interface:
-        """The catalog's Interface record. The catalog keeps one position per port and output:
-        the first; a multi-position port or output names its full span in its encoding."""
-
-        def span(positions: tuple[int, ...]) -> str:
-            return "" if len(positions) == 1 else f" at positions {positions[0]}..{positions[-1]}"
-
+        """The catalog's Interface record, with every position of each port and the output."""
         return records.Interface(
             inputs=[
                 records.Port(
                     name=p.name,
                     domain=p.domain,
                     position=p.positions[0],
-                    encoding=p.encoding
-                    if len(p.positions) == 1
-                    else p.encoding + span(p.positions),
+                    encoding=p.encoding,
+                    positions=list(p.positions),
                 )
                 for p in self.inputs
             ],
             output=records.Output(
                 domain=self.output.domain,
                 position=self.output.positions[0],
-                decoding=self.output.decoding + span(self.output.positions),
+                decoding=self.output.decoding,
+                positions=list(self.output.positions),
             ),
             reads=[records.Boundary(b.site, b.dim, dict(b.stats)) for b in self.reads],
             writes=[records.Boundary(b.site, b.dim, dict(b.stats)) for b in self.writes],

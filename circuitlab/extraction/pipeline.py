@@ -8,8 +8,11 @@ Phases (the progress output uses the same names):
  4. circuit       rank features by influence over all inputs; the smallest set meeting the
                   sufficiency target; necessity of that set; averaged edges
  5. interpret     Fourier analysis for modular arithmetic (Nanda et al. 2023)
- 6. write         artifacts into RUN/extraction/ (written as extraction.partial, then renamed)
- 7. catalog       Task, Model and Circuit records through the catalog API
+ 6. write         artifacts into RUN/extraction/ (written as extraction.partial, then renamed):
+                  the circuit record (circuit.json) with the transcoder and the ablation
+                  statistics it names by hash, so `Circuit.load` can run it
+ 7. catalog       the same Task, Model and Circuit records through the catalog API, and the
+                  IMPLEMENTS link to the registry function its signature names
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from typing import Any
 import torch
 
 from circuitlab._atomic import replace_dir, write_json_atomic
+from circuitlab.catalog.records import Artifact
 from circuitlab.extraction import circuit as circ
 from circuitlab.extraction import graph as graphs
 from circuitlab.extraction.activations import mlp_activations, task_tokens
+from circuitlab.extraction.artifact import ABLATION_FILE, Circuit, sha256_file
 from circuitlab.extraction.attribution import AttributionConfig, attribute
+from circuitlab.extraction.records import catalog_records, implements_records, registry_function
 from circuitlab.extraction.transcoder import TranscoderConfig, evaluate, train_transcoder
 
 Progress = Callable[[str, str], None]  # (phase, message)
@@ -274,9 +280,39 @@ def extract(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         tc.save(partial / "transcoder", extra={"source_run": str(run_dir)})
+        artifact = None
+        if config.ablation in ("mean", "zero"):  # resample has no summary to run new inputs with
+            circ.AblationStats.of(ref, config.ablation).save(partial / ABLATION_FILE)
+            function = registry_function(interface)
+            artifact = Artifact(
+                weights_sha256=sha256_file(run_dir / "model.safetensors"),
+                transcoder=f"{OUT_DIR}/transcoder",
+                transcoder_sha256=sha256_file(partial / "transcoder" / "transcoder.safetensors"),
+                ablation_file=f"{OUT_DIR}/{ABLATION_FILE}",
+                ablation_sha256=sha256_file(partial / ABLATION_FILE),
+                n_features=tc.n_features,
+                function=None if function is None else function.name,
+            )
+        records = catalog_records(
+            info,
+            model,
+            task,
+            transcoder=tc,
+            transcoder_metrics=tc_metrics,
+            scores=scores,
+            importance=importance,
+            edges=edges,
+            faith=faith,
+            interpretation=interpretation,
+            feature_labels=feature_labels,
+            config=config,
+            interface=interface,
+            examples=examples,
+            artifact=artifact,
+        )
+        circuit_record = records[2]
         graph_files = _write_graphs(graph, task, partial, config.graph_examples)
-        circuit_json = _circuit_json(keep, importance, edges, faith, feature_labels)
-        (partial / "circuit.json").write_text(json.dumps(circuit_json, indent=1) + "\n")
+        Circuit.write(circuit_record, partial)
         _plot_sufficiency(
             faith.curve, faith.n_features, faith.n_features_total, partial / "sufficiency.png"
         )
@@ -286,29 +322,11 @@ def extract(
         replace_dir(partial, out)
         phase_done("write")
 
-        circuit_id = None
+        circuit_id = circuit_record.id
         if catalog is not None:
             say("catalog", f"writing to {catalog.url}")
-            from circuitlab.extraction.records import catalog_records
-
-            records = catalog_records(
-                info,
-                model,
-                task,
-                transcoder=tc,
-                transcoder_metrics=tc_metrics,
-                scores=scores,
-                importance=importance,
-                edges=edges,
-                faith=faith,
-                interpretation=interpretation,
-                feature_labels=feature_labels,
-                config=config,
-                interface=interface,
-                examples=examples,
-            )
             catalog.put_many(records)
-            circuit_id = records[2].id
+            catalog.put_many(implements_records(circuit_record, interface, catalog))
             phase_done("catalog")
         summary["timings_s"] = timings
         summary["circuit_id"] = circuit_id
@@ -377,24 +395,3 @@ def _write_graphs(graph, task, directory: Path, n: int) -> list[Path]:
         )
         written.append(graphs.write_graph_json(out / f"{slug}.json", data))
     return written
-
-
-def _circuit_json(keep, importance, edges, faith, feature_labels) -> dict[str, Any]:
-    features = []
-    for layer, mask in enumerate(keep):
-        for f in mask.nonzero().flatten().tolist():
-            features.append(
-                {
-                    "layer": layer,
-                    "feature": f,
-                    "importance": float(importance[layer, f]),
-                    **feature_labels.get((layer, f), {}),
-                }
-            )
-    features.sort(key=lambda x: -x["importance"])
-    w = edges.weights
-    links = [
-        {"source": list(edges.keys[s]), "target": list(edges.keys[t]), "weight": float(w[t, s])}
-        for t, s in (w.abs() > 0).nonzero().tolist()
-    ]
-    return {"features": features, "links": links, "faithfulness": faith.to_dict()}

@@ -5,11 +5,12 @@ The catalog knows storage, not torch: everything here is turned into plain JSON 
 
 from __future__ import annotations
 
-import hashlib
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from circuitlab.catalog import (
+    Artifact,
     Circuit,
     Edge,
     Example,
@@ -37,15 +38,9 @@ if TYPE_CHECKING:
     from circuitlab.tasks.base import Task as TaskDefinition
     from circuitlab.training.rundir import RunInfo
 
+from circuitlab.extraction.artifact import sha256_file
+
 EDGE_MIN = 1e-6  # averaged edges smaller than this (in logit units) are not stored
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def task_record(task: TaskDefinition) -> Task:
@@ -66,7 +61,7 @@ def model_record(info: RunInfo, model: Transformer) -> Model:
     final = {k: float(v) for k, v in summary.get("final", {}).items() if isinstance(v, int | float)}
     return Model(
         task=info.task,
-        weights_sha256=_sha256(info.path / "model.safetensors"),
+        weights_sha256=sha256_file(info.path / "model.safetensors"),
         architecture=model.cfg.to_dict(),
         n_params=model.cfg.n_params,
         attention=model.cfg.attention_backend,
@@ -99,9 +94,10 @@ def catalog_records(
     config: ExtractConfig,
     interface: InterfaceDefinition | None = None,
     examples: Sequence[dict[str, Any]] = (),
+    artifact: Artifact | None = None,
 ) -> list[Any]:
-    """[Task, Model, Circuit] ready for `Catalog.put_many`, followed by the verified signature
-    as a Function and the circuit's IMPLEMENTS edge to it when the interface has one.
+    """[Task, Model, Circuit] ready for `Catalog.put_many`; `implements_records` adds the link
+    to the function the interface's signature names.
 
     `importance` is (n_layers, n_features); `edges` holds the circuit's averaged direct effects;
     `feature_labels` maps (layer, feature) to Fourier statistics for the Circuit's nodes."""
@@ -178,6 +174,8 @@ def catalog_records(
         completeness=float(scores.completeness.mean()),
         n_examples=faith.n_inputs,
         extra={
+            "full_accuracy": faith.full_accuracy,
+            "full_loss": faith.full_loss,
             "features_kept": float(faith.n_features),
             "features_total": float(faith.n_features_total),
             "sufficiency_loss": faith.sufficiency_loss,
@@ -216,29 +214,90 @@ def catalog_records(
             else ["Task_Specific"],
             complexity="low" if kept_share < 0.1 else "medium" if kept_share < 0.3 else "high",
         ),
+        artifact=artifact,
         metadata=Metadata(source_run=str(info.path), extra={"extraction": config.to_dict()}),
     )
-    out: list[Any] = [task_rec, model_rec, circuit]
+    return [task_rec, model_rec, circuit]
+
+
+_PARAM = re.compile(r"(\w+)=(\d+)")
+_GRID_DOMAIN = re.compile(r"grid\[(\d+)x(\d+)\]:Z_(\d+)")
+
+
+def registry_function(interface: InterfaceDefinition) -> Any | None:
+    """The registry function a verified primitive signature names, with the task's parameters
+    fixed: ADDMOD(a, b, p=113) becomes ADDMOD_113(a: Z_113, b: Z_113) -> Z_113. None when the
+    signature is not a registry primitive."""
+    from circuitlab.registry import Domain, Function, Input, Kind, call
+    from circuitlab.registry.expr import Var
+
+    sig = interface.signature
+    if sig is None or not sig.primitive:
+        return None
+    params = {k: int(v) for k, v in _PARAM.findall(sig.call)}
+
+    def domain(text: str) -> Domain:
+        if m := _GRID_DOMAIN.fullmatch(text):
+            return Domain(Kind.GRID, shape=(int(m[1]), int(m[2])), colours=int(m[3]))
+        return Domain(Kind.INT, modulus=int(text.removeprefix("Z_")))
+
+    inputs = [Input(p.name, domain(p.domain)) for p in interface.inputs]
+    out = interface.output.domain
+    grid = _GRID_DOMAIN.fullmatch(interface.inputs[0].domain)
+    suffix = f"{grid[1]}x{grid[2]}_c{grid[3]}" if grid else out.removeprefix("Z_")
+    expr = call(sig.function, *(Var(i) for i in range(len(inputs))), **params)
+    return Function.new(
+        f"{sig.function}_{suffix}",
+        inputs,
+        expr,
+        output=domain(out),
+        description=f"{sig.expression}: the registry primitive {sig.call}",
+    )
+
+
+def implements_records(
+    circuit: Circuit, interface: InterfaceDefinition | None, catalog: Any
+) -> list[Any]:
+    """The Function the circuit's verified signature names and the IMPLEMENTS edge to it.
+
+    A primitive signature links the registry's own function (registered in the catalog's
+    registry when it is not there yet, so `Registry.open(catalog_url)` can call it); any other
+    verified signature (S_n products, synthesis tasks) gets a Function record naming it."""
     signature = None if interface is None else interface.signature
-    if signature is not None and signature.agreement > 0:
+    if signature is None or signature.agreement <= 0:
+        return []
+    details = {"call": signature.call, "expression": signature.expression}
+    fn = registry_function(interface)
+    if fn is not None:
+        from circuitlab.registry import Registry
+        from circuitlab.registry.catalog_store import CatalogStore
+
+        store = CatalogStore(catalog)
+        registry = Registry(store)
+        if fn.name not in registry:
+            registry.register(fn)
+        stored = registry.get(fn.name)
+        function_id = store.record_id(stored.name, stored.version)
+        out: list[Any] = []
+    else:
         function = Function(
             name=signature.function,
             signature=signature.signature,
             expression=signature.expression,
             input_domains=[port.domain for port in circuit.interface.inputs],
             output_domain=circuit.interface.output.domain,
-            description=f"{signature.call}: a registry primitive"
-            if signature.primitive
-            else signature.call,
-            properties={"call": signature.call, "primitive": signature.primitive},
+            description=signature.call,
+            properties={"call": signature.call, "primitive": False},
         )
-        out += [
-            function,
-            Implements(
-                circuit=circuit.id,
-                function=function.id,
-                agreement=signature.agreement,
-                n_examples=signature.n_examples,
-            ),
-        ]
+        function_id = function.id
+        out = [function]
+    out.append(
+        Implements(
+            circuit=circuit.id,
+            function=function_id,
+            agreement=signature.agreement,
+            n_examples=signature.n_examples,
+            details=details,
+        )
+    )
     return out

@@ -159,8 +159,8 @@ def test_json_round_trip_and_catalog_record():
     assert itf.InterfaceDefinition.from_dict(data) == definition
     record = definition.to_record()
     assert record.inputs[0].name == "grid" and record.inputs[0].position == 0
-    assert "positions 0..8" in record.inputs[0].encoding
-    assert record.output.position == 9 and "positions 9..17" in record.output.decoding
+    assert record.inputs[0].all_positions() == list(range(9))  # every cell, not just the first
+    assert record.output.position == 9 and record.output.all_positions() == list(range(9, 18))
     assert record.signature == definition.signature.signature
     # the catalog validates it as part of a circuit, and loads it back equal
     circuit = Circuit(task=task.spec, model="0" * 64, nodes=[], interface=record)

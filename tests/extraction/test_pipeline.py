@@ -119,10 +119,20 @@ def test_verified_signature_becomes_a_function_and_implements_edge(run_dir, tmp_
         assert counts["function"] == 1 and counts["IMPLEMENTS"] == 1
         (fid,) = cat.ids("function")
         function = cat.get(fid)
-        assert function.name == "ADDMOD" and function.input_domains == ["Z_13", "Z_13"]
+        assert function.name == "ADDMOD_13" and function.input_domains == ["Z_13", "Z_13"]
         (iid,) = cat.ids("implements")
         edge = cat.get(iid)
         assert edge.circuit == result.circuit_id and edge.function == fid and edge.agreement == 0.75
+        assert cat.get(result.circuit_id).artifact.function == "ADDMOD_13"
+    # IMPLEMENTS points at the registry's own function, callable through the registry
+    from circuitlab.registry import Registry
+
+    registry = Registry.open(url)
+    assert registry.call("ADDMOD_13", [7, 12], [9, 5]).tolist() == [3, 4]
+    # extracting again reuses that function instead of adding a copy
+    extract(run_dir, url, CONFIG)
+    with open_catalog(url) as cat:
+        assert cat.stats().counts["function"] == 1
 
 
 @pytest.mark.parametrize("normalization", [None, "LN"])
@@ -138,6 +148,9 @@ def test_two_layer_models_extract(tmp_path, normalization):
         and len(summary["transcoder"]["nmse_per_layer"]) == 2
     )
     circuit = json.loads((result.out_dir / "circuit.json").read_text())
-    assert {f["layer"] for f in circuit["features"]} <= {0, 1}
+    layers = {
+        n["feature"]["layer"] for n in circuit["nodes"] if n["feature"]["node_type"] == "feature"
+    }
+    assert layers and layers <= {0, 1}
     assert summary["circuit"]["n_features_total"] == 2 * CONFIG.transcoder.n_features
     assert 0.0 <= summary["graph"]["replacement_score"] <= 1.0
