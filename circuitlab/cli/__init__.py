@@ -11,6 +11,7 @@ import sys
 import typer
 
 from circuitlab.cli import catalog as _catalog_cmd
+from circuitlab.cli import compose as _compose_cmd
 from circuitlab.cli import discover as _discover_cmd
 from circuitlab.cli import extract as _extract_cmd
 from circuitlab.cli import registry as _registry_cmd
@@ -40,6 +41,7 @@ _registry_cmd.register(app)
 _training_cmd.register(app)
 _extract_cmd.register(app)
 _catalog_cmd.register(app)
+_compose_cmd.register(app)
 
 
 def main() -> None:

@@ -203,6 +203,7 @@ def search(
             "candidates": outcome.stats.candidates,
             "pairs": outcome.stats.pairs,
             "seconds": round(outcome.stats.seconds, 4),
+            "columns": list(data.names),  # the row layout it was found on (see on_columns)
             "rows": {
                 "train": rows.n_train,
                 "held_out": rows.n_hold,

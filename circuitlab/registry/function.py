@@ -150,7 +150,48 @@ class Function:
     def sympy(self, resolve: ex.Resolver | None = None) -> Any:
         return ex.to_sympy(self.expr, [i.name for i in self.inputs], self.constant_dict, resolve)
 
+    def __str__(self) -> str:
+        """`KE(m, v) = 0.5*m*v^2`: the closed form when sympy gives one, else the expression."""
+        head = f"{self.name}({', '.join(i.name for i in self.inputs)})"
+        try:
+            body = str(self.sympy()).replace("**", "^")
+        except Exception:  # a call of another registered function has no closed form here
+            body = self.render()
+        return f"{head} = {body}"
+
     # -- evaluation ----------------------------------------------------------------------------
+
+    def __call__(self, *args: Any) -> np.ndarray:
+        """`f(7, 3)`: evaluate on scalars or arrays (a function calling other registered
+        functions is called through its Registry, which resolves them)."""
+        if self.uses():
+            raise RegistryError(
+                f"{self.name} calls registered functions {[n for n, _ in self.uses()]}; "
+                f"call it as registry.call({self.name!r}, ...)"
+            )
+        return self.evaluate(*args)
+
+    def on_columns(
+        self, table: Any, columns: Sequence[str] | None = None, resolve: ex.Resolver | None = None
+    ) -> np.ndarray:
+        """Evaluate on rows laid out as the examples it was discovered from: `table` is a 2-D
+        array (rows x columns) or a mapping of column name to values; `columns` names the
+        array's columns (default: the columns recorded at discovery, junk ones included)."""
+        if isinstance(table, Mapping):
+            source = {str(k): np.asarray(v) for k, v in table.items()}
+        else:
+            array = np.asarray(table)
+            names = list(columns or self.provenance.search.get("columns") or [])
+            if array.ndim != 2 or array.shape[1] != len(names):
+                raise RegistryError(
+                    f"{self.name}: expected a 2-D table with columns {names}, got shape "
+                    f"{array.shape}"
+                )
+            source = {n: array[:, i] for i, n in enumerate(names)}
+        missing = [i.name for i in self.inputs if i.name not in source]
+        if missing:
+            raise RegistryError(f"{self.name}: the table has no column(s) {missing}")
+        return self.evaluate(*(source[i.name] for i in self.inputs), resolve=resolve)
 
     def evaluate(self, *args: Any, resolve: ex.Resolver | None = None) -> np.ndarray:
         """Outputs for inputs given positionally (scalars or arrays over rows, broadcast).
