@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -14,6 +15,9 @@ from torch import nn
 from circuitlab.models import functional
 from circuitlab.models.config import ModelConfig
 from circuitlab.models.hooks import HookFn, HookPoint
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NameFilter = str | Callable[[str], bool]
 
@@ -75,8 +79,18 @@ class Transformer(nn.Module):
         return dict(self._hook_by_name)
 
     # --- forward -------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, *, answers_only: bool = True) -> torch.Tensor:
-        """tokens (B, S) -> logits (B, Q, O) at answer positions, or (B, S, O) for all."""
+    def forward(
+        self,
+        tokens: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
+        *,
+        answers_only: bool = True,
+    ) -> torch.Tensor:
+        """tokens (B, S) -> logits (B, Q, O) at answer positions, or (B, S, O) for all.
+
+        `tokens` may be a tensor, a numpy integer array (such as `task.dataset().inputs`) or
+        nested lists of ints.
+        """
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.dim() == 1:
             tokens = tokens.unsqueeze(0)
         if tokens.shape[-1] > self.cfg.n_ctx:
@@ -124,7 +138,11 @@ class Transformer(nn.Module):
                 point._hooks.remove(fn)
 
     def run_with_cache(
-        self, tokens: torch.Tensor, names: NameFilter | None = None, *, answers_only: bool = False
+        self,
+        tokens: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
+        names: NameFilter | None = None,
+        *,
+        answers_only: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and a dict of activations (all hook points, or those `names` selects)."""
         cache: dict[str, torch.Tensor] = {}

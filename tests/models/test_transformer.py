@@ -85,6 +85,20 @@ def test_backend_resolution_on_cpu():
     assert Fn.resolve_backend(flash, cpu, need_pattern=False) == "sdpa"  # no CUDA here
 
 
+def test_forward_accepts_numpy_arrays_and_lists():
+    import numpy as np
+
+    cfg = small_config()
+    model = Transformer(cfg, seed=1)
+    x = tokens(cfg, n=5)
+    expected = model(x)
+    for other in (x.numpy(), x.numpy().astype(np.int32), x.tolist()):
+        torch.testing.assert_close(model(other), expected)
+    logits, cache = model.run_with_cache(x.numpy())
+    torch.testing.assert_close(logits, model(x, answers_only=False))
+    assert "blocks.0.mlp.hook_post" in cache
+
+
 def test_hooks_see_named_activations_and_are_removed():
     cfg = small_config(normalization="LN")
     model = Transformer(cfg)
