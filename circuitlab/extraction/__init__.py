@@ -8,6 +8,7 @@ Importing this package pulls in torch; the pieces can also be used one by one (s
 """
 
 from circuitlab.extraction.activations import collect, mlp_activations, task_tokens
+from circuitlab.extraction.artifact import Circuit, CircuitLoadError
 from circuitlab.extraction.attribution import AttributionConfig, attribute
 from circuitlab.extraction.circuit import Faithfulness, measure, select_circuit
 from circuitlab.extraction.fourier import FourierReport, key_frequencies, unit_frequencies
@@ -32,6 +33,8 @@ from circuitlab.extraction.transcoder import (
 __all__ = [
     "AttributionConfig",
     "AttributionGraph",
+    "Circuit",
+    "CircuitLoadError",
     "ExtractConfig",
     "ExtractResult",
     "ExtractionError",
