@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "registry": [],
     "catalog": [],
     "extraction": [],
+    "compose": [],
     "transcoder": [],
     "attribution": ["--train", "256"],
     "tasks": [],

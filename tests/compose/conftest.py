@@ -2,8 +2,11 @@
 
 import pytest
 
+from circuitlab.compose import Library
 from circuitlab.extraction.pipeline import ExtractConfig, extract
 from circuitlab.extraction.transcoder import TranscoderConfig
+from circuitlab.registry import Domain, Function, Input, Kind, call
+from circuitlab.registry.expr import Var
 from circuitlab.training import RunSpec, get_recipe, train_stack
 
 SMALL = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64)
@@ -23,3 +26,16 @@ def small_catalog(tmp_path_factory):
         train_stack([RunSpec(task, recipe, 0, run)], threads=1)
         ids[task] = extract(run, url, CONFIG).circuit_id
     return url, ids
+
+
+@pytest.fixture()
+def lib(small_catalog):
+    """A Library on the small catalog, with ADDMOD_11 registered as extraction registers it
+    for a grokked model (these are not grokked, so extraction found no signature)."""
+    with Library(small_catalog[0]) as library:
+        if "ADDMOD_11" not in library.registry:
+            z11 = Domain(Kind.INT, modulus=11)
+            addmod = call("ADDMOD", Var(0), Var(1), p=11)
+            fn = Function.new("ADDMOD_11", [Input("a", z11), Input("b", z11)], addmod, output=z11)
+            library.registry.register(fn)
+        yield library

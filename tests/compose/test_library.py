@@ -5,21 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from circuitlab.compose import CompositionError, DomainError, Library
-from circuitlab.registry import Domain, Function, Input, Kind, Registry, call
+from circuitlab.compose import CompositionError, DomainError
+from circuitlab.registry import Function, Registry, call
 from circuitlab.registry.expr import Var
-
-
-@pytest.fixture()
-def lib(small_catalog):
-    url, _ = small_catalog
-    with Library(url) as library:
-        if "ADDMOD_11" not in library.registry:  # what extraction registers for a grokked model
-            z11 = Domain(Kind.INT, modulus=11)
-            addmod = call("ADDMOD", Var(0), Var(1), p=11)
-            fn = Function.new("ADDMOD_11", [Input("a", z11), Input("b", z11)], addmod, output=z11)
-            library.registry.register(fn)
-        yield library
 
 
 def _by_hand(fn, a, b):

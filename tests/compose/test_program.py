@@ -7,13 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from circuitlab.compose import Call, CompositionError, Library, Param, Program, ValueType
-
-
-@pytest.fixture()
-def lib(small_catalog):
-    with Library(small_catalog[0]) as library:
-        yield library
+from circuitlab.compose import Call, CompositionError, Param, Program, ValueType
 
 
 def test_traced_program_equals_calling_by_hand(lib):

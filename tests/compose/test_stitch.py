@@ -3,14 +3,8 @@
 import numpy as np
 import pytest
 
-from circuitlab.compose import CompositionError, Library
+from circuitlab.compose import CompositionError
 from circuitlab.compose.stitch import LatentChain, final_states, fit_adapter, self_stitch
-
-
-@pytest.fixture()
-def lib(small_catalog):
-    with Library(small_catalog[0]) as library:
-        yield library
 
 
 def test_latent_chain_runs_with_the_call_convention(lib):
