@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 # name -> extra arguments; cheapest first so a failure shows early
 BENCHMARKS: dict[str, list[str]] = {
     "registry": [],
+    "solver": [],
     "catalog": [],
     "extraction": [],
     "compose": [],

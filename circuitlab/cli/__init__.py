@@ -15,6 +15,7 @@ from circuitlab.cli import compose as _compose_cmd
 from circuitlab.cli import discover as _discover_cmd
 from circuitlab.cli import extract as _extract_cmd
 from circuitlab.cli import registry as _registry_cmd
+from circuitlab.cli import solve as _solve_cmd
 from circuitlab.cli import tasks as _tasks_cmd
 from circuitlab.cli import training as _training_cmd
 from circuitlab.cli.common import CliError, console, err_console
@@ -42,6 +43,7 @@ _training_cmd.register(app)
 _extract_cmd.register(app)
 _catalog_cmd.register(app)
 _compose_cmd.register(app)
+_solve_cmd.register(app)
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ class Library:
 
         if catalog is None or isinstance(catalog, str | os.PathLike):
             try:
-                catalog = open_catalog(catalog)
+                catalog = open_catalog(catalog, create=False)  # a typo is not a new catalog
             except CatalogError as exc:
                 raise CompositionError(f"catalog: {exc}") from None
         self.catalog = catalog
