@@ -21,7 +21,6 @@ Measured (library: the registry primitives for the moduli and colours of the set
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -32,6 +31,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from circuitlab._atomic import write_json_atomic
 from circuitlab.compose.arc import Task, default_library, load_tasks
 from circuitlab.compose.solver import solve
 
@@ -189,9 +189,7 @@ def main() -> None:
     print_tables(res)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(out)
+    write_json_atomic(out, res)
 
 
 def print_tables(res: dict[str, Any]) -> None:
