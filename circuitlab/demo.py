@@ -10,7 +10,7 @@ import sys
 import time
 
 from circuitlab.cli import app
-from circuitlab.cli.common import CliError, console, err_console
+from circuitlab.cli.common import CliError, console, print_error
 
 OUT = "runs/demo"
 TASK = "add_mod_113"
@@ -22,7 +22,7 @@ def run(*args: str) -> None:
     try:
         app(list(args), standalone_mode=False)
     except CliError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        print_error(exc)
         sys.exit(2)
 
 
@@ -47,7 +47,7 @@ def compose() -> None:
     try:
         exec(COMPOSE, {})  # the snippet shown is the code that runs
     except CompositionError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        print_error(exc)
         sys.exit(2)
 
 

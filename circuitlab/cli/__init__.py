@@ -18,7 +18,7 @@ from circuitlab.cli import registry as _registry_cmd
 from circuitlab.cli import solve as _solve_cmd
 from circuitlab.cli import tasks as _tasks_cmd
 from circuitlab.cli import training as _training_cmd
-from circuitlab.cli.common import CliError, console, err_console
+from circuitlab.cli.common import CliError, console, print_error
 
 app = typer.Typer(
     name="circuitlab",
@@ -51,7 +51,7 @@ def main() -> None:
     try:
         app()
     except CliError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        print_error(exc)
         sys.exit(2)
 
 

@@ -15,3 +15,11 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 class CliError(Exception):
     """A user mistake: printed as one line on stderr, exit code 2, no traceback."""
+
+
+def print_error(exc: BaseException) -> None:
+    """One line on stderr; the message is escaped, since it may quote user input or catalog
+    text that rich would otherwise read as markup (`[/x]` raises, `[bold]` restyles)."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}")

@@ -88,10 +88,10 @@ def run_cmd(
             data["trace"] = steps.to_dict()
         console.print_json(json.dumps(data))
         return
-    console.print(prog.to_python(), highlight=False)
+    console.print(prog.to_python(), highlight=False, markup=False)
     if steps is not None:
-        console.print(steps.to_text(), highlight=False)
-    console.print(f"{prog.name}(...) = {json.dumps(out.tolist())}", highlight=False)
+        console.print(steps.to_text(), highlight=False, markup=False)
+    console.print(f"{prog.name}(...) = {json.dumps(out.tolist())}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -107,6 +107,7 @@ def test_run_command(lib, small_catalog, tmp_path):
         (["run", "muladd", "-i", "a=11", "-i", "b=3", "-i", "c=4"], "muladd.a: 11 is outside Z_11"),
         (["run", "muladd", "-i", "a=1"], "missing ['b', 'c']"),
         (["run", "nothing"], "no program 'nothing'"),
+        (["run", "[/x]"], "no program '[/x]'"),  # user text is not read as rich markup
         (["run", str(tmp_path / "none.json")], "cannot read program"),
     ):
         res = _cli(*bad, "-c", url)
