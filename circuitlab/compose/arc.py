@@ -346,32 +346,12 @@ def primitive_library(
         for op in GRID_OPS:
             fns[f"primitive:{op}"] = PrimitiveFunction(op)
     for k in sorted(set(colours)):
-        f = ColourPrimitive("RECOLOUR", k=k)
+        f = PrimitiveFunction("RECOLOUR", k=k)
         fns[f.ref] = f
         for src, dst in itertools.permutations(range(k), 2):
-            f = ColourPrimitive("REPLACE_COLOUR", src=src, dst=dst)
+            f = PrimitiveFunction("REPLACE_COLOUR", src=src, dst=dst)
             fns.setdefault(f.ref, f)
     return list(fns.values())
-
-
-class ColourPrimitive(PrimitiveFunction):
-    """RECOLOUR and REPLACE_COLOUR typed by their palette, so types prune what is a no-op or
-    leaves the palette: RECOLOUR(k) maps k-colour grids to k-colour grids; REPLACE_COLOUR(src,
-    dst) needs both colours in the grid's palette. (The base class takes any grid and says the
-    colours are unchanged, which RECOLOUR(k=4) on a 3-colour grid breaks.)"""
-
-    def __init__(self, name: str, **params: int) -> None:
-        super().__init__(name, **params)
-        self.name += "".join(f"_{params[k]}" for k in self.primitive.params)  # RECOLOUR_3
-
-    def result_type(self, args: tuple[ValueType, ...]) -> ValueType | None:
-        out = super().result_type(args)
-        n = args[0].n if out is not None else None
-        if n is None:
-            return out
-        if self.primitive.name == "RECOLOUR":
-            return out if self.fixed["k"] == n else None
-        return out if max(self.fixed["src"], self.fixed["dst"]) < n else None
 
 
 def dump_tasks(

@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
 
-from circuitlab.compose.functions import LibraryFunction, Param, distinct_rows
+from circuitlab.compose.functions import TRACE_FEATURES, LibraryFunction, Param, distinct_rows
 from circuitlab.compose.trace import FeatureFiring
 from circuitlab.compose.types import CompositionError, ValueType
 
@@ -26,7 +27,34 @@ def _interface_params(interface) -> tuple[tuple[Param, ...], ValueType]:
     return params, ValueType.parse(interface.output.domain)
 
 
-class CircuitFunction(LibraryFunction):
+class _TokenFunction(LibraryFunction):
+    """A function computed by a transformer on token sequences: each distinct input sequence is
+    run once, `chunk_size` distinct sequences at a time."""
+
+    @abstractmethod
+    def _tokens(self, args: tuple[np.ndarray, ...]) -> np.ndarray:
+        """(N, n_ctx) token sequences for checked arguments."""
+
+    @abstractmethod
+    def _predict(self, tokens: Any) -> np.ndarray:
+        """Decoded outputs for a (n, n_ctx) tensor of token sequences."""
+
+    def evaluate_flat(self, flat: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        unique, inverse = distinct_rows(self._tokens(tuple(flat)))
+        with torch.no_grad():
+            outs = [
+                self._predict(torch.from_numpy(unique[i : i + self.chunk_size]))
+                for i in range(0, len(unique), self.chunk_size)
+            ]
+        return np.concatenate(outs)[inverse] if outs else self._empty()
+
+    def evaluate(self, *args: np.ndarray) -> np.ndarray:
+        return self.evaluate_flat(list(args))
+
+
+class CircuitFunction(_TokenFunction):
     """An extracted circuit (`circuitlab.extraction.Circuit`) as a library function."""
 
     kind = "circuit"
@@ -60,21 +88,8 @@ class CircuitFunction(LibraryFunction):
     def _tokens(self, args: tuple[np.ndarray, ...]) -> np.ndarray:
         return self.circuit.encode(*args).numpy()
 
-    def evaluate_flat(self, flat: list[np.ndarray]) -> np.ndarray:
-        """Each distinct input once, `chunk_size` distinct inputs at a time."""
-        import torch
-
-        unique, inverse = distinct_rows(self._tokens(tuple(flat)))
-        outs = [
-            self.circuit.decode(
-                self.circuit.logits(torch.from_numpy(unique[i : i + self.chunk_size]), self.mode)
-            )
-            for i in range(0, len(unique), self.chunk_size)
-        ]
-        return np.concatenate(outs)[inverse] if outs else self._empty()
-
-    def evaluate(self, *args: np.ndarray) -> np.ndarray:
-        return self.evaluate_flat(list(args))
+    def _predict(self, tokens: Any) -> np.ndarray:
+        return self.circuit.decode(self.circuit.logits(tokens, self.mode))
 
     def explain(self, *args: np.ndarray) -> list[list[FeatureFiring]]:
         import torch
@@ -92,20 +107,16 @@ class CircuitFunction(LibraryFunction):
                 for f in row.nonzero().flatten().tolist():
                     label = self.circuit.labels.get((layer, f), f"L{layer} F{f}")
                     fired[i].append(FeatureFiring(layer, f, float(row[f]), label))
-        from circuitlab.compose.functions import TRACE_FEATURES
-
         return [sorted(f, key=lambda x: -x.activation)[:TRACE_FEATURES] for f in fired]
 
 
-class ModelFunction(LibraryFunction):
+class ModelFunction(_TokenFunction):
     """A trained model, called on its task's interface (inferred from the task)."""
 
     kind = "model"
 
     def __init__(self, run_dir: Any, name: str | None = None) -> None:
         from pathlib import Path
-
-        import torch
 
         from circuitlab.extraction.artifact import sha256_file
         from circuitlab.extraction.interface import ports_of
@@ -119,28 +130,19 @@ class ModelFunction(LibraryFunction):
         params = tuple(Param(p.name, ValueType.parse(p.domain)) for p in ports)
         self._positions = [list(p.positions) for p in ports]
         self._template = self.task.dataset().inputs[0].copy()
-        self._grid = ValueType.parse(out.domain)
+        self._domain = out.domain
         sha = sha256_file(Path(run_dir) / "model.safetensors")
-        super().__init__(name or info.task, f"model:{sha}", params, self._grid)
-        self._torch = torch
+        super().__init__(name or info.task, f"model:{sha}", params, ValueType.parse(out.domain))
 
-    def evaluate(self, *args: np.ndarray) -> np.ndarray:
-        return self.evaluate_flat(list(args))
+    def _tokens(self, args: tuple[np.ndarray, ...]) -> np.ndarray:
+        from circuitlab.extraction.artifact import encode_tokens
 
-    def evaluate_flat(self, args: list[np.ndarray]) -> np.ndarray:
-        n = len(args[0])
-        tokens = np.broadcast_to(self._template, (n, len(self._template))).copy()
-        for positions, value in zip(self._positions, args, strict=True):
-            tokens[:, positions] = value.reshape(n, len(positions))
-        unique, inverse = distinct_rows(tokens)
-        with self._torch.no_grad():
-            pred = [
-                self.model(self._torch.from_numpy(unique[i : i + self.chunk_size])).argmax(-1)
-                for i in range(0, len(unique), self.chunk_size)
-            ]
-        out = self._torch.cat(pred).numpy().astype(np.int64) if pred else np.zeros((0, 1), np.int64)
-        out = out.reshape(len(out), *self._grid.shape) if self._grid.is_grid else out[:, 0]
-        return out[inverse]
+        return encode_tokens(self._template, self._positions, args)
+
+    def _predict(self, tokens: Any) -> np.ndarray:
+        from circuitlab.extraction.artifact import decode_argmax
+
+        return decode_argmax(self.model(tokens), self._domain)
 
 
 class SymbolicFunction(LibraryFunction):
@@ -178,8 +180,9 @@ _SWAPS_AXES = {"ROT90", "ROT270", "TRANSPOSE", "ANTITRANSPOSE"}
 
 
 class PrimitiveFunction(LibraryFunction):
-    """A registry primitive with its parameters fixed. Modular primitives take `p` and work on
-    Z_p; grid primitives take any grid (`shape` None) unless a shape is given."""
+    """A registry primitive with its parameters fixed, named with them (ADDMOD_31). Modular
+    primitives take `p` and work on Z_p; grid primitives take any grid (`shape` None) unless a
+    shape is given, and say how they change its shape and which palettes they fit."""
 
     kind = "primitive"
 
@@ -207,8 +210,8 @@ class PrimitiveFunction(LibraryFunction):
             else:
                 types = (ValueType("int"),) * self.primitive.arity
         output = output or (types[0] if types else ValueType("int"))
-        shown = "".join(f"_{v}" for k, v in sorted(params.items()) if k != "k" or not self.is_grid)
-        label = name + (shown if not self.is_grid else "")
+        # parameters in the name: ADDMOD_31, RECOLOUR_3, REPLACE_COLOUR_1_0; ROT90 has none
+        label = name + "".join(f"_{params[k]}" for k in self.primitive.params)
         ref_params = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
         super().__init__(
             label,
@@ -228,7 +231,20 @@ class PrimitiveFunction(LibraryFunction):
             shape = (shape[1], shape[0])
         if self.primitive.name in ("CROP", "UPSCALE"):
             return self.output if self.output.shape else None
-        return ValueType("grid", args[0].n, shape)
+        colours = args[0].n
+        if colours is not None and not self._fits_palette(colours):
+            return None
+        return ValueType("grid", colours, shape)
+
+    def _fits_palette(self, colours: int) -> bool:
+        """RECOLOUR(k) cycles exactly k colours; REPLACE_COLOUR's colours must be in the grid's
+        palette. Anything else would type its output with the wrong palette (RECOLOUR(k=4) on a
+        3-colour grid writes colour 3)."""
+        if self.primitive.name == "RECOLOUR":
+            return self.fixed["k"] == colours
+        if self.primitive.name == "REPLACE_COLOUR":
+            return max(self.fixed["src"], self.fixed["dst"]) < colours
+        return True
 
     def evaluate(self, *args: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):

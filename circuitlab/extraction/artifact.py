@@ -88,6 +88,27 @@ def _circuit_file(path: Path) -> Path:
     raise CircuitLoadError(f"no {CIRCUIT_FILE} at {path} (nor in {path / OUT_DIR})")
 
 
+def encode_tokens(
+    template: np.ndarray, positions: list[list[int]], values: tuple[np.ndarray, ...]
+) -> np.ndarray:
+    """(N, n_ctx) token sequences: `template` everywhere, each value at its port's positions
+    (a scalar port one position, a grid port its cells row-major)."""
+    n = len(values[0])
+    tokens = np.broadcast_to(template, (n, len(template))).copy()
+    for where, value in zip(positions, values, strict=True):
+        tokens[:, where] = np.asarray(value).reshape(n, len(where))
+    return tokens
+
+
+def decode_argmax(logits: Tensor, domain: str) -> np.ndarray:
+    """Argmax at the answer positions: (N,) for one answer, (N, H, W) for a grid domain."""
+    out = logits.argmax(-1).cpu().numpy().astype(np.int64)
+    m = _GRID.match(domain)
+    if m:
+        return out.reshape(len(out), int(m[1]), int(m[2]))
+    return out[:, 0] if out.shape[1] == 1 else out
+
+
 class Circuit:
     """A runnable circuit: its catalog record with the model, transcoder and ablation statistics
     it was measured with. Build with `Circuit.load`."""
@@ -107,18 +128,17 @@ class Circuit:
         self.transcoder = transcoder
         self.stats = stats
         self.task = task
-        n_layers, n_features = transcoder.n_layers, transcoder.n_features
-        keep = torch.zeros(n_layers, n_features, dtype=torch.bool)
-        for node in record.nodes:
-            if node.feature.node_type == "feature":
-                keep[node.feature.layer, node.feature.index] = True
-        self.keep: list[Tensor] = list(keep.unbind(0))
-        self.labels = {
+        self.labels = {  # (layer, index) -> label of each of the circuit's features
             (n.feature.layer, n.feature.index): n.feature.label
             for n in record.nodes
             if n.feature.node_type == "feature"
         }
-        self._template = self._token_template()
+        keep = torch.zeros(transcoder.n_layers, transcoder.n_features, dtype=torch.bool)
+        for layer, index in self.labels:
+            keep[layer, index] = True
+        self.keep: list[Tensor] = list(keep.unbind(0))
+        # the tokens at positions no port writes (`=`, query tokens), from the task's data
+        self._template = task.dataset().inputs[0].copy()
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -228,29 +248,15 @@ class Circuit:
 
     # -- values <-> tokens ---------------------------------------------------------------------
 
-    def _token_template(self) -> np.ndarray:
-        """The tokens at positions no port writes (`=`, query tokens), from the task's data."""
-        inputs = self.task.dataset().inputs
-        return inputs[0].copy()
-
     def encode(self, *values: np.ndarray) -> Tensor:
         """Token sequences (N, n_ctx) for port values: each port's values (N,) or grids
         (N, H, W), already checked against the port's domain."""
-        ports = self.interface.inputs
-        n = len(values[0])
-        tokens = np.broadcast_to(self._template, (n, len(self._template))).copy()
-        for port, value in zip(ports, values, strict=True):
-            positions = port.all_positions()
-            tokens[:, positions] = np.asarray(value).reshape(n, len(positions))
-        return torch.from_numpy(tokens)
+        positions = [port.all_positions() for port in self.interface.inputs]
+        return torch.from_numpy(encode_tokens(self._template, positions, values))
 
     def decode(self, logits: Tensor) -> np.ndarray:
         """Argmax outputs: (N,) for a single answer, (N, H, W) for a grid domain."""
-        out = logits.argmax(-1).cpu().numpy().astype(np.int64)
-        m = _GRID.match(self.interface.output.domain)
-        if m:
-            return out.reshape(len(out), int(m[1]), int(m[2]))
-        return out[:, 0] if out.shape[1] == 1 else out
+        return decode_argmax(logits, self.interface.output.domain)
 
     # -- running --------------------------------------------------------------------------------
 
