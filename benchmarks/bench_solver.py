@@ -44,17 +44,16 @@ if not console.is_terminal:
     console = Console(width=120)  # a log: rich would assume 80 columns and squeeze the tables
 
 
+def _solve(task: Task, lib: list[Any], depth: int, shots: int, **options: Any) -> Any:
+    """`solve` on the task's first `shots` demonstrations and its test inputs."""
+    tests = [i for i, _ in task.test]
+    return solve(task.train[:shots], tests, lib, max_depth=depth, domain=task.domain, **options)
+
+
 def _run(task: Task, lib: list[Any], depth: int, shots: int, repeats: int = 1) -> dict[str, Any]:
     best = None
     for _ in range(repeats):
-        sol = solve(
-            task.train[:shots],
-            [i for i, _ in task.test],
-            lib,
-            max_depth=depth,
-            domain=task.domain,
-            name=task.name,
-        )
+        sol = _solve(task, lib, depth, shots, name=task.name)
         best = sol if best is None or sol.seconds < best.seconds else best
     sol = best
     correct = sol.predictions is not None and all(
@@ -100,15 +99,7 @@ def _score(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _space(task: Task, lib: list[Any], depth: int, shots: int, typed: bool) -> tuple[int, float]:
     t = time.perf_counter()
-    sol = solve(
-        task.train[:shots],
-        [i for i, _ in task.test],
-        lib,
-        max_depth=depth,
-        domain=task.domain,
-        typed=typed,
-        exhaustive=True,
-    )
+    sol = _solve(task, lib, depth, shots, typed=typed, exhaustive=True)
     return sol.hypotheses_tested, time.perf_counter() - t
 
 

@@ -213,7 +213,7 @@ class Library:
                 f"cannot compare {function.signature()} with {reference.signature()}: "
                 "their inputs differ"
             )
-        args, exhaustive = _inputs(function, sample, seed)
+        args, exhaustive = domain_inputs(function, sample, seed)
         got, want = function(*args), reference(*args)
         same = got == want
         if function.output.is_grid:
@@ -248,8 +248,11 @@ class Library:
         return result
 
 
-def _inputs(fn: LibraryFunction, sample: int | None, seed: int) -> tuple[list[np.ndarray], bool]:
-    """Every combination of the parameters' values, or a seeded sample of them."""
+def domain_inputs(
+    fn: LibraryFunction, sample: int | None = None, seed: int = 0
+) -> tuple[list[np.ndarray], bool]:
+    """Every combination of the parameters' values (up to MAX_EXHAUSTIVE), or a seeded sample
+    of `sample` of them; and whether it is every combination."""
     sizes = [p.type.size for p in fn.params]
     total = int(np.prod([s for s in sizes if s is not None], dtype=object)) if all(sizes) else None
     if sample is None and total is not None and total <= MAX_EXHAUSTIVE:

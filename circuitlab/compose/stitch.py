@@ -36,6 +36,7 @@ from torch import Tensor
 
 from circuitlab.compose.functions import LibraryFunction
 from circuitlab.compose.kinds import CircuitFunction
+from circuitlab.compose.library import domain_inputs
 from circuitlab.compose.types import CompositionError
 
 DEFAULT_RIDGE = 1e-4
@@ -93,8 +94,10 @@ def _solve(x: Tensor, y: Tensor, ridge: float) -> Tensor:
 
 
 def _domain_inputs(fn: LibraryFunction) -> list[np.ndarray]:
-    grids = np.meshgrid(*(p.type.values() for p in fn.params), indexing="ij")
-    return [g.reshape(-1) for g in grids]
+    args, exhaustive = domain_inputs(fn)
+    if not exhaustive:
+        raise CompositionError(f"{fn.name} has too many inputs to fit an adapter on all of them")
+    return args
 
 
 def fit_adapter(
