@@ -281,9 +281,9 @@ def extract(
         partial.mkdir()
         tc.save(partial / "transcoder", extra={"source_run": str(run_dir)})
         artifact = None
+        function = registry_function(interface)
         if config.ablation in ("mean", "zero"):  # resample has no summary to run new inputs with
             circ.AblationStats.of(ref, config.ablation).save(partial / ABLATION_FILE)
-            function = registry_function(interface)
             artifact = Artifact(
                 weights_sha256=sha256_file(run_dir / "model.safetensors"),
                 transcoder=f"{OUT_DIR}/transcoder",
@@ -326,7 +326,7 @@ def extract(
         if catalog is not None:
             say("catalog", f"writing to {catalog.url}")
             catalog.put_many(records)
-            catalog.put_many(implements_records(circuit_record, interface, catalog))
+            catalog.put_many(implements_records(circuit_record, interface, catalog, function))
             phase_done("catalog")
         summary["timings_s"] = timings
         summary["circuit_id"] = circuit_id

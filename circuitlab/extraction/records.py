@@ -25,6 +25,7 @@ from circuitlab.catalog import (
     Tags,
     Task,
 )
+from circuitlab.extraction.artifact import sha256_file
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from circuitlab.models import Transformer
     from circuitlab.tasks.base import Task as TaskDefinition
     from circuitlab.training.rundir import RunInfo
-
-from circuitlab.extraction.artifact import sha256_file
 
 EDGE_MIN = 1e-6  # averaged edges smaller than this (in logit units) are not stored
 
@@ -256,18 +255,18 @@ def registry_function(interface: InterfaceDefinition) -> Any | None:
 
 
 def implements_records(
-    circuit: Circuit, interface: InterfaceDefinition | None, catalog: Any
+    circuit: Circuit, interface: InterfaceDefinition | None, catalog: Any, fn: Any | None
 ) -> list[Any]:
     """The Function the circuit's verified signature names and the IMPLEMENTS edge to it.
 
-    A primitive signature links the registry's own function (registered in the catalog's
-    registry when it is not there yet, so `Registry.open(catalog_url)` can call it); any other
-    verified signature (S_n products, synthesis tasks) gets a Function record naming it."""
+    A primitive signature links the registry's own function `fn` (`registry_function`;
+    registered in the catalog's registry when it is not there yet, so
+    `Registry.open(catalog_url)` can call it); any other verified signature (S_n products,
+    synthesis tasks; `fn` None) gets a Function record naming it."""
     signature = None if interface is None else interface.signature
     if signature is None or signature.agreement <= 0:
         return []
     details = {"call": signature.call, "expression": signature.expression}
-    fn = registry_function(interface)
     if fn is not None:
         from circuitlab.registry import Registry
         from circuitlab.registry.catalog_store import CatalogStore
