@@ -22,7 +22,7 @@ import numpy as np
 from circuitlab.compose.functions import LibraryFunction, Param
 from circuitlab.compose.kinds import PrimitiveFunction
 from circuitlab.compose.program import Call, Program
-from circuitlab.compose.types import CompositionError, ValueType
+from circuitlab.compose.types import CompositionError, ValueType, bounds
 
 BLOCK = 1 << 20  # array elements per argument in one vectorised evaluation
 INT = ValueType("int")
@@ -64,13 +64,9 @@ def _bounds_ok(t: ValueType, arr: np.ndarray) -> np.ndarray:
     """Per candidate row: all values inside the domain `t` (a safety net for non-primitives)."""
     flat = arr.reshape(len(arr), -1)
     ok = np.ones(len(arr), dtype=bool)
-    if t.kind in ("mod", "tokens", "grid", "perm", "bool") or (
-        t.kind == "int" and t.lo is not None
-    ):
-        lo = t.lo if t.kind == "int" else 0
-        hi = t.hi if t.kind == "int" else (t.size - 1 if t.kind == "perm" else (t.n or 0) - 1)
-        if hi >= lo:
-            ok &= (flat >= lo).all(1) & (flat <= hi).all(1)
+    lo, hi = bounds(t)
+    if lo is not None:
+        ok &= (flat >= lo).all(1) & (flat <= hi).all(1)
     return ok
 
 

@@ -254,7 +254,7 @@ class Program:
 
     def to_python(self) -> str:
         """The program as the Python function it stands for."""
-        names = {ref: _ident(fn.name) for ref, fn in self.functions.items()}
+        names = {ref: identifier(fn.name) for ref, fn in self.functions.items()}
         args = ", ".join(f'{p.name}: "{p.type}"' for p in self.inputs)
         lines = [f'def {self.name}({args}) -> "{self.output_type}":']
         for call in self.calls:
@@ -311,6 +311,8 @@ class Program:
         )
 
 
-def _ident(name: str) -> str:
+def identifier(name: str, prefix: str = "f_") -> str:
+    """`name` as a Python identifier: other characters become `_`; a name that would start
+    with a digit, be empty or be a keyword gets `prefix`."""
     out = re.sub(r"\W", "_", name)
-    return out if _NAME.fullmatch(out) else f"f_{out}"
+    return out if _NAME.fullmatch(out) and not keyword.iskeyword(out) else f"{prefix}{out}"

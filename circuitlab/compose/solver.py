@@ -23,9 +23,7 @@ single demonstration mod 31: about 9/31 chance fits expected; MAX_CHANCE allows 
 from __future__ import annotations
 
 import itertools
-import keyword
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ import numpy as np
 
 from circuitlab.compose.enumeration import INT, Search, untyped
 from circuitlab.compose.functions import LibraryFunction, Param
-from circuitlab.compose.program import Program
+from circuitlab.compose.program import Program, identifier
 from circuitlab.compose.trace import Trace
 from circuitlab.compose.types import CompositionError, ValueType
 from circuitlab.registry.proposer import Proposal
@@ -258,7 +256,9 @@ def solve(
         sol.message = f"{expr}: {found.cost} call(s), {sol.hypotheses_tested:,} hypotheses tested"
         if typed:
             params = [Param(n, t) for n, t in zip(names, in_types, strict=True)]
-            sol.program = search.program(found.node, params, _identifier(name))
+            sol.program = search.program(
+                found.node, params, identifier(name or "program", prefix="task_")
+            )
             run_on = [c[n_train:] if n_tests else c[:n_train] for c in columns]
             out, sol.trace = sol.program.run(*run_on, trace=True)
             if n_tests and not np.array_equal(out, found.data[n_train:]):
@@ -347,10 +347,3 @@ def _chance(distinct: int, out_type: ValueType, n_train: int) -> float:
     if size is None or size <= 1:
         return 0.0 if size is None else float(distinct)
     return math.exp(math.log(distinct) - n_train * math.log(size))
-
-
-def _identifier(name: str) -> str:
-    out = re.sub(r"\W", "_", name) or "program"
-    if out[0].isdigit() or keyword.iskeyword(out):
-        out = f"task_{out}"
-    return out

@@ -159,7 +159,7 @@ class ValueType:
                 return False
             if self.lo is None:
                 return True
-            lo, hi = _bounds(other)
+            lo, hi = bounds(other)
             return lo is not None and self.lo <= lo and hi <= self.hi
         if self.kind == "grid" and other.kind == "grid":
             shape_ok = self.shape is None or self.shape == other.shape
@@ -191,7 +191,7 @@ class ValueType:
                 f"{port}: expected grids of shape {self.shape} ({self}), got an array of "
                 f"shape {arr.shape}"
             )
-        lo, hi = _bounds(self)
+        lo, hi = bounds(self)
         if arr.size and lo is not None:
             bad = (arr < lo) | (arr > hi)
             if bad.any():
@@ -201,7 +201,7 @@ class ValueType:
         return arr
 
 
-def _bounds(t: ValueType) -> tuple[int | None, int | None]:
+def bounds(t: ValueType) -> tuple[int | None, int | None]:
     """Smallest and largest valid scalar (a grid's cell), or (None, None) when unbounded."""
     if t.kind in ("mod", "tokens", "grid"):
         return (0, t.n - 1) if t.n else (None, None)
