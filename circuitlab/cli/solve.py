@@ -65,16 +65,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _catalog_functions(url: str) -> list[Any]:
-    """The catalog's runnable circuits and its registry functions (opened read-only)."""
-    from circuitlab.catalog import CatalogError, open_catalog
+    """The catalog's runnable circuits and its registry functions (an existing catalog only)."""
     from circuitlab.compose.library import Library
-    from circuitlab.compose.types import CompositionError
 
-    try:
-        cat = open_catalog(url, create=False)
-    except CatalogError as exc:
-        raise CompositionError(f"--catalog: {exc}") from None
-    lib = Library(cat)
+    lib = Library(url)
     return [*lib.circuits(), *lib.functions()]
 
 
