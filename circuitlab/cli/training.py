@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from circuitlab.cli.common import CliError, console
+from circuitlab.cli.common import CliError, console, err_console
+
+MAX_RUNS = 10_000  # runs one command may start; a typo like --seeds 0-100000000 is refused
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -21,6 +25,8 @@ def parse_seeds(text: str) -> list[int]:
                 lo, hi = (int(x) for x in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
+                if hi - lo >= MAX_RUNS:
+                    raise CliError(f"--seeds {text!r} names more than {MAX_RUNS:,} seeds")
                 seeds.update(range(lo, hi + 1))
             elif part:
                 seeds.add(int(part))
@@ -44,11 +50,37 @@ def parse_sweep(items: list[str]) -> list[dict[str, object]]:
     """['lr=0.01,0.003', 'weight_decay=1'] -> the grid of recipe overrides."""
     axes: list[list[tuple[str, object]]] = []
     for item in items:
-        if "=" not in item:
+        name, _, values = item.partition("=")
+        name = name.strip()
+        options = [_coerce(v.strip()) for v in values.split(",") if v.strip()]
+        if not name or not options:
             raise CliError(f"--set expects FIELD=VALUE[,VALUE...], got {item!r}")
-        name, values = item.split("=", 1)
-        axes.append([(name.strip(), _coerce(v)) for v in values.split(",") if v.strip()])
-    return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+        axes.append([(name, v) for v in options])
+    grid = [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+    if len(grid) > MAX_RUNS:
+        raise CliError(f"--set makes a sweep of {len(grid):,} variations; at most {MAX_RUNS:,}")
+    return grid
+
+
+def run_path(out: Path, task: str, recipe: str, overrides: dict[str, object], seed: int) -> Path:
+    """OUT/TASK/RECIPE[-overrides]-seedN, each part one path component however the task spec
+    or the override values are spelled (`a/b`, `..`), so a run never lands outside OUT."""
+    from circuitlab.training.rundir import safe_name
+
+    suffix = "".join(f"-{k}{v}" for k, v in overrides.items())
+    return out / safe_name(task) / safe_name(f"{recipe}{suffix}-seed{seed}")
+
+
+def check_out_dir(out: Path) -> None:
+    """`--out` must be a directory this user can create and write; say so before any work."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out} is not writable")
 
 
 def register(app: typer.Typer) -> None:
@@ -96,22 +128,30 @@ def register(app: typer.Typer) -> None:
         spread over worker processes, whichever measures faster.
         """
         from circuitlab.tasks import TaskError, get_task
-        from circuitlab.training import RecipeError, RunSpec, get_recipe
+        from circuitlab.training import RecipeError, RunDirError, RunSpec, get_recipe
 
+        if threads < 0 or workers < 0:
+            raise CliError("--threads and --workers must be >= 0 (0 = automatic)")
         try:
             get_task(task)
             base = get_recipe(recipe)
+            seed_list = parse_seeds(seeds)
+            sweep = parse_sweep(sets)
+            if len(sweep) * len(seed_list) > MAX_RUNS:
+                raise CliError(
+                    f"{len(sweep) * len(seed_list):,} runs requested; at most {MAX_RUNS:,}"
+                )
             specs = []
-            for overrides in parse_sweep(sets):
+            for overrides in sweep:
                 r = base.replace(**overrides) if overrides else base
-                suffix = "".join(f"-{k}{v}" for k, v in overrides.items())
-                for seed in parse_seeds(seeds):
+                for seed in seed_list:
                     specs.append(
-                        RunSpec(task, r, seed, out / task / f"{recipe}{suffix}-seed{seed}")
+                        RunSpec(task, r, seed, run_path(out, task, recipe, overrides, seed))
                     )
             specs[0].model_config()
-        except (TaskError, RecipeError, ValueError, TypeError) as exc:  # ModelConfigError too
-            raise CliError(str(exc)) from None
+        except (TaskError, RecipeError, RunDirError, ValueError, TypeError) as exc:
+            raise CliError(str(exc)) from None  # ModelConfigError is a ValueError too
+        check_out_dir(out)
         _run_with_progress(specs, workers, strategy, resume, overwrite, threads)
 
     @app.command("runs")
@@ -130,7 +170,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             console.print_json(json.dumps([{"path": str(r.path), **r.summary} for r in found]))
             return
-        table = Table(title=f"runs under {root}")
+        table = Table(title=f"runs under {escape(str(root))}")
         for col in (
             "run",
             "task",
@@ -149,19 +189,23 @@ def register(app: typer.Typer) -> None:
         for r in found:
             s, final = r.summary, r.summary.get("final", {})
             table.add_row(
-                str(r.path.relative_to(root)),
-                s.get("task", "?"),
-                s.get("recipe", "?"),
+                escape(str(r.path.relative_to(root))),
+                escape(str(s.get("task", "?"))),
+                escape(str(s.get("recipe", "?"))),
                 str(s.get("seed")),
                 f"{s.get('steps', 0):,}",
                 "-" if s.get("grokked_at") is None else f"{s['grokked_at']:,}",
-                f"{final.get('val_acc', float('nan')):.4f}",
-                f"{final.get('train_acc', float('nan')):.4f}",
+                _fmt(final.get("val_acc")),
+                _fmt(final.get("train_acc")),
                 f"{s.get('wall_time_s', 0):.1f}s",
             )
         console.print(table)
         if not found:
-            console.print(f"no finished runs under {root}")
+            console.print(f"no finished runs under {root}", markup=False)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def _run_with_progress(
@@ -169,6 +213,7 @@ def _run_with_progress(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from circuitlab._memory import MemoryBudgetError
     from circuitlab.training import RecipeError, RunDirError
     from circuitlab.training.parallel import train_many
 
@@ -195,7 +240,7 @@ def _run_with_progress(
         def on_event(event) -> None:
             name, step, max_steps, val = event
             if name not in bars:
-                label = Path(name).name + (" (+stack)" if len(specs) > 1 else "")
+                label = escape(Path(name).name) + (" (+stack)" if len(specs) > 1 else "")
                 bars[name] = progress.add_task(label, total=max_steps, val=0.0)
             progress.update(bars[name], completed=step, val=val)
 
@@ -204,12 +249,13 @@ def _run_with_progress(
                 "not grokked" if res.grokked_at is None else f"grokked at step {res.grokked_at:,}"
             )
             progress.console.print(
-                f"[green]done[/] {res.run_dir}: {grok}, val acc {res.final['val_acc']:.4f}, "
+                f"[green]done[/] {escape(str(res.run_dir))}: {grok}, "
+                f"val acc {res.final['val_acc']:.4f}, "
                 f"{res.steps:,} steps in {res.wall_time:.1f}s"
             )
 
         def on_skip(spec) -> None:
-            progress.console.print(f"[dim]skip[/] {spec.run_dir}: already finished")
+            progress.console.print(f"[dim]skip[/] {escape(str(spec.run_dir))}: already finished")
 
         try:
             results = train_many(
@@ -224,19 +270,35 @@ def _run_with_progress(
                 threads=threads or None,
                 on_skip=on_skip,
             )
-        except (RunDirError, RecipeError) as exc:
+        except (RunDirError, RecipeError, MemoryBudgetError) as exc:
             raise CliError(str(exc)) from None
+        except OSError as exc:  # disk full, permissions changed under us: the partial stays
+            raise CliError(
+                f"cannot write {exc.filename or 'a run directory'}: {exc.strerror or exc}; "
+                "fix that, then continue with --resume"
+            ) from None
+        except KeyboardInterrupt as exc:
+            progress.stop()
+            where = f" at step {exc.step:,}" if getattr(exc, "step", None) else ""
+            err_console.print(
+                f"interrupted{where}: unfinished runs were checkpointed; run the same command "
+                "with --resume to continue where they stopped",
+                markup=False,
+            )
+            raise SystemExit(130) from None
     if not results:
         console.print(f"nothing to train: all {len(specs)} run(s) are finished")
     elif len(results) == 1:
         r = results[0]
         console.print(
             f"run directory: {r.run_dir}\ncurves: {r.run_dir / 'curves.png'}\n"
-            f"summary: {r.run_dir / 'summary.json'}"
+            f"summary: {r.run_dir / 'summary.json'}",
+            markup=False,
         )
     else:
         grokked = [r.grokked_at for r in results if r.grokked_at is not None]
         console.print(
             f"{len(grokked)}/{len(results)} runs grokked; "
-            f"see `circuitlab runs {specs[0].run_dir.parent.parent}`"
+            f"see `circuitlab runs {specs[0].run_dir.parent.parent}`",
+            markup=False,
         )

@@ -5,9 +5,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from circuitlab import _fields
+
 ACTIVATIONS = ("relu", "gelu")
 NORMALIZATIONS = ("LN", None)
 ATTENTION_BACKENDS = ("auto", "explicit", "sdpa", "flash")
+# Sizes a config may name (inclusive). The upper bounds are far past anything this toolkit
+# trains; they exist so that a typo (n_layers: 1000000000) is refused before any allocation.
+SIZE_LIMITS = {
+    "d_vocab": (1, 1_000_000),
+    "d_vocab_out": (1, 1_000_000),
+    "n_ctx": (1, 65_536),
+    "n_layers": (1, 256),
+    "d_model": (1, 65_536),
+    "n_heads": (1, 1_024),
+    "d_head": (1, 8_192),
+    "d_mlp": (0, 262_144),  # 0 = attention only
+}
 
 
 class ModelConfigError(ValueError):
@@ -36,11 +50,11 @@ class ModelConfig:
     attention_backend: Literal["auto", "explicit", "sdpa", "flash"] = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("d_vocab", "d_vocab_out", "n_ctx", "n_layers", "d_model", "n_heads", "d_head"):
-            if int(getattr(self, name)) < 1:
-                raise ModelConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.d_mlp < 0:
-            raise ModelConfigError(f"d_mlp must be >= 0 (0 = attention only), got {self.d_mlp}")
+        for name, (lo, hi) in SIZE_LIMITS.items():
+            value = _fields.integer(name, getattr(self, name), ModelConfigError, lo, hi)
+            object.__setattr__(self, name, value)
+        init = _fields.number("init_scale", self.init_scale, ModelConfigError, 0.0, lo_open=True)
+        object.__setattr__(self, "init_scale", init)
         if self.act_fn not in ACTIVATIONS:
             raise ModelConfigError(f"act_fn must be one of {ACTIVATIONS}, got {self.act_fn!r}")
         if self.normalization not in NORMALIZATIONS:
@@ -52,7 +66,16 @@ class ModelConfig:
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, "
                 f"got {self.attention_backend!r}"
             )
-        positions = tuple(int(p) for p in self.answer_positions)
+        if isinstance(self.answer_positions, (str, bytes)) or not hasattr(
+            self.answer_positions, "__iter__"
+        ):
+            raise ModelConfigError(
+                f"answer_positions must be a list of positions, got {self.answer_positions!r}"
+            )
+        positions = tuple(
+            _fields.integer("answer_positions", p, ModelConfigError, 0, self.n_ctx - 1)
+            for p in self.answer_positions
+        )
         if not positions or any(not 0 <= p < self.n_ctx for p in positions):
             raise ModelConfigError(
                 f"answer_positions must be non-empty and within [0, n_ctx={self.n_ctx}), "
@@ -67,14 +90,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
+        if not isinstance(data, dict):
+            raise ModelConfigError(f"a model config is a mapping of fields, got {data!r:.80}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ModelConfigError(f"unknown model config fields: {sorted(unknown)}")
-        values = dict(data)
-        if "answer_positions" in values:
-            values["answer_positions"] = tuple(values["answer_positions"])
-        return cls(**values)
+            raise ModelConfigError(f"unknown model config fields: {sorted(map(str, unknown))}")
+        return cls(**data)
 
     @classmethod
     def for_task(cls, task: Any, **overrides: Any) -> ModelConfig:
@@ -90,11 +111,20 @@ class ModelConfig:
             "answer_positions": tuple(task.answer_positions),
         }
         for name in ("d_vocab", "d_vocab_out", "n_ctx"):
-            if name in overrides and int(overrides[name]) < fitted[name]:
+            if (
+                name in overrides
+                and _fields.integer(name, overrides[name], ModelConfigError, 1) < fitted[name]
+            ):
                 raise ModelConfigError(
                     f"{name}={overrides[name]} is too small for task {task.spec} "
                     f"(it needs {fitted[name]})"
                 )
+        unknown = set(overrides) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelConfigError(
+                f"unknown model fields: {sorted(map(str, unknown))}; "
+                f"known: {', '.join(cls.__dataclass_fields__)}"
+            )
         cfg = cls(**(fitted | overrides))
         if cfg.answer_positions != fitted["answer_positions"]:
             raise ModelConfigError(

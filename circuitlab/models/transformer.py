@@ -167,10 +167,50 @@ class Transformer(nn.Module):
         weights = Path(weights)
         if not weights.is_file():
             raise CheckpointError(f"no checkpoint at {weights}")
+        _check_header(weights, cfg)  # before allocating: a config may name a huge model
         try:
             state = load_file(str(weights))
         except Exception as exc:  # safetensors raises several types for truncated files
             raise CheckpointError(f"cannot read checkpoint {weights}: {exc}") from None
+        for name, tensor in state.items():
+            if not torch.isfinite(tensor).all():
+                raise CheckpointError(
+                    f"checkpoint {weights} has NaN or infinite values in {name}: the run "
+                    f"diverged or the file is damaged; retrain it (e.g. with a lower lr)"
+                )
         model = cls(cfg)
         model.load_tl_state_dict(state)
         return model
+
+
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+def _check_header(weights: Path, cfg: ModelConfig) -> None:
+    """Names, shapes and dtypes of a checkpoint against its config, read from the safetensors
+    header alone (no tensor is loaded or allocated)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            header = {k: (tuple(t.get_shape()), t.get_dtype()) for k, t in slices.items()}
+    except Exception as exc:  # safetensors raises several types for damaged headers
+        raise CheckpointError(f"cannot read checkpoint {weights}: {exc}") from None
+    expected = functional.param_shapes(cfg)
+    if set(header) != set(expected):
+        missing, extra = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
+        raise CheckpointError(
+            f"checkpoint {weights} does not match its config: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
+    for name, (shape, dtype) in header.items():
+        want = tuple(expected[name])
+        if shape != want:
+            raise CheckpointError(
+                f"checkpoint tensor {name} has shape {shape}, config expects {want}"
+            )
+        if dtype not in _FLOAT_DTYPES:
+            raise CheckpointError(
+                f"checkpoint tensor {name} has dtype {dtype}; weights must be floating point"
+            )

@@ -8,21 +8,27 @@ and compute-bound (activations thrash the cache), so `auto` measures both and pi
 
 from __future__ import annotations
 
-import json
+import contextlib
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from circuitlab.training import rundir
+from circuitlab._memory import check_fits, memory_limit
 from circuitlab.training.recipe import RecipeError
 from circuitlab.training.trainer import (
     SHARED_FIELDS,
     RunResult,
     RunSpec,
+    TrainingInterrupted,
+    checkpoint_meta,
+    estimate_peak_bytes,
     measure_step_time,
+    request_stop,
     train_stack,
 )
 
@@ -67,6 +73,7 @@ def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "
         raise RecipeError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
     groups = group_stackable(specs)
+    workers, max_stack = _memory_bounds(groups, workers)
     measured: dict[str, float] = {}
     picks = [strategy] * len(groups)
     single: list[float | None] = [None] * len(groups)  # one model, one thread, s/step
@@ -87,7 +94,7 @@ def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "
             if len(group) == 1:
                 picks[i] = "loop"
                 continue
-            size = min(len(group), MAX_STACK, -(-len(group) // workers))
+            size = min(len(group), max_stack, -(-len(group) // workers))
             one = single[i] if threads == 1 and single[i] else _timed(group[:1], threads)
             many = _timed(group[:size], threads) / size
             measured |= {"loop_s_per_model_step": one, f"stack{size}_s_per_model_step": many}
@@ -98,9 +105,29 @@ def plan(specs: Sequence[RunSpec], workers: int | None = None, strategy: str = "
             chunks += [[s] for s in group]
         else:
             for part in _split(group, workers):
-                chunks += [part[i : i + MAX_STACK] for i in range(0, len(part), MAX_STACK)]
+                chunks += [part[i : i + max_stack] for i in range(0, len(part), max_stack)]
     chosen = picks[0] if len(set(picks)) == 1 else "mixed"
     return Plan(chosen, workers, chunks, measured)
+
+
+def _memory_bounds(groups: list[list[RunSpec]], workers: int) -> tuple[int, int]:
+    """Workers and models per stack that fit in memory (see `estimate_peak_bytes`); a single
+    run that cannot fit is refused before anything starts, with the setting that helps."""
+    limit = memory_limit()
+    max_stack = MAX_STACK
+    for group in groups:
+        one = estimate_peak_bytes(group[:1])
+        check_fits(
+            one,
+            f"training {group[0].task}",
+            "train on minibatches (e.g. --set batch_size=512) or a smaller model",
+            limit,
+        )
+        workers = max(1, min(workers, int(limit // one)))
+        per_model = estimate_peak_bytes(group[:2]) - one if len(group) > 1 else one
+        room = limit / workers - one
+        max_stack = max(1, min(max_stack, 1 + int(room // max(per_model, 1.0))))
+    return workers, max_stack
 
 
 def _timed(specs: Sequence[RunSpec], threads: int | None) -> float:
@@ -120,19 +147,11 @@ def resume_groups(specs: Sequence[RunSpec]) -> dict[str, list[RunSpec]]:
     """Runs by how they resume: "finished", "fresh" (no checkpoint), or "step N" (checkpoint)."""
     groups: dict[str, list[RunSpec]] = {}
     for spec in specs:
-        state = rundir.partial_path(spec.run_dir) / "checkpoint" / "state.json"
         if (spec.run_dir / "summary.json").is_file():
             key = "finished"
-        elif state.is_file():
-            try:
-                key = f"step {json.loads(state.read_text())['step']}"
-            except (ValueError, KeyError) as exc:
-                raise rundir.RunDirError(
-                    f"unreadable checkpoint {state} ({exc}); delete {state.parent.parent} "
-                    "to start that run over"
-                ) from None
         else:
-            key = "fresh"
+            meta = checkpoint_meta(spec.run_dir)
+            key = "fresh" if meta is None else f"step {meta['step']}"
         groups.setdefault(key, []).append(spec)
     return groups
 
@@ -147,14 +166,52 @@ def _event(
     return (str(chunk[0].run_dir), step, max_steps, max(r["val_acc"] for r in rows))
 
 
-def _worker_run(args: tuple[list[RunSpec], bool, bool, object]) -> list[RunResult]:
-    chunk, resume, overwrite, events = args
+_EVENTS = None  # a worker's progress queue, set by _init_worker
+
+
+def _init_worker(events: object) -> None:
+    """Pool worker set-up: die with the parent, and stop at the next step on Ctrl-C (the
+    terminal sends SIGINT to the whole process group; the worker checkpoints and returns)."""
+    global _EVENTS
+    _EVENTS = events
+    die_with_parent()
+    signal.signal(signal.SIGINT, lambda signum, frame: request_stop())
+
+
+def die_with_parent() -> None:
+    """Make this process exit when its parent does, however the parent dies (kill -9 too): a
+    worker left running would keep writing a run directory nobody watches. Linux delivers
+    SIGKILL through prctl(PR_SET_PDEATHSIG); a watchdog thread covers other systems."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
+def _worker_run(args: tuple[list[RunSpec], bool, bool]) -> list[RunResult]:
+    chunk, resume, overwrite = args
 
     def report(step: int, max_steps: int, rows: list[dict[str, float]]) -> None:
-        if events is not None:
-            events.put(_event(chunk, step, max_steps, rows))  # type: ignore[attr-defined]
+        if _EVENTS is not None:
+            _EVENTS.put(_event(chunk, step, max_steps, rows))  # type: ignore[attr-defined]
 
-    return train_stack(chunk, resume=resume, overwrite=overwrite, threads=1, progress=report)
+    try:
+        return train_stack(chunk, resume=resume, overwrite=overwrite, threads=1, progress=report)
+    except TrainingInterrupted:  # checkpointed; a BaseException would kill the pool worker
+        return []
 
 
 def train_many(
@@ -221,30 +278,46 @@ def _run_plan(
                     on_result(res)
         return results
     ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        events = manager.Queue()
-        stop = threading.Event()
+    events = ctx.Queue()
+    stop = threading.Event()
 
-        def pump() -> None:
-            while not stop.is_set():
-                try:
-                    event = events.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if on_event:
-                    on_event(event)
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                event = events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if on_event:
+                on_event(event)
 
-        pumper = threading.Thread(target=pump, daemon=True)
-        pumper.start()
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+    pool = ctx.Pool(the_plan.workers, initializer=_init_worker, initargs=(events,))
+    try:
+        jobs = [(chunk, resume, overwrite) for chunk in the_plan.chunks]
+        for chunk_results in pool.imap_unordered(_worker_run, jobs):
+            for res in chunk_results:
+                results.append(res)
+                if on_result:
+                    on_result(res)
+        pool.close()
+    except KeyboardInterrupt:
+        # Each worker checkpoints its stack and returns, and jobs not yet started return at
+        # once. The terminal sent SIGINT to the workers too; a `kill -INT` of this process
+        # alone did not, so pass it on. Wait for them (a second Ctrl-C stops waiting).
+        for worker in pool._pool:  # no public API lists a pool's processes
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGINT)
+        pool.close()
         try:
-            with ctx.Pool(the_plan.workers) as pool:
-                jobs = [(chunk, resume, overwrite, events) for chunk in the_plan.chunks]
-                for chunk_results in pool.imap_unordered(_worker_run, jobs):
-                    for res in chunk_results:
-                        results.append(res)
-                        if on_result:
-                            on_result(res)
-        finally:
-            stop.set()
-            pumper.join()
+            pool.join()
+        except KeyboardInterrupt:
+            pool.terminate()
+        raise TrainingInterrupted(None, [s.run_dir for c in the_plan.chunks for s in c]) from None
+    finally:
+        pool.terminate()
+        pool.join()
+        stop.set()
+        pumper.join()
+        events.close()
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,14 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def series(key: str) -> list[float]:  # null (no validation set) plots as a gap
+        return [math.nan if m.get(key) is None else m[key] for m in metrics]
+
     steps = [m["step"] for m in metrics]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for split, style in (("train", "-"), ("val", "--")):
-        axes[0].plot(steps, [max(m[f"{split}_loss"], 1e-8) for m in metrics], style, label=split)
-        axes[1].plot(steps, [m[f"{split}_acc"] for m in metrics], style, label=split)
+        axes[0].plot(steps, [max(v, 1e-8) for v in series(f"{split}_loss")], style, label=split)
+        axes[1].plot(steps, series(f"{split}_acc"), style, label=split)
     axes[2].plot(steps, [m["weight_norm"] for m in metrics], color="tab:green")
     axes[0].set_yscale("log")
     for ax, label in zip(axes, ("loss", "accuracy", "weight norm"), strict=True):

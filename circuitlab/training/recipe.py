@@ -11,7 +11,28 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from circuitlab import _fields
+
 OPTIMIZERS = ("adamw", "lion")
+MAX_STEPS = 100_000_000
+# inclusive bounds of the integer and real fields; every value must also be finite
+_INTEGERS = {
+    "warmup_steps": (0, MAX_STEPS),
+    "batch_size": (0, 100_000_000),  # 0 = full batch
+    "max_steps": (1, MAX_STEPS),
+    "eval_every": (1, MAX_STEPS),
+    "checkpoint_every": (1, MAX_STEPS),
+}
+_NUMBERS: dict[str, dict[str, Any]] = {
+    "train_fraction": {"lo": 0.0, "hi": 1.0, "lo_open": True},
+    "lr": {"lo": 0.0, "lo_open": True},
+    "weight_decay": {"lo": 0.0},
+    "eps": {"lo": 0.0, "lo_open": True},
+    "grad_clip": {"lo": 0.0},  # 0 = off
+    "grokfast_alpha": {"lo": 0.0, "hi": 1.0, "hi_open": True},
+    "grokfast_lambda": {"lo": 0.0},
+    "stop_val_acc": {},  # > 1 = never stop early
+}
 
 
 class RecipeError(ValueError):
@@ -40,32 +61,30 @@ class Recipe:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 
     def __post_init__(self) -> None:
-        checks = {
-            "train_fraction": 0.0 < self.train_fraction <= 1.0,
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "eps": self.eps > 0,
-            "warmup_steps": self.warmup_steps >= 0,
-            "grad_clip": self.grad_clip >= 0,
-            "batch_size": self.batch_size >= 0,
-            "grokfast_alpha": 0.0 <= self.grokfast_alpha < 1.0,
-            "grokfast_lambda": self.grokfast_lambda >= 0,
-            "max_steps": self.max_steps >= 1,
-            "eval_every": self.eval_every >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise RecipeError(f"recipe field {name}={getattr(self, name)!r} is out of range")
+        name = _fields.text("recipe name", self.name, RecipeError)
+        if not name or "/" in name or name.startswith("."):
+            raise RecipeError(
+                f"recipe name must be a plain name (no '/', no leading '.'), got {name!r}"
+            )
+        for field_name, (lo, hi) in _INTEGERS.items():
+            value = _fields.integer(field_name, getattr(self, field_name), RecipeError, lo, hi)
+            object.__setattr__(self, field_name, value)
+        for field_name, bounds in _NUMBERS.items():
+            value = _fields.number(field_name, getattr(self, field_name), RecipeError, **bounds)
+            object.__setattr__(self, field_name, value)
         if not isinstance(self.model, dict):
             raise RecipeError(
                 f"recipe field model must be a mapping of ModelConfig overrides, got {self.model!r}"
             )
         if self.optimizer not in OPTIMIZERS:
             raise RecipeError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise RecipeError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        betas = self.betas
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise RecipeError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        betas = tuple(
+            _fields.number("betas", b, RecipeError, 0.0, 1.0, hi_open=True) for b in betas
+        )
+        object.__setattr__(self, "betas", betas)
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed (unknown fields are an error)."""
@@ -81,9 +100,14 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        values = dict(data)
-        values["betas"] = tuple(values.get("betas", (0.9, 0.98)))
-        return cls(**values)
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe is a mapping of fields, got {data!r:.80}")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise RecipeError(f"unknown recipe fields: {sorted(map(str, unknown))}")
+        if "name" not in data:
+            raise RecipeError("a recipe needs a name")
+        return cls(**data)
 
 
 _RECIPES: dict[str, Recipe] = {}

@@ -12,7 +12,9 @@ A run is written into `RUN.partial/` (which also holds its resumable checkpoint)
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -32,6 +34,87 @@ class RunDirError(ValueError):
 
 def partial_path(run_dir: Path) -> Path:
     return run_dir.with_name(run_dir.name + ".partial")
+
+
+def lock_path(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + ".lock")
+
+
+_UNSAFE = set("/\\%") | {chr(c) for c in range(32)} | {chr(127)}
+MAX_NAME = 160  # bytes of a path component we write; file systems allow 255
+
+
+def safe_name(text: str) -> str:
+    """`text` as one path component: `/`, `\\`, `%` and control characters are %-escaped (so
+    `synth_mod_7[a/b+c]` stays one directory and distinct names stay distinct), a leading `.`
+    too (`..` cannot climb out), and an over-long name is cut and suffixed with its hash."""
+    out = "".join(f"%{ord(c):02X}" if c in _UNSAFE else c for c in text)
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    if not out:
+        raise RunDirError("a run name cannot be empty")
+    if len(out.encode()) > MAX_NAME:
+        import hashlib
+
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        out = out.encode()[: MAX_NAME - 13].decode(errors="ignore") + "-" + digest
+    return out
+
+
+class RunLock:
+    """An exclusive lock on one run directory for as long as a process writes it.
+
+    `flock` on `RUN.lock`: the kernel drops it when the holder exits, however it dies, so a
+    lock never outlives a killed process, and a second writer is refused at once (it would
+    otherwise delete or interleave with the first's `RUN.partial`). The file is removed on
+    release; a lock taken on a file just unlinked by its previous holder is retried.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = lock_path(run_dir)
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                run = self.path.with_name(self.path.name.removesuffix(".lock"))
+                raise RunDirError(
+                    f"{run} is being written by another process (pid {holder}); wait for it "
+                    f"to finish, or stop it and continue with --resume"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous holder unlinked it between our open and flock
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def versions() -> dict[str, str]:
@@ -82,6 +165,51 @@ class RunInfo:
     def task(self) -> str:
         return self.config["task"]
 
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    @property
+    def recipe(self):
+        """The run's recipe (`Recipe`), as validated by `read_run`."""
+        from circuitlab.training.recipe import Recipe
+
+        return Recipe.from_dict(self.config["recipe"])
+
+    @property
+    def model_config(self):
+        """The run's architecture (`ModelConfig`), as validated by `read_run`."""
+        from circuitlab.models import ModelConfig
+
+        return ModelConfig.from_dict(self.config["model"])
+
+
+def check_config(config: Any, where: Path) -> None:
+    """Refuse a `config.json` whose fields a later stage could not use, naming the field.
+
+    A run directory may come from elsewhere or be edited by hand; every field is checked here
+    so that `extract` fails in one line instead of deep in its computation."""
+    from circuitlab import _fields
+    from circuitlab.models import ModelConfig, ModelConfigError
+    from circuitlab.tasks import TaskError, get_task
+    from circuitlab.training.recipe import Recipe, RecipeError
+
+    path = where / "config.json"
+    if not isinstance(config, dict):
+        raise RunDirError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    missing = [k for k in ("task", "seed", "model", "recipe") if k not in config]
+    if missing:
+        raise RunDirError(f"{path} is missing {', '.join(missing)}")
+    try:
+        task = get_task(_fields.text("task", config["task"], RunDirError, 10_000))
+        _fields.integer("seed", config["seed"], RunDirError, 0)
+        Recipe.from_dict(config["recipe"])
+        if not isinstance(config["model"], dict):
+            raise RunDirError(f"model must be a mapping of fields, got {config['model']!r:.80}")
+        ModelConfig.for_task(task, **config["model"])  # fits the task, every field valid
+    except (RunDirError, TaskError, RecipeError, ModelConfigError) as exc:
+        raise RunDirError(f"{path}: {exc}") from None
+
 
 def read_run(run_dir: str | Path) -> RunInfo:
     """Read a finished run directory; RunDirError says what is missing."""
@@ -101,12 +229,29 @@ def read_run(run_dir: str | Path) -> RunInfo:
         summary = json.loads((run_dir / "summary.json").read_text())
     except json.JSONDecodeError as exc:
         raise RunDirError(f"run directory {run_dir} has unreadable JSON: {exc}") from None
+    check_config(config, run_dir)
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{run_dir / 'summary.json'} must hold a JSON object")
     return RunInfo(run_dir, config, summary)
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+def read_metrics(run_dir: str | Path, torn_tail: bool = False) -> list[dict[str, Any]]:
+    """The rows of `metrics.jsonl`. With `torn_tail` (resuming an interrupted run), a last line
+    cut short by a kill is dropped; a bad line anywhere else is an error."""
+    path = Path(run_dir, "metrics.jsonl")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for k, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if torn_tail and k == len(lines) - 1:
+                break
+            raise RunDirError(f"{path} line {k + 1} is not JSON: {line[:80]!r}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise RunDirError(f"{path} line {k + 1} is not a metrics row: {line[:80]!r}")
+        rows.append(row)
+    return rows
 
 
 def find_runs(root: str | Path) -> list[RunInfo]:
@@ -125,13 +270,9 @@ def find_runs(root: str | Path) -> list[RunInfo]:
 
 def load_run(run_dir: str | Path):
     """(RunInfo, Transformer) for a finished run; RunDirError/CheckpointError say what is wrong."""
-    from circuitlab.models import ModelConfig, ModelConfigError, Transformer
+    from circuitlab.models import Transformer
 
     info = read_run(run_dir)
-    try:
-        cfg = ModelConfig.from_dict(info.config["model"])
-    except (KeyError, TypeError, ModelConfigError) as exc:
-        raise RunDirError(f"config.json in {info.path} has no valid model config: {exc}") from None
-    model = Transformer.load(info.path / "model.safetensors", cfg)
+    model = Transformer.load(info.path / "model.safetensors", info.model_config)
     model.eval()
     return info, model

@@ -15,10 +15,14 @@ Method, per step:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from circuitlab._atomic import dumps_strict
 from circuitlab.models import ModelConfig, Transformer
 from circuitlab.models import functional as Fn
 from circuitlab.tasks import get_task
@@ -184,38 +189,50 @@ class _Stack:
 
     # --- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
+        """Each run's parameters, optimizer state and step as ONE safetensors file (the step
+        and bookkeeping in its metadata), replaced atomically: a kill at any moment leaves
+        either the previous checkpoint or this one, never weights of one step with another's
+        step count."""
         for i, spec in enumerate(self.specs):
             ckpt = rundir.partial_path(spec.run_dir) / "checkpoint"
             ckpt.mkdir(parents=True, exist_ok=True)
             tensors = {f"param/{n}": p[i].detach().contiguous() for n, p in self.params.items()}
             for key, state in self.opt.state.items():
                 tensors |= {f"{key}/{n}": t[i].contiguous() for n, t in state.items()}
-            tmp = ckpt / "state.safetensors.tmp"
-            save_file(tensors, str(tmp))
-            tmp.replace(ckpt / "state.safetensors")
             elapsed = self.elapsed_before[i] + time.perf_counter() - self.started[i]
             meta = {"step": step, "grokked_at": self.grokked_at[i], "elapsed": elapsed}
-            rundir.write_json_atomic(ckpt / "state.json", meta)
+            tmp = ckpt / (CHECKPOINT_FILE + ".tmp")
+            save_file(tensors, str(tmp), metadata={"circuitlab": json.dumps(meta)})
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            tmp.replace(ckpt / CHECKPOINT_FILE)
 
     def load_checkpoints(self) -> int:
         steps = set()
         for i, spec in enumerate(self.specs):
             ckpt = rundir.partial_path(spec.run_dir) / "checkpoint"
-            if not (ckpt / "state.json").is_file():
+            meta = checkpoint_meta(spec.run_dir)
+            if meta is None:
                 raise rundir.RunDirError(f"no checkpoint to resume in {ckpt.parent}")
-            meta = json.loads((ckpt / "state.json").read_text())
             try:
-                tensors = load_file(str(ckpt / "state.safetensors"))
+                tensors = load_file(str(ckpt / CHECKPOINT_FILE))
             except Exception as exc:
                 raise rundir.RunDirError(f"cannot read checkpoint in {ckpt}: {exc}") from None
+            names = [f"param/{n}" for n in self.params] + [
+                f"{key}/{n}" for key, state in self.opt.state.items() for n in state
+            ]
+            shapes = [p[i].shape for p in self.params.values()] + [
+                t[i].shape for state in self.opt.state.values() for t in state.values()
+            ]
+            for name, shape in zip(names, shapes, strict=True):
+                if name not in tensors or tensors[name].shape != shape:
+                    raise rundir.RunDirError(
+                        f"checkpoint in {ckpt} does not match the run config ({name}); "
+                        f"delete {ckpt.parent} to start that run over"
+                    )
             with torch.no_grad():
                 for n, p in self.params.items():
-                    source = tensors.get(f"param/{n}")
-                    if source is None or source.shape != p[i].shape:
-                        raise rundir.RunDirError(
-                            f"checkpoint in {ckpt} does not match the run config ({n})"
-                        )
-                    p[i].copy_(source)
+                    p[i].copy_(tensors[f"param/{n}"])
                 for key, state in self.opt.state.items():
                     for n, t in state.items():
                         t[i].copy_(tensors[f"{key}/{n}"])
@@ -227,6 +244,61 @@ class _Stack:
         step = steps.pop()
         self.opt.step_count = step
         return step
+
+
+CHECKPOINT_FILE = "state.safetensors"
+
+
+def checkpoint_meta(run_dir: Path) -> dict[str, Any] | None:
+    """Step, grokking step and elapsed time of a run's checkpoint, None when it has none.
+
+    Read from the checkpoint file's own header, so the step always belongs to those weights."""
+    from safetensors import safe_open
+
+    path = rundir.partial_path(run_dir) / "checkpoint" / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["circuitlab"])
+        if not isinstance(meta.get("step"), int) or meta["step"] < 0:
+            raise ValueError("no step")
+    except Exception as exc:  # damaged header, foreign file, older format
+        raise rundir.RunDirError(
+            f"unreadable checkpoint {path} ({exc}); delete {path.parent.parent} to start that "
+            f"run over"
+        ) from None
+    return meta
+
+
+# Peak-memory model of one training process, fitted to measured peaks (ru_maxrss) of add_mod_p
+# at p = 113..1021, a 4x wider MLP and a 5x5 grid task; it over-estimates by 10-40%. Floats
+# kept per example: MLP activations and their gradients (~3 per unit and position), logits
+# with softmax and gradient (~4.2 per output), the residual stream (~2 per unit and position)
+# and attention scores (~3 per head and query-key pair).
+_BASE_BYTES = 0.4 * 1024**3  # torch, the task's data, allocator slack
+
+
+def estimate_peak_bytes(specs: Sequence[RunSpec]) -> float:
+    """Estimated peak memory of training `specs` as one stack in one process."""
+    cfg = specs[0].model_config()
+    task = get_task(specs[0].task)
+    n_examples = len(task.dataset().inputs)
+    recipe = specs[0].recipe
+    n_train = max(1, round(recipe.train_fraction * n_examples))
+    batch = min(recipe.batch_size or n_train, n_train)
+    # evaluation runs forward only (about a third of the floats) in chunks of 8192
+    batch = max(batch, min(8192, n_examples - n_train) // 3)
+    answers = len(cfg.answer_positions)
+    mlp_positions = cfg.n_ctx * (cfg.n_layers - 1) + answers
+    per_example = (
+        3 * cfg.d_mlp * mlp_positions
+        + 4.2 * cfg.d_vocab_out * answers
+        + 2 * cfg.d_model * cfg.n_ctx * cfg.n_layers
+        + 3 * cfg.n_heads * cfg.n_ctx**2 * cfg.n_layers
+    )
+    weights = 6 * cfg.n_params  # parameters, gradients, two optimizer moments, EMA, copy
+    return _BASE_BYTES + 4 * len(specs) * (batch * per_example + weights)
 
 
 def measure_step_time(specs: Sequence[RunSpec], steps: int = 3) -> float:
@@ -247,6 +319,8 @@ def measure_step_time(specs: Sequence[RunSpec], steps: int = 3) -> float:
 
 
 def _start_partial(spec: RunSpec, resume: bool, overwrite: bool) -> None:
+    """Create a fresh `RUN.partial/` (the caller holds the run's lock, so no other process is
+    writing the one this may delete)."""
     partial = rundir.partial_path(spec.run_dir)
     if resume:
         return
@@ -264,11 +338,58 @@ def _start_partial(spec: RunSpec, resume: bool, overwrite: bool) -> None:
 
 
 def _truncate_metrics(partial: Path, step: int) -> None:
-    lines = (partial / "metrics.jsonl").read_text().splitlines()
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+    """Keep the metrics rows up to the checkpoint being resumed (a kill may have left rows past
+    it, and a last line cut in half)."""
+    rows = rundir.read_metrics(partial, torn_tail=True)
     tmp = partial / "metrics.jsonl.tmp"
-    tmp.write_text("".join(ln + "\n" for ln in kept))
+    tmp.write_text("".join(dumps_strict(r) + "\n" for r in rows if r["step"] <= step))
     tmp.replace(partial / "metrics.jsonl")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: every run still training was checkpointed at `step` first."""
+
+    def __init__(self, step: int | None, runs: Sequence[Path]) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+        self.runs = list(runs)
+
+
+# Set by SIGINT: the training loop checks it between optimizer steps, checkpoints and stops, so
+# an interrupt never lands in the middle of a parameter update.
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask training in this process to checkpoint and stop after the current step."""
+    _STOP.set()
+
+
+@contextlib.contextmanager
+def _stop_on_sigint() -> Iterator[None]:
+    """In the main thread, turn the first Ctrl-C into a request to stop at the next step (a
+    second Ctrl-C interrupts at once). Elsewhere (threads, pool workers that installed their
+    own handler) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        yield  # someone else (a worker's initializer, a host application) owns SIGINT
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if _STOP.is_set():
+            raise KeyboardInterrupt
+        _STOP.set()
+
+    _STOP.clear()
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _STOP.clear()
 
 
 def _finish(
@@ -312,12 +433,27 @@ def train_stack(
     threads: int | None = None,
     progress: ProgressFn | None = None,
 ) -> list[RunResult]:
-    """Train runs of one architecture side by side; returns their results in input order."""
+    """Train runs of one architecture side by side; returns their results in input order.
+
+    Each run directory is locked while it is written (a second process training the same run
+    is refused). Ctrl-C checkpoints every unfinished run and raises `TrainingInterrupted`.
+    """
     if not specs:
         return []
     _check_stackable(specs)
+    if _STOP.is_set():  # a pool worker already told to stop: start nothing
+        raise TrainingInterrupted(None, [s.run_dir for s in specs])
     if threads:
         torch.set_num_threads(threads)
+    with contextlib.ExitStack() as locks, _stop_on_sigint():
+        for spec in specs:
+            locks.enter_context(rundir.RunLock(spec.run_dir))
+        return _train_locked(specs, resume, overwrite, progress)
+
+
+def _train_locked(
+    specs: Sequence[RunSpec], resume: bool, overwrite: bool, progress: ProgressFn | None
+) -> list[RunResult]:
     cfg = specs[0].model_config()
     train_x, train_y, val_x, val_y = _stack_data(specs)
     stack = _Stack(specs, cfg)
@@ -359,7 +495,7 @@ def train_stack(
             }
             rows.append(row)
             with open(rundir.partial_path(spec.run_dir) / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+                fh.write(dumps_strict(row) + "\n")
             val_acc = row["val_acc"] if not math.isnan(row["val_acc"]) else row["train_acc"]
             if stack.grokked_at[i] is None and val_acc >= rundir.GROK_THRESHOLD:
                 stack.grokked_at[i] = step
@@ -393,6 +529,9 @@ def train_stack(
             x, y = data["x"], data["y"]
         stack.step(x, y)
         step += 1
+        if _STOP.is_set():
+            stack.save_checkpoint(step)
+            raise TrainingInterrupted(step, [s.run_dir for s in stack.specs])
         eval_now = step % recipe0.eval_every == 0 or any(
             step >= s.recipe.max_steps for s in stack.specs
         )
