@@ -85,3 +85,56 @@ def test_seed_and_sweep_parsing():
         {"lr": 0.01, "weight_decay": 2},
         {"lr": 0.003, "weight_decay": 2},
     ]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "lr="], "--set expects"),
+        (["--set", "=3"], "--set expects"),
+        (["--set", "lr=abc"], "lr must be a number"),
+        (["--set", "lr=inf"], "lr must be finite"),
+        (["--set", "stop_val_acc=abc"], "stop_val_acc"),
+        (["--set", "batch_size=2.5"], "batch_size must be an integer"),
+        (["--set", "name=x/../../../../escaped"], "recipe name"),
+        (["--threads", "-1"], "--threads"),
+        (["--seeds", "0-100000000"], "more than"),
+        (["--out", "/proc/circuitlab"], "cannot create --out"),
+    ],
+)
+def test_train_refuses_bad_input_in_one_line(tmp_path, args, message):
+    res = circuitlab("train", "--task", "add_mod_7", "--out", str(tmp_path / "out"), *args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_train_refuses_an_out_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    res = circuitlab("train", "--task", "add_mod_7", "--out", str(tmp_path / "file"))
+    assert res.returncode == 2 and "is a file" in res.stderr
+
+
+def test_a_slash_in_the_task_spec_stays_one_directory(tmp_path):
+    out = tmp_path / "out"
+    res = circuitlab(
+        "train", "--task", "synth_mod_7[a/b+c]", "--set", "max_steps=2", "--out", str(out)
+    )
+    assert res.returncode == 0, res.stderr
+    (task_dir,) = out.iterdir()
+    assert task_dir.name == "synth_mod_7[a%2Fb+c]"
+    assert read_run(task_dir / "fast-max_steps2-seed0").task == "synth_mod_7[a/b+c]"
+
+
+def test_train_refuses_what_cannot_fit_in_memory(tmp_path):
+    import os
+
+    res = subprocess.run(
+        [sys.executable, "-m", "circuitlab", "train", "--task", "add_mod_7", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"CIRCUITLAB_MEMORY_LIMIT": "50M"},
+        timeout=120,
+    )
+    assert res.returncode == 2 and "needs about" in res.stderr and "batch_size" in res.stderr
