@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Discover the simplest function that reproduces DATA exactly (or approximately)."""
+        from rich.markup import escape
         from rich.table import Table
 
         from circuitlab.registry import Registry, RegistryError
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
                 out["record"] = (stored or result.function).to_dict()
             console.print_json(json.dumps(out))
         else:
-            table = Table(title=f"{fname}: fits found (loss = MSE on training rows)")
+            table = Table(title=f"{escape(str(fname))}: fits found (loss = MSE on training rows)")
             for col in ("", "complexity", "loss", "score", "expression", "sympy"):
                 table.add_column(col)
             for r in result.table:
@@ -111,8 +112,8 @@ def register(app: typer.Typer) -> None:
                     str(r.complexity),
                     f"{r.loss:.4g}",
                     f"{r.score:.3g}",
-                    r.expression,
-                    r.sympy,
+                    escape(r.expression),
+                    escape(r.sympy),
                 )
             console.print(table)
             s = result.stats
@@ -125,14 +126,16 @@ def register(app: typer.Typer) -> None:
         if not as_json:
             fn = stored or result.function
             ignored = [c for c, used in result.relevance.items() if not used]
-            console.print(f"[bold]{result.status}[/]: {fn.signature()} = {fn.render()}")
+            console.print(
+                f"[bold]{result.status}[/]: {escape(fn.signature())} = {escape(fn.render())}"
+            )
             if ignored:
                 console.print(
                     f"columns not used (resampling them leaves the output unchanged): "
-                    f"{', '.join(ignored)}"
+                    f"{escape(', '.join(ignored))}"
                 )
             if stored:
-                console.print(f"registered {stored.ref} (layer {stored.layer})")
+                console.print(f"registered {escape(stored.ref)} (layer {stored.layer})")
 
 
 def _proposer(name: str):

@@ -22,6 +22,7 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Functions by layer: name, version, signature, status, expression."""
+    from rich.markup import escape
     from rich.table import Table
 
     from circuitlab.registry import Registry, RegistryError
@@ -37,7 +38,8 @@ def list_cmd(
     for col in ("layer", "function", "signature", "status", "expression"):
         table.add_column(col)
     for f in fns:
-        table.add_row(str(f.layer), f.ref, f.signature(), f.status, f.render())
+        cells = (f.ref, f.signature(), f.status, f.render())
+        table.add_row(str(f.layer), *(escape(c) for c in cells))
     console.print(table)
 
 
