@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -125,14 +126,18 @@ def test_a_slash_in_the_task_spec_stays_one_directory(tmp_path):
     (task_dir,) = out.iterdir()
     assert task_dir.name == "synth_mod_7[a%2Fb+c]"
     assert read_run(task_dir / "fast-max_steps2-seed0").task == "synth_mod_7[a/b+c]"
-    listing = circuitlab("runs", str(out))  # brackets are data, not rich markup
+    listing = subprocess.run(  # brackets are data, not rich markup
+        [sys.executable, "-m", "circuitlab", "runs", str(out)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COLUMNS": "400"},
+        timeout=120,
+    )
     assert listing.returncode == 0, listing.stderr
     assert "synth_mod_7[a/b+c]" in listing.stdout
 
 
 def test_train_refuses_what_cannot_fit_in_memory(tmp_path):
-    import os
-
     res = subprocess.run(
         [sys.executable, "-m", "circuitlab", "train", "--task", "add_mod_7", "--out", str(tmp_path)],
         capture_output=True,
