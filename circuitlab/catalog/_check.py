@@ -4,6 +4,10 @@ Each takes the value and its dotted field path, returns the normalised value (in
 reals as float, strings checked for valid Unicode) and raises `RecordError` naming the field.
 NaN and infinities are refused everywhere: JSON cannot carry them, SQLite turns NaN into NULL,
 and Neo4j keeps it, so accepting them would make the backends disagree.
+
+String lengths are bounded only inside `limits()`, which the catalog enters for what it is
+given to store (puts and imports): records stored before the limits existed still load, show
+and export.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from circuitlab.catalog.errors import RecordError
@@ -22,16 +28,39 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _SPACE_RE = re.compile(r"\s")
 
+LABEL_LEN = 1_000
+"""Longest label, name, path, signature or other one-line text the catalog accepts."""
+TEXT_LEN = 10_000
+"""Longest description, expression, or string inside free-form JSON the catalog accepts."""
+
+_LIMITS: ContextVar[bool] = ContextVar("circuitlab_catalog_limits", default=False)
+
+
+@contextmanager
+def limits() -> Iterator[None]:
+    """Enforce every string's `max_len` inside the block (see the module docstring)."""
+    token = _LIMITS.set(True)
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
+
+
+def too_long(value: str, max_len: int) -> bool:
+    return len(value) > max_len and _LIMITS.get()
+
 
 def string(
-    value: Any, field: str, *, empty: bool = True, max_len: int = 1_000_000, spaces: bool = True
+    value: Any, field: str, *, empty: bool = True, max_len: int = LABEL_LEN, spaces: bool = True
 ) -> str:
     if not isinstance(value, str):
         raise RecordError(field, f"expected a string, got {type(value).__name__}")
     if not empty and not value:
         raise RecordError(field, "must not be empty")
-    if len(value) > max_len:
-        raise RecordError(field, f"longer than {max_len} characters ({len(value)})")
+    if too_long(value, max_len):
+        raise RecordError(
+            field, f"is {len(value):,} characters long; at most {max_len:,} are allowed"
+        )
     if not spaces and _SPACE_RE.search(value):
         raise RecordError(field, f"must not contain whitespace, got {value!r}")
     try:
@@ -133,7 +162,7 @@ def json_value(value: Any, field: str, depth: int = 0) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
-        return string(value, field)
+        return string(value, field, max_len=TEXT_LEN)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):

@@ -6,8 +6,8 @@ its Bolt plugin. `LocalBoltServer` runs it in a child process on a free loopback
 exits when our end of its stdin closes, so a crashed test run leaves no server behind.
 
     with LocalBoltServer(tmp_dir) as server:   # ~3-5 s to start
-        cat = open_catalog(server.url)         # bolt://127.0.0.1:PORT/catalog, root credentials
-                                               # from NEO4J_USER / NEO4J_PASSWORD (see env())
+        os.environ.update(server.env())        # root and this start's random password
+        cat = open_catalog(server.url)         # bolt://127.0.0.1:PORT/catalog
 
 ArcadeDB is not Neo4j: the Neo4j backend keeps to the Cypher subset both run (see NOTES.md).
 """
@@ -15,17 +15,18 @@ ArcadeDB is not Neo4j: the Neo4j backend keeps to the Cypher subset both run (se
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
 from circuitlab.catalog.errors import CatalogError
 
 ROOT_USER = "root"
-ROOT_PASSWORD = "circuitlab-local"  # a throwaway server on loopback, never a real secret
 DATABASE = "catalog"
 
 
@@ -43,20 +44,23 @@ class LocalBoltServer:
         self.heap = heap
         self.timeout = timeout
         self.port = 0
+        self.password = ""
         self._proc: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:
         return f"bolt://127.0.0.1:{self.port}/{DATABASE}"
 
-    @staticmethod
-    def env() -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         """Environment variables that give the Neo4j backend this server's credentials."""
-        return {"NEO4J_USER": ROOT_USER, "NEO4J_PASSWORD": ROOT_PASSWORD}
+        return {"NEO4J_USER": ROOT_USER, "NEO4J_PASSWORD": self.password}
 
     def start(self) -> LocalBoltServer:
+        """Start the server with a new random root password (any local user can reach a
+        loopback port, so a fixed one would let them in); `env()` hands it to clients."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
+        self.password = secrets.token_urlsafe(32)
         log = open(self.root / "server.log", "w")  # noqa: SIM115 - handed to the child
         self._proc = subprocess.Popen(
             [
@@ -75,6 +79,12 @@ class LocalBoltServer:
             cwd=self.root,  # ArcadeDB writes ./log relative to its working directory
         )
         log.close()
+        # On stdin, not argv: other users can read a command line. (A child that died at once
+        # has closed the pipe; its log explains below.)
+        with suppress(BrokenPipeError):
+            if self._proc.stdin:
+                self._proc.stdin.write(self.password + "\n")
+                self._proc.stdin.flush()
         deadline = time.monotonic() + self.timeout
         line = self._proc.stdout.readline() if self._proc.stdout else ""
         if line.strip() != "READY":
@@ -115,13 +125,17 @@ class LocalBoltServer:
 
 
 def _serve(root: str, bolt_port: int, http_port: int, heap: str) -> None:
-    """Child process: start ArcadeDB with Bolt on loopback, create the database, say READY,
-    and run until stdin closes."""
+    """Child process: read the root password from stdin, start ArcadeDB with Bolt on loopback,
+    create the database, say READY, and run until stdin closes."""
     from arcadedb_embedded.server import ArcadeDBServer
 
+    password = sys.stdin.readline().strip()
+    # ArcadeDB sets the root password only when it creates its users file: a restart in the
+    # same directory would keep the last start's password.
+    (Path(root) / "config" / "server-users.jsonl").unlink(missing_ok=True)
     server = ArcadeDBServer(
         root_path=root,
-        root_password=ROOT_PASSWORD,
+        root_password=password,
         config={
             "host": "127.0.0.1",
             "http_port": http_port,

@@ -160,6 +160,10 @@ class Backend(ABC):
         """id -> the summary JSON of those circuits."""
 
     @abstractmethod
+    def metric_names(self) -> list[str]:
+        """Names of the metrics some circuit has, sorted."""
+
+    @abstractmethod
     def find_features(self, filters: dict[str, Any], limit: int | None) -> list[str]:
         """Feature ids whose identity columns equal `filters` (model, node_type, layer, index,
         position, transcoder; absent keys are free), by id."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from circuitlab.catalog import records as rec
-from circuitlab.catalog._check import NAME_RE
+from circuitlab.catalog._check import NAME_RE, limits
 from circuitlab.catalog._plan import plan_record, rebuild, tokenize
 from circuitlab.catalog.backend import BLOCKING_RELS, RELS, Backend, Link, Plan, Query
 from circuitlab.catalog.errors import CatalogError, NotFoundError, RecordError
@@ -271,6 +271,10 @@ class Catalog:
             raise CatalogError("limit and offset must be >= 0")
         return self.summaries(self.backend.search(query))
 
+    def metric_names(self) -> list[str]:
+        """Names of the metrics some circuit in the catalog has (search bounds and order)."""
+        return self.backend.metric_names()
+
     def summaries(self, ids: list[str]) -> list[Summary]:
         found = self.backend.summaries(ids)
         return [Summary(id=i, **found[i]) for i in ids if i in found]
@@ -411,15 +415,18 @@ class Catalog:
         return sorted(set(refs))
 
     def _plan(self, record: rec.Record, pending: dict[str, str] | None = None) -> Plan:
-        """The storage plan of a validated record; `pending` (id -> kind) are records planned
-        earlier in the same batch, which a program may call."""
+        """The storage plan of a validated record, its text within the catalog's limits;
+        `pending` (id -> kind) are records planned earlier in the same batch, which a program
+        may call."""
         if not isinstance(record, tuple(rec.RECORD_TYPES.values())):
             raise RecordError("record", f"not a catalog record: {type(record).__name__}")
         if isinstance(record, rec.Feature):
             raise RecordError(
                 "feature", "features are stored by putting the circuits that use them"
             )
-        return plan_record(record.to_dict(), self.backend.kinds, pending or {})
+        with limits():
+            data = record.to_dict()
+        return plan_record(data, self.backend.kinds, pending or {})
 
 
 def _bounds(bounds: dict[str, float] | None, what: str) -> dict[str, float]:
@@ -444,13 +451,16 @@ def _check_kind(kind: str) -> None:
 def open_catalog(url: str | os.PathLike[str] | None = None, *, create: bool = True) -> Catalog:
     """Open the catalog at `url` (see the module docstring; None = the default location).
 
-    create=False refuses to create a new SQLite file (for read-only commands).
+    create=False refuses to create a new SQLite file (for read-only commands). A SQLite catalog
+    is only ever created where no file exists; one we may not write opens read-only.
     """
     if url is None:
         url = default_url()
     url = os.fspath(url)
     if not url.strip():
         raise CatalogError("empty catalog URL")
+    if "\x00" in url:
+        raise CatalogError(f"catalog URL {url!r} contains a NUL character")
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
     if scheme in ("neo4j", "bolt", "neo4j+s", "neo4j+ssc", "bolt+s", "bolt+ssc"):
@@ -476,4 +486,8 @@ def open_catalog(url: str | os.PathLike[str] | None = None, *, create: bool = Tr
         raise CatalogError(f"malformed SQLite URL {url!r}: no file path")
     from circuitlab.catalog.sqlite import SqliteBackend
 
-    return Catalog(SqliteBackend(Path(path).expanduser(), create=create))
+    try:
+        where = Path(path).expanduser()
+    except RuntimeError:  # ~user of an unknown user
+        raise CatalogError(f"catalog path {path!r}: cannot find that home directory") from None
+    return Catalog(SqliteBackend(where, create=create))

@@ -130,8 +130,20 @@ _CREATE_LINK = {
     f"(b:{LABELS[dst]} {{id: r.dst}}) CREATE (a)-[x:{rel}]->(b) SET x += r.props"
     for rel, src, dst in _LINK_SHAPES
 }
+
+
+# ArcadeDB (26.10) deletes only some of the relationships a streaming `MATCH ... DELETE r`
+# matches when an edge of the same vertex was deleted earlier in the transaction: re-putting a
+# circuit dropped its EXTRACTED_FROM link, then only half its HAS_FEATURE links, which piled up
+# put after put (200 -> 300 -> 399). Every relationship delete therefore collects its matches
+# first and deletes the list, which deletes them all on ArcadeDB and Neo4j alike.
+def _delete_all(match: str) -> str:
+    """Delete every relationship `r` of a MATCH, collected before the first delete."""
+    return f"{match} WITH collect(DISTINCT r) AS rs UNWIND rs AS r DELETE r"
+
+
 _DROP_OWNED = {
-    (kind, rel): f"MATCH (n:{LABELS[kind]} {{id: $id}})-[r:{rel}]->() DELETE r"
+    (kind, rel): _delete_all(f"MATCH (n:{LABELS[kind]} {{id: $id}})-[r:{rel}]->()")
     for kind, rels in _OWNED.items()
     for rel in rels
 }
@@ -162,11 +174,11 @@ _COUNTS = " UNION ALL ".join(
 _CIRCUIT_STRUCTURE_FEATURES = (
     "MATCH (c:Circuit {id: $id})-[:HAS_FEATURE]->(f:Feature) RETURN f.id AS id"
 )
-_DROP_ATTRIBUTES = (
+_DROP_ATTRIBUTES = _delete_all(
     "MATCH (c:Circuit {id: $id})-[:HAS_FEATURE]->(:Feature)-[r:ATTRIBUTES]->(:Feature) "
-    "WHERE r.circuit = $id DELETE r"
+    "WHERE r.circuit = $id"
 )
-_DROP_HAS_FEATURE = "MATCH (c:Circuit {id: $id})-[h:HAS_FEATURE]->(:Feature) DELETE h"
+_DROP_HAS_FEATURE = _delete_all("MATCH (c:Circuit {id: $id})-[r:HAS_FEATURE]->(:Feature)")
 _DROP_ORPHANS = (
     "MATCH (f:Feature) WHERE f.id IN $ids AND NOT EXISTS { MATCH ()-[:HAS_FEATURE]->(f) } "
     "DETACH DELETE f"
@@ -191,7 +203,7 @@ _PUT_ATTRIBUTES = (
     "UNWIND $rows AS r MATCH (a) WHERE elementId(a) = r[0] MATCH (b) WHERE elementId(b) = r[1] "
     "CREATE (a)-[:ATTRIBUTES {circuit: r[2], ordinal: r[3], weight: r[4]}]->(b)"
 )
-_DROP_IMPLEMENTS = "MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) WHERE r.id = $id DELETE r"
+_DROP_IMPLEMENTS = _delete_all("MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) WHERE r.id = $id")
 _LOAD_IMPLEMENTS = (
     "MATCH (:Circuit)-[r:IMPLEMENTS]->(:Function) WHERE r.id = $id RETURN r.data AS data"
 )
@@ -235,6 +247,9 @@ _SEARCH_FEATURE = _paged(
     "MATCH (:Feature {id: $feature})<-[:HAS_FEATURE]-(c:Circuit)" + _SEARCH_TAIL
 )
 _SUMMARIES = "MATCH (c:Circuit) WHERE c.id IN $ids RETURN c.id AS id, c.summary AS summary"
+_METRIC_KEYS = (
+    "MATCH (c:Circuit) UNWIND keys(c) AS k WITH DISTINCT k WHERE k STARTS WITH 'm_' RETURN k"
+)
 _FIND_FEATURES = _paged(
     "MATCH (f:Feature) WHERE ($model IS NULL OR f.model = $model)"
     " AND ($node_type IS NULL OR f.node_type = $node_type)"
@@ -275,7 +290,9 @@ _RETRIES = 6
 
 
 class _Conflict(CatalogError):
-    """A uniqueness constraint refused a write (a concurrent writer got there first)."""
+    """A concurrent writer got in the way: a uniqueness constraint refused a feature it created
+    first, or the server reports a transient conflict (ArcadeDB: DeadlockDetected, "Please retry
+    the operation", when two transactions change one page). Replaying the put succeeds."""
 
 
 def _dumps(data: Any) -> str:
@@ -361,7 +378,8 @@ class Neo4jBackend(Backend):
             raise CatalogError(f"cannot reach Neo4j at {self.url}: {_one_line(exc)}") from None
         except (exc_mod.Neo4jError, exc_mod.DriverError) as exc:
             message = getattr(exc, "message", None) or exc
-            raise CatalogError(f"Neo4j at {self.url}: {_one_line(message)}") from None
+            error = _Conflict if exc.is_retryable() else CatalogError  # e.g. a transient deadlock
+            raise error(f"Neo4j at {self.url}: {_one_line(message)}") from None
         except OSError as exc:
             raise CatalogError(f"cannot reach Neo4j at {self.url}: {_one_line(exc)}") from None
 
@@ -410,7 +428,7 @@ class Neo4jBackend(Backend):
             try:
                 self._write_many(plans)
                 return
-            except _Conflict:  # a concurrent writer created one of our features first
+            except _Conflict:  # a concurrent writer got in the way
                 if attempt == _RETRIES - 1:
                     raise
                 time.sleep(random.uniform(0.05, 0.2) * 2**attempt)  # then replay on top of it
@@ -616,10 +634,22 @@ class Neo4jBackend(Backend):
                 loaded.nodes.append(
                     (_feature_json(dict(zip(_NODE_COLUMNS, n[1:8], strict=True))), n[8], n[9])
                 )
+            self._check_nodes(id, loaded.node_ids)
             if not edges:
                 return loaded
             loaded.edges = self._edge_lists(tx, id, loaded.node_ids)
             return loaded
+
+    def _check_nodes(self, cid: str, node_ids: list[str]) -> None:
+        """Refuse a circuit whose HAS_FEATURE links repeat features (left by puts before the
+        ArcadeDB workaround above): its nodes, and the edges indexing them, are wrong."""
+        features = len(set(node_ids))
+        if features != len(node_ids):
+            raise CatalogError(
+                f"catalog at {self.url}: circuit {cid[:12]} is stored inconsistently "
+                f"({len(node_ids)} HAS_FEATURE links for {features} features); put the circuit "
+                "again (e.g. re-run its extraction) to rewrite it"
+            )
 
     @staticmethod
     def _edge_lists(tx: Any, cid: str, node_ids: list[str]) -> list[tuple[str, str, float]]:
@@ -661,6 +691,9 @@ class Neo4jBackend(Backend):
     def summaries(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         return {r["id"]: json.loads(r["summary"]) for r in self._rows(_SUMMARIES, ids=list(ids))}
 
+    def metric_names(self) -> list[str]:
+        return sorted(r["k"][2:] for r in self._rows(_METRIC_KEYS))
+
     def find_features(self, filters: dict[str, Any], limit: int | None) -> list[str]:
         params = {
             k: filters.get(k)
@@ -674,6 +707,7 @@ class Neo4jBackend(Backend):
     ) -> list[tuple[str, str, float]]:
         with self._tx() as tx:
             node_ids = tx.run(_NODE_IDS, id=circuit).single()["ids"]
+            self._check_nodes(circuit, node_ids)
             edges = self._edge_lists(tx, circuit, node_ids)
         order = sorted(range(len(edges)), key=lambda i: (-abs(edges[i][2]), i))
         kept = [edges[i] for i in order if abs(edges[i][2]) >= min_abs_weight]

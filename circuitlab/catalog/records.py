@@ -23,6 +23,11 @@ the catalog before the record that references them is put.
 
 NaN and infinities are refused in every numeric field (JSON has no NaN and the backends would
 store it differently); use null (None) for a value that was not measured.
+
+Text is bounded when it enters the catalog (`Catalog.put`, import): labels, names, paths and
+signatures of circuits at most 1,000 characters (`LABEL_LEN`), descriptions, function
+expressions and strings inside free-form JSON at most 10,000 (`TEXT_LEN`); ids and task specs
+keep their tighter limits. Records stored before these limits still load.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from circuitlab.catalog import _check as check
+from circuitlab.catalog._check import LABEL_LEN, TEXT_LEN
 from circuitlab.catalog._spec import (
     Fast,
     content_hash,
@@ -66,8 +72,9 @@ DERIVATIONS = ("prune", "lora", "finetune")
 ABLATIONS = ("mean", "zero", "resample", "none")
 """Ablations that faithfulness metrics can be measured with."""
 
-_STR = prim(check.string)
+_STR = prim(check.string)  # at most LABEL_LEN characters
 _OPT_STR = prim(check.opt_string)
+_TEXT = prim(check.string, max_len=TEXT_LEN)
 _ID = prim(check.record_id)
 _OPT_ID = optional(_ID)
 _REAL = prim(check.real)
@@ -157,7 +164,7 @@ class Feature(_Record):
     position: int | None = fld(prim(check.opt_integer, lo=0), default=None)
     transcoder: str = fld(_STR, default="")
     label: str = fld(_STR, default="")
-    description: str = fld(_STR, default="")
+    description: str = fld(_TEXT, default="")
     stats: dict[str, Any] = fld(_JSON, factory=dict)
 
     kind: ClassVar[str] = "feature"
@@ -238,8 +245,8 @@ def _edges_fast(value: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _text_ok(value: Any) -> bool:
-    if type(value) is not str:
+def _text_ok(value: Any, max_len: int = LABEL_LEN) -> bool:
+    if type(value) is not str or check.too_long(value, max_len):
         return False
     if value.isascii():
         return True
@@ -276,7 +283,7 @@ def _nodes_fast(value: Any) -> list[dict[str, Any]]:
             raise Fast
         if not (f.position is None or (type(f.position) is int and f.position >= 0)):
             raise Fast
-        if not (_text_ok(f.transcoder) and _text_ok(f.label) and _text_ok(f.description)):
+        if not (_text_ok(f.transcoder) and _text_ok(f.label) and _text_ok(f.description, TEXT_LEN)):
             raise Fast
         if type(f.stats) is not dict:
             raise Fast
@@ -384,7 +391,7 @@ class Interpretation:
     """
 
     label: str = fld(_STR, default="")
-    description: str = fld(_STR, default="")
+    description: str = fld(_TEXT, default="")
     method: str = fld(_STR, default="")
 
 
@@ -521,7 +528,7 @@ class Task(_Record):
 
     spec: str = fld(prim(check.string, empty=False, max_len=300, spaces=False))
     family: str = fld(_STR, default="")
-    description: str = fld(_STR, default="")
+    description: str = fld(_TEXT, default="")
     d_vocab: int | None = fld(_OPT_NAT, default=None)
     d_vocab_out: int | None = fld(_OPT_NAT, default=None)
     n_ctx: int | None = fld(_OPT_NAT, default=None)
@@ -677,11 +684,11 @@ class Function(_Record):
     """
 
     name: str = fld(prim(check.string, empty=False, max_len=300))
-    signature: str = fld(_STR, default="")
-    expression: str = fld(_STR, default="")
+    signature: str = fld(_TEXT, default="")
+    expression: str = fld(_TEXT, default="")
     input_domains: list[str] = fld(listof(_STR), factory=list)
     output_domain: str = fld(_STR, default="")
-    description: str = fld(_STR, default="")
+    description: str = fld(_TEXT, default="")
     composes: list[Slot] = fld(listof(nested(Slot)), factory=list)
     properties: dict[str, Any] = fld(_JSON, factory=dict)
     metadata: Metadata = fld(nested(Metadata), factory=Metadata)
@@ -706,7 +713,7 @@ class Program(_Record):
     name: str = fld(prim(check.string, empty=False, max_len=300))
     body: dict[str, Any] = fld(_JSON, factory=dict)
     calls: list[str] = fld(listof(_ID), factory=list)
-    description: str = fld(_STR, default="")
+    description: str = fld(_TEXT, default="")
     metadata: Metadata = fld(nested(Metadata), factory=Metadata)
 
     kind: ClassVar[str] = "program"

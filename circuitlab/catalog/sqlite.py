@@ -6,6 +6,10 @@ mode so readers (the explorer) run while a writer writes; the schema version in
 `PRAGMA user_version` with forward migrations, each in one transaction. Every put and delete is
 one `BEGIN IMMEDIATE` transaction: a crash mid-put leaves the file as it was before.
 
+A new catalog is created only where no file exists, and appears whole; an existing file that is
+not a catalog (empty, foreign, corrupt) is refused untouched. A catalog we may not write (another
+user's) is opened read-only and never gets files created beside it.
+
 Features and circuits get integer keys inside the file, so the big tables (a circuit's nodes
 and edges) hold small integers rather than 64-character ids.
 """
@@ -13,9 +17,11 @@ and edges) hold small integers rather than 64-character ids.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -101,40 +107,108 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _upgrade(db: sqlite3.Connection, version: int) -> None:
+    """Run the migrations from `version` on, inside the caller's transaction."""
+    for step in range(version, len(MIGRATIONS)):  # read at call time: a test may add a step
+        for statement in MIGRATIONS[step]:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {step + 1}")
+
+
+def _build(path: Path) -> None:
+    """A new, empty catalog file in WAL mode (readers run while a writer writes)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("BEGIN IMMEDIATE")
+        _upgrade(db, 0)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def _create(path: Path) -> None:
+    """Make a new catalog at `path`, whole or not at all: built under a temporary name, then
+    hard-linked into place, which fails if the path exists. So nobody opens a half-made
+    catalog, an existing file is never initialised, and of racing creators one wins."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.new")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _build(tmp)
+        with suppress(FileExistsError):  # a racing creator linked its catalog first
+            os.link(tmp, path)
+    except (OSError, sqlite3.Error) as exc:
+        raise CatalogError(f"cannot create catalog {path}: {exc}") from None
+    finally:
+        for leftover in ("", "-wal", "-shm"):
+            Path(f"{tmp}{leftover}").unlink(missing_ok=True)
+
+
+def _writable(path: Path) -> bool:
+    """Whether we may write the file and, for SQLite's -wal and -shm files, its directory."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    """A connection to an existing file. One we may not write is opened read-only, and also
+    immutable unless a writer's WAL is beside it: reading a WAL file needs a -shm file that a
+    read-only directory cannot hold. (Immutable reads assume nobody writes meanwhile.)"""
+    if not read_only:
+        return sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    uri = path.resolve().as_uri() + "?mode=ro"
+    if not Path(f"{path}-wal").exists():
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
+
+
 class SqliteBackend(Backend):
     name = "sqlite"
 
     def __init__(self, path: Path, create: bool = True) -> None:
+        """Open the catalog at `path`; with `create`, make a new one if nothing is there. An
+        existing file that is not a catalog is refused and left as it was."""
         self.path = Path(path)
-        self.url = f"sqlite:///{self.path.resolve()}"
-        if self.path.is_dir():
-            raise CatalogError(f"catalog path {self.path} is a directory, not a SQLite file")
-        if not self.path.exists():
-            if not create:
-                raise NotFoundError(f"no catalog at {self.path}")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        except sqlite3.Error as exc:
+            self.url = f"sqlite:///{self.path.resolve()}"
+            if self.path.is_dir():
+                raise CatalogError(f"catalog path {self.path} is a directory, not a SQLite file")
+            if not self.path.exists():
+                if not create:
+                    raise NotFoundError(f"no catalog at {self.path}")
+                _create(self.path)
+            self.read_only = not _writable(self.path)
+            self._db = _connect(self.path, self.read_only)
+        except (OSError, sqlite3.Error) as exc:
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL").fetchone()
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise CatalogError(
-                f"{self.path} is not a readable catalog (SQLite: {exc}); the file was not changed"
-            ) from None
+            raise self._not_a_catalog(f"SQLite: {exc}") from None
         except CatalogError:
             self._db.close()
             raise
 
     # -- connection plumbing -------------------------------------------------------------------
 
+    def _not_a_catalog(self, why: str) -> CatalogError:
+        return CatalogError(
+            f"{self.path} is not a circuitlab catalog ({why}); the file was not changed"
+        )
+
     def _migrate(self) -> None:
-        latest = len(MIGRATIONS)  # read at call time, so a test can add a step
+        """Refuse a file that is not a catalog or is newer than us; upgrade an older one."""
+        latest = len(MIGRATIONS)
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        if not version or "records" not in tables:
+            if tables:
+                raise self._not_a_catalog("a SQLite database with other tables")
+            empty = self.path.stat().st_size == 0
+            raise self._not_a_catalog(
+                "an empty file" if empty else "a SQLite database with no catalog tables"
+            )
         if version > latest:
             raise SchemaVersionError(
                 f"catalog {self.path} has schema version {version}, newer than this circuitlab "
@@ -142,24 +216,24 @@ class SqliteBackend(Backend):
             )
         if version == latest:
             return
+        if self.read_only:
+            raise CatalogError(
+                f"catalog {self.path} has schema version {version}, older than this "
+                f"circuitlab's ({latest}), and is read-only here: open it once with write "
+                "access to upgrade it"
+            )
         with self._tx() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]  # another opener may have won
-            if version == 0:
-                tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-                if tables:
-                    raise CatalogError(
-                        f"{self.path} is a SQLite file but not a circuitlab catalog (it has other "
-                        "tables); the file was left untouched"
-                    )
-            for step in range(version, latest):
-                for statement in MIGRATIONS[step]:
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {step + 1}")
+            _upgrade(db, db.execute("PRAGMA user_version").fetchone()[0])  # maybe done by now
 
     @contextmanager
     def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; rolled back on any exception (a killed process leaves the WAL
         uncommitted, which SQLite discards on the next open)."""
+        if immediate and self.read_only:
+            raise CatalogError(
+                f"catalog {self.path} is read-only here (no write permission for the file or "
+                "its directory)"
+            )
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -477,6 +551,11 @@ class SqliteBackend(Backend):
                 )
                 out.update((i, json.loads(s)) for i, s in rows)
         return out
+
+    def metric_names(self) -> list[str]:
+        with self._read() as db:
+            rows = db.execute("SELECT DISTINCT name FROM circuit_metrics ORDER BY name")
+            return [r[0] for r in rows]
 
     def find_features(self, filters: dict[str, Any], limit: int | None) -> list[str]:
         where = [f"{_FEATURE_COLUMNS[k]} = ?" for k in sorted(filters)]

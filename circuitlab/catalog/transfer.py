@@ -8,8 +8,8 @@ so the same catalog exports to the same bytes whichever backend holds it: SQLite
 SQLite round trips can be checked with a byte comparison.
 
 Export writes to a temporary file and renames it (atomic). Import reads the whole file once to
-validate every record (a bad file is refused before anything is written, with the line number),
-then puts the records in file order, each in its own transaction.
+validate every record (`check_export`: a bad file is refused before anything is written, with the
+line number), then puts the records in file order, each in its own transaction.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from circuitlab.catalog._check import limits
 from circuitlab.catalog.catalog import Catalog
 from circuitlab.catalog.errors import CatalogError, SchemaVersionError
 from circuitlab.catalog.records import SCHEMA_VERSION, record_from_dict
@@ -96,8 +98,29 @@ def _read(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise CatalogError(f"{path} is not UTF-8 text, not a catalog export") from None
 
 
-def import_catalog(cat: Catalog, path: str | os.PathLike[str]) -> dict[str, int]:
-    """Put every record of an exported file into `cat`; returns the number per kind."""
+@dataclass(frozen=True)
+class CheckedExport:
+    """An export file whose every line passed validation (`check_export`); `counts` is the
+    number of records per kind."""
+
+    path: Path
+    counts: dict[str, int]
+
+    def put_into(self, cat: Catalog) -> dict[str, int]:
+        """Put the file's records into `cat` in file order; returns `counts`."""
+        lines = _read(self.path)
+        next(lines, None)  # the header
+        for number, data in lines:
+            try:
+                cat.put(record_from_dict(data))
+            except CatalogError as exc:
+                raise CatalogError(f"{self.path} line {number}: {exc}") from None
+        return self.counts
+
+
+def check_export(path: str | os.PathLike[str]) -> CheckedExport:
+    """Validate a whole export file (header, every record, the catalog's text limits) without
+    writing anything, so that a bad file is refused before a catalog is even created."""
     path = Path(path)
     lines = _read(path)
     first = next(lines, None)
@@ -113,19 +136,19 @@ def import_catalog(cat: Catalog, path: str | os.PathLike[str]) -> dict[str, int]
             f"({SCHEMA_VERSION}): upgrade circuitlab"
         )
     counts = dict.fromkeys(ORDER, 0)
-    for number, data in lines:  # pass 1: validate everything before writing anything
+    for number, data in lines:
         try:
-            record = record_from_dict(data)
+            with limits():
+                record = record_from_dict(data)
         except SchemaVersionError as exc:
             raise SchemaVersionError(f"{path} line {number}: {exc}") from None
         except CatalogError as exc:
             raise CatalogError(f"{path} line {number}: {exc}") from None
         counts[record.kind] = counts.get(record.kind, 0) + 1
-    for number, data in _read(path):
-        if number == first[0]:
-            continue
-        try:
-            cat.put(record_from_dict(data))
-        except CatalogError as exc:
-            raise CatalogError(f"{path} line {number}: {exc}") from None
-    return counts
+    return CheckedExport(path, counts)
+
+
+def import_catalog(cat: Catalog, path: str | os.PathLike[str]) -> dict[str, int]:
+    """Put every record of an exported file into `cat` (all checked first); returns the number
+    per kind."""
+    return check_export(path).put_into(cat)

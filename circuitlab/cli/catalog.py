@@ -7,11 +7,15 @@
     circuitlab catalog --catalog bolt://host:7687/neo4j import all.jsonl   # SQLite -> Neo4j
 
 The catalog is $CIRCUITLAB_CATALOG or ~/.circuitlab/catalog.db unless --catalog is given.
+
+Everything printed from the catalog or the command line is data, never markup: it goes to rich
+as `plain` Text, with control characters made visible and long text cut (`--json` has it all).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -20,12 +24,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from circuitlab.cli.common import CliError, console
+from circuitlab.cli.common import CliError, console, plain, visible
 
 catalog_app = typer.Typer(
     help="Browse, search, export and import the circuit catalog.", no_args_is_help=True
 )
+
+_CELL = 200  # characters of text in a table cell
+_TEXT = 10_000  # characters of a label or description that `show` prints (the catalog's limit)
+# What json.dumps leaves raw that a terminal may act on: DEL, C1 controls, bidi overrides.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 _CATALOG_HELP = (
     "Catalog URL or path: sqlite:///path.db, a file path, neo4j://host:7687 or bolt://host:7687 "
@@ -53,11 +63,12 @@ def _open(ctx: typer.Context, create: bool = False) -> Iterator[Any]:
         with open_catalog(ctx.obj["catalog"], create=create) as cat:
             yield cat
     except CatalogError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(visible(str(exc))) from None
 
 
 def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    typer.echo(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
 
 
 def _fmt(value: float | None) -> str:
@@ -65,20 +76,20 @@ def _fmt(value: float | None) -> str:
 
 
 def _summaries_table(title: str, hits: list[Any]) -> Table:
-    table = Table(title=title)
+    table = Table(title=plain(title))
     for column in ("id", "task", "label", "nodes", "edges", "suff.", "nec.", "gen.", "tags"):
         table.add_column(column, overflow="fold")
     for s in hits:
         table.add_row(
-            s.id[:12],
-            s.task,
-            s.label,
+            plain(s.id[:12]),
+            plain(s.task, _CELL),
+            plain(s.label, _CELL),
             str(s.n_nodes),
             str(s.n_edges),
             _fmt(s.metrics.get("sufficiency")),
             _fmt(s.metrics.get("necessity")),
             _fmt(s.metrics.get("generality")),
-            ", ".join(s.tags),
+            plain(", ".join(s.tags), _CELL),
         )
     return table
 
@@ -96,6 +107,16 @@ def _bounds(pairs: list[str] | None, flag: str) -> dict[str, float]:
                 f"{flag} expects NAME=NUMBER (e.g. {flag} sufficiency=0.9), got {pair!r}"
             )
     return out
+
+
+def _known_metrics(cat: Any, names: set[str]) -> None:
+    """A metric that no circuit has is most likely a typo: say so rather than find nothing."""
+    known = cat.metric_names() if names else []
+    unknown = sorted(names - set(known))
+    if known and unknown:
+        raise CliError(
+            visible(f"no circuit has a metric {unknown[0]!r}; known: {', '.join(known)}")
+        )
 
 
 @catalog_app.command("list")
@@ -122,11 +143,13 @@ def list_cmd(
         if as_json:
             _echo_json([{"id": i, "name": names.get(i, "")} for i in ids])
             return
-        table = Table(title=f"{kind} records in {cat.url}")
+        table = Table(title=plain(f"{kind} records in {cat.url}"))
         table.add_column("id")
         table.add_column("name")
         for i in ids:
-            table.add_row(i if kind == "task" else i[:12], names.get(i, ""))
+            table.add_row(
+                plain(i if kind == "task" else i[:12], _CELL), plain(names.get(i, ""), _CELL)
+            )
         console.print(table)
 
 
@@ -148,7 +171,7 @@ def show_cmd(
             _echo_json(data)
             return
         if graph is None:
-            table = Table(title=f"{record.kind} {data['id']}", show_header=False)
+            table = Table(title=plain(f"{record.kind} {data['id']}"), show_header=False)
             table.add_column("field")
             table.add_column("value", overflow="fold")
             for key, value in data.items():
@@ -156,43 +179,53 @@ def show_cmd(
                     text = (
                         value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
                     )
-                    table.add_row(key, text)
+                    table.add_row(plain(key), plain(text, _TEXT, multiline=True))
             console.print(table)
             return
         _show_circuit(record, data, graph)
 
 
 def _show_circuit(circuit: Any, data: dict[str, Any], graph: Any) -> None:
-    console.print(f"[bold]circuit {data['id']}[/]  {circuit.interpretation.label}")
+    head = Text(f"circuit {data['id']}", style="bold")
+    console.print(Text.assemble(head, "  ", plain(circuit.interpretation.label, _TEXT)))
     console.print(
-        f"task {circuit.task}   model {circuit.model[:12]}   "
-        f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges"
+        plain(
+            f"task {circuit.task}   model {circuit.model[:12]}   "
+            f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges",
+            _TEXT,
+        )
     )
     if circuit.interpretation.description:
-        console.print(circuit.interpretation.description)
+        console.print(plain(circuit.interpretation.description, _TEXT, multiline=True))
     iface = circuit.interface
     if iface is not None:
         ins = ", ".join(f"{p.name}: {p.domain} @{p.position}" for p in iface.inputs)
         console.print(
-            f"interface ({ins}) -> {iface.output.domain} @{iface.output.position}"
-            + (f"   signature {iface.signature}" if iface.signature else "")
+            plain(
+                f"interface ({ins}) -> {iface.output.domain} @{iface.output.position}"
+                + (f"   signature {iface.signature}" if iface.signature else ""),
+                _TEXT,
+            )
         )
     m = {k: v for k, v in data["metrics"].items() if v not in (None, {})}
-    console.print("metrics " + ", ".join(f"{k}={v}" for k, v in m.items()))
+    console.print(plain("metrics " + ", ".join(f"{k}={v}" for k, v in m.items()), _TEXT))
     tags = circuit.tags
     console.print(
-        f"tags {', '.join(tags.priors + tags.labels) or '-'}   complexity "
-        f"{tags.complexity or '-'}   generality {_fmt(tags.generality) or '-'}"
+        plain(
+            f"tags {', '.join(tags.priors + tags.labels) or '-'}   complexity "
+            f"{tags.complexity or '-'}   generality {_fmt(tags.generality) or '-'}",
+            _TEXT,
+        )
     )
     names = {n.feature.id: n.feature for n in circuit.nodes}
     table = Table(title=f"strongest {len(graph.edges)} edges")
     for column in ("source", "target", "weight"):
         table.add_column(column)
 
-    def label(fid: str) -> str:
+    def label(fid: str) -> Text:
         f = names[fid]
         pos = "" if f.position is None else f"@{f.position}"
-        return f.label or f"{f.node_type} L{f.layer}#{f.index}{pos}"
+        return plain(f.label or f"{f.node_type} L{f.layer}#{f.index}{pos}", _CELL)
 
     for e in graph.edges:
         table.add_row(label(e.source), label(e.target), f"{e.weight:+.4g}")
@@ -224,6 +257,7 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Search circuits by task, tags, interface domain, metric thresholds and text."""
+    low, high = _bounds(minimum, "--min"), _bounds(maximum, "--max")
     with _open(ctx) as cat:
         hits = cat.search(
             task=task,
@@ -233,11 +267,12 @@ def search_cmd(
             complexity=complexity,
             text=text,
             feature=feature,
-            minimum=_bounds(minimum, "--min"),
-            maximum=_bounds(maximum, "--max"),
+            minimum=low,
+            maximum=high,
             order_by=order_by,
             limit=limit,
         )
+        _known_metrics(cat, {*low, *high, order_by} - {"id", "task"})
         if as_json:
             _echo_json([asdict(h) for h in hits])
         else:
@@ -255,7 +290,7 @@ def stats_cmd(
     if as_json:
         _echo_json(asdict(stats))
         return
-    table = Table(title=f"{stats.backend} catalog {stats.url}")
+    table = Table(title=plain(f"{stats.backend} catalog {stats.url}"))
     table.add_column("what")
     table.add_column("count", justify="right")
     for key, value in stats.counts.items():
@@ -281,13 +316,14 @@ def lineage_cmd(
             }
         )
         return
-    table = Table(title=f"lineage of {lin.root[:12]}")
+    table = Table(title=plain(f"lineage of {lin.root[:12]}"))
     for column in ("kind", "id", "name"):
         table.add_column(column)
     order = ("task", "model", "circuit", "function", "program")
     for kind in order:
         for i in lin.of_kind(kind):
-            table.add_row(kind, i if kind == "task" else i[:12], lin.nodes[i][1])
+            rid = i if kind == "task" else i[:12]
+            table.add_row(kind, plain(rid, _CELL), plain(lin.nodes[i][1], _CELL))
     console.print(table)
 
 
@@ -300,7 +336,7 @@ def delete_cmd(
     """Delete a record (refused while others depend on it, unless --cascade)."""
     with _open(ctx) as cat:
         gone = cat.delete(record_id, cascade=cascade)
-    console.print(f"deleted {len(gone)} record(s): " + ", ".join(i[:12] for i in gone))
+    console.print(plain(f"deleted {len(gone)} record(s): " + ", ".join(i[:12] for i in gone)))
 
 
 @catalog_app.command("export")
@@ -315,8 +351,9 @@ def export_cmd(
         try:
             counts = export_catalog(cat, path)
         except (CatalogError, OSError) as exc:
-            raise CliError(f"export to {path} failed: {exc}") from None
-    console.print(f"exported to {path}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise CliError(visible(f"export to {path} failed: {reason}")) from None
+    console.print(plain(f"exported to {path}: " + ", ".join(f"{v} {k}" for k, v in counts.items())))
 
 
 @catalog_app.command("import")
@@ -325,15 +362,18 @@ def import_cmd(
     path: Annotated[Path, typer.Argument(help="File written by `circuitlab catalog export`.")],
 ) -> None:
     """Put every record of an export file into the catalog (same content, same ids)."""
-    from circuitlab.catalog import CatalogError, import_catalog
+    from circuitlab.catalog import CatalogError, check_export
 
+    try:
+        checked = check_export(path)  # before opening: a bad file creates no catalog
+    except CatalogError as exc:
+        raise CliError(visible(str(exc))) from None
     with _open(ctx, create=True) as cat:
-        try:
-            counts = import_catalog(cat, path)
-        except CatalogError as exc:
-            raise CliError(str(exc)) from None
+        counts = checked.put_into(cat)
         url = cat.url
-    console.print(f"imported into {url}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    console.print(
+        plain(f"imported into {url}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    )
 
 
 def register(app: typer.Typer) -> None:

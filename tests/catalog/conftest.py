@@ -11,10 +11,14 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from circuitlab.catalog import Catalog, open_catalog, synthetic
+
+if TYPE_CHECKING:
+    from circuitlab.catalog.arcadedb import LocalBoltServer
 
 
 def _backends() -> list[str]:
@@ -31,12 +35,12 @@ BACKENDS = _backends()
 
 
 @pytest.fixture(scope="session")
-def arcadedb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def arcadedb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBoltServer]:
     from circuitlab.catalog.arcadedb import LocalBoltServer
 
     root = tmp_path_factory.mktemp("arcadedb")
     with LocalBoltServer(root) as server:
-        yield server.url
+        yield server
 
 
 def _wipe(catalog: Catalog) -> None:
@@ -50,12 +54,10 @@ def cat(
     if request.param == "sqlite":
         catalog = open_catalog(tmp_path / "catalog.db")
     elif request.param == "arcadedb":
-        from circuitlab.catalog.arcadedb import LocalBoltServer
-
-        url = request.getfixturevalue("arcadedb_server")
-        for key, value in LocalBoltServer.env().items():
+        server = request.getfixturevalue("arcadedb_server")
+        for key, value in server.env().items():
             monkeypatch.setenv(key, value)
-        catalog = open_catalog(url)
+        catalog = open_catalog(server.url)
         _wipe(catalog)
     else:
         catalog = open_catalog(os.environ["NEO4J_URI"])

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from circuitlab.catalog import open_catalog, synthetic
-from circuitlab.cli import app
+from circuitlab.catalog import Function, export_catalog, open_catalog, synthetic
+from circuitlab.cli import app, main
 
 runner = CliRunner()
 
@@ -24,6 +28,17 @@ def filled(tmp_path: Path) -> tuple[str, synthetic.World]:
         for record in world.records():
             cat.put(record)
     return path, world
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(directory, catalog, its export) for tests that only read them."""
+    root = tmp_path_factory.mktemp("shared")
+    with open_catalog(root / "cat.db") as cat:
+        for record in synthetic.world().records():
+            cat.put(record)
+        export_catalog(cat, root / "all.jsonl")
+    return root, root / "cat.db", root / "all.jsonl"
 
 
 def _run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -133,6 +148,67 @@ def test_mistakes_are_one_line_and_exit_2(filled, args: list[str], message: str)
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
 
 
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run `circuitlab catalog ARGS` in this process through `main` (which turns user errors
+    into exit 2 and one line); any other exception propagates and fails the test."""
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sys, "argv", ["circuitlab", "catalog", *args])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+    return exit_.value.code or 0, capsys.readouterr().err
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-c", "mysql://x/y", "list"], "unsupported catalog URL"),
+        (["-c", "bolt://127.0.0.1:{port}", "stats"], "cannot reach Neo4j"),
+        (["-c", "bolt://127.0.0.1:notaport", "list"], "bad port"),
+        (["-c", "~no_such_user_xyz/cat.db", "stats"], "no_such_user_xyz"),
+        (["-c", "bad\x00name.db", "stats"], "NUL"),
+        (["-c", "{tmp}", "stats"], "is a directory"),
+        (["-c", "{tmp}/absent.db", "list"], "no catalog at"),
+        (["-c", "/proc/no/such/dir/cat.db", "import", "{dump}"], "cannot create catalog"),
+        (["search", "--min", "necessity=abc"], "--min expects NAME=NUMBER"),
+        (["search", "--max", "=1"], "--max expects NAME=NUMBER"),
+        (["search", "--min", "necessity=nan"], "NaN is not a bound"),
+        (["search", "--min", "no such metric=1"], "metric name must be"),
+        (["search", "--order-by", "no such metric"], "order_by must be"),
+        (["search", "--min", "sufficency=0.9"], "no circuit has a metric 'sufficency'"),
+        (["search", "--order-by", "sufficency"], "known: accuracy, generality, necessity"),
+        (["search", "--feature", "add_mod_113"], "is a task, not a feature"),
+        (["show", "ffffffff"], "no record with id 'ffffffff'"),
+        (["show", "ab"], "at least 4 characters"),
+        (["lineage", "ffffffff"], "no record with id"),
+        (["delete", "ffffffff"], "no record with id"),
+        (["export", "{tmp}"], "Is a directory"),
+        (["import", "{tmp}"], "cannot read"),
+        (["import", "{db}"], "not UTF-8 text"),
+    ],
+)
+def test_every_command_turns_mistakes_into_one_line(
+    shared: tuple[Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    tmp_path, path, dump = shared
+    values = {"tmp": tmp_path, "db": path, "dump": dump, "port": _closed_port()}
+    args = [a.format(**values) for a in args]
+    if args[0] != "-c":
+        args = ["-c", str(path), *args]
+    code, err = _main(capsys, *args)
+    assert code == 2 and message in err, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+
+
 def test_missing_catalog_is_not_created_by_reading(tmp_path: Path) -> None:
     target = tmp_path / "none.db"
     proc = subprocess.run(
@@ -161,13 +237,123 @@ def test_bad_import_files_are_refused_before_writing(tmp_path: Path) -> None:
     broken["edges"][2]["weight"] = "heavy"
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines[:5] + [json.dumps(broken)] + lines[6:]) + "\n")
-    target = str(tmp_path / "target.db")
-    result = runner.invoke(app, ["catalog", "-c", target, "import", str(bad)])
+    target = tmp_path / "no" / "such" / "target.db"
+    result = runner.invoke(app, ["catalog", "-c", str(target), "import", str(bad)])
     assert result.exit_code != 0
     assert "line 6: circuit.edges[2].weight: expected a number" in str(result.exception)
-    with open_catalog(target) as cat:
-        assert sum(cat.stats().counts.values()) == 0
+    assert not (tmp_path / "no").exists()  # nothing is created for a file that is refused
     newer = tmp_path / "newer.jsonl"
     newer.write_text(json.dumps({"format": "circuitlab-catalog", "schema": 99}) + "\n")
-    result = runner.invoke(app, ["catalog", "-c", target, "import", str(newer)])
+    result = runner.invoke(app, ["catalog", "-c", str(target), "import", str(newer)])
     assert "newer than this circuitlab" in str(result.exception)
+    broken = json.loads(lines[5])
+    broken["interpretation"]["label"] = "x" * 5_000
+    bad.write_text("\n".join(lines[:5] + [json.dumps(broken)] + lines[6:]) + "\n")
+    result = runner.invoke(app, ["catalog", "-c", str(target), "import", str(bad)])
+    assert "line 6: circuit.interpretation.label: is 5,000 characters long" in str(result.exception)
+    assert not (tmp_path / "no").exists()
+
+
+HOSTILE = "[link=http://evil]x[/link] [/bold] \x1b[31mred"
+SHOWN = r"[link=http://evil]x[/link] [/bold] \x1b[31mred"  # as text, ESC as a visible escape
+
+
+def test_catalog_text_is_shown_as_text_never_as_markup(tmp_path: Path) -> None:
+    world = synthetic.world(3)
+    circuit = copy.deepcopy(world.circuits[1])
+    circuit.interpretation.label = HOSTILE
+    circuit.interpretation.description = HOSTILE + "\x07\r\x9b"
+    for node in circuit.nodes:
+        node.feature.label = HOSTILE
+    function = Function(name=HOSTILE, description=HOSTILE)
+    where = tmp_path / "[/bold]" / "[link=http://evil]cat.db"
+    with open_catalog(where) as cat:
+        for record in (world.task, world.model, world.child, circuit, function):
+            cat.put(record)
+    runs = [
+        ["list"],
+        ["list", "--kind", "function"],
+        ["search", "--text", "evil"],
+        ["show", circuit.id, "--top", "100"],
+        ["show", circuit.nodes[0].feature.id],
+        ["show", function.id],
+        ["lineage", circuit.id],
+        ["stats"],
+        ["export", str(where.parent / "[/x].jsonl")],
+    ]
+    for args in runs:
+        out = _run("-c", str(where), *args).output
+        assert not set(out) & set("\x1b\x07\r\x9b"), args
+        if args[0] not in ("stats", "export"):  # table cells may wrap between the two halves
+            assert "[link=http://evil]x[/link] [/bold]" in out and r"\x1b[31mred" in out, args
+    assert (where.parent / "[/x].jsonl").exists()
+    out = _run("-c", str(where), "show", circuit.id).output
+    assert f"  {SHOWN}\n" in out and SHOWN + r"\x07\r\x9b" in out
+    for args in (["show", circuit.id, "--json"], ["list", "--json"]):
+        out = _run("-c", str(where), *args).output
+        assert not set(out) & set("\x1b\x9b")
+        assert any(HOSTILE in str(v) for v in _strings(json.loads(out)))
+
+
+def _strings(data: object) -> list[str]:
+    if isinstance(data, dict):
+        return [s for v in data.values() for s in _strings(v)]
+    if isinstance(data, list):
+        return [s for v in data for s in _strings(v)]
+    return [data] if isinstance(data, str) else []
+
+
+def test_long_stored_text_is_cut_when_shown(tmp_path: Path) -> None:
+    """Catalogs written before the length limits may hold huge text: it shows quickly, cut."""
+    from circuitlab.catalog._plan import plan_record
+
+    long = "x" * 1_000_000  # no spaces: rich took minutes to wrap this
+    world = synthetic.world(3)
+    world.task.description = long
+    circuit = copy.deepcopy(world.circuits[1])
+    circuit.interpretation.label = circuit.interpretation.description = long
+    circuit.nodes[0].feature.label = long
+    path = str(tmp_path / "cat.db")
+    with open_catalog(path) as cat:  # stored as an older circuitlab did, without limits
+        for record in (world.task, world.model, world.child, circuit):
+            cat.backend.write(plan_record(record.to_dict(), cat.backend.kinds, {}))
+    runs = [  # a circuit's lines and edge table, another record's field table, a summary table
+        ["show", circuit.id, "--top", "100"],
+        ["show", world.task.id],
+        ["list"],
+    ]
+    for args in runs:
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-c", "from circuitlab.cli import main; main()", "catalog"]
+            + ["-c", path, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "160"},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert time.monotonic() - started < 20, args
+        assert "… (1,000,000 characters)" in proc.stdout, args
+        assert len(proc.stdout) < 100_000
+    shown = json.loads(_run("-c", path, "show", circuit.id, "--json").output)
+    assert shown["interpretation"]["label"] == long
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only files")
+def test_reading_commands_work_on_a_read_only_catalog(filled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, world = filled
+    Path(path).chmod(0o444)
+    Path(path).parent.chmod(0o555)
+    try:
+        for args in (
+            ["stats"],
+            ["list"],
+            ["search", "--tag", "Logic"],
+            ["show", world.circuits[1].id],
+            ["export", str(tmp_path.parent / f"{tmp_path.name}-export.jsonl")],
+        ):
+            _run("-c", path, *args)
+    finally:
+        Path(path).parent.chmod(0o755)
+        Path(path).chmod(0o644)

@@ -67,6 +67,26 @@ def test_put_is_idempotent_and_order_free(cat: Catalog, world: World) -> None:
     assert cat.get(shuffled.id) == shuffled  # replaced: latest order and metadata
 
 
+def test_putting_a_circuit_again_and_again_stores_it_once(
+    cat: Catalog, world: World, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from circuitlab.catalog import export_catalog
+
+    fill(cat, world)
+    before = _counts(cat)
+    circuit = synthetic.circuit(world.model, seed=7, n_features=200, n_edges=1000)
+    cat.put(circuit)
+    once = _counts(cat)
+    for _ in range(4):  # ArcadeDB left half the old HAS_FEATURE links from the 3rd put on
+        # (with circuits this big: 100 features did not show it)
+        cat.put(circuit)
+        assert _counts(cat) == once
+    assert once["HAS_FEATURE"] == before["HAS_FEATURE"] + 200
+    assert cat.get(circuit.id) == circuit
+    assert len(cat.graph(circuit.id).edges) == 1000
+    export_catalog(cat, tmp_path / "all.jsonl")
+
+
 def test_counts_match_what_was_put(cat: Catalog, world: World) -> None:
     fill(cat, world)
     counts = _counts(cat)
@@ -238,6 +258,14 @@ def test_search_matches_the_reference_semantics(cat: Catalog, world: World) -> N
         got = [s.id for s in cat.search(**q)]
         assert got == _reference(world.circuits, **q), q
     assert len(cat.search(limit=None)) == len(world.circuits)
+
+
+def test_metric_names_are_those_some_circuit_has(cat: Catalog, world: World) -> None:
+    assert cat.metric_names() == []
+    fill(cat, world)
+    expect = {name for s in cat.search(limit=None) for name in s.metrics}
+    assert cat.metric_names() == sorted(expect)
+    assert {"sufficiency", "generality", "restricted_loss"} <= expect
 
 
 def test_search_summaries_carry_the_circuit(cat: Catalog, world: World) -> None:

@@ -229,3 +229,42 @@ def test_interface_records_build_from_plain_dicts() -> None:
     )
     assert c.to_dict()["interface"]["inputs"][0]["encoding"] == "token"
     assert isinstance(record_from_dict(c.to_dict()).interface, Interface)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda c: setattr(c.interpretation, "label", "x" * 1_001),
+            "circuit.interpretation.label: is 1,001 characters long; at most 1,000",
+        ),
+        (
+            lambda c: setattr(c.interpretation, "description", "x" * 10_001),
+            "circuit.interpretation.description: is 10,001 characters long; at most 10,000",
+        ),
+        (
+            lambda c: setattr(c.nodes[3].feature, "label", "x" * 1_000_000),
+            "circuit.nodes[3].feature.label: is 1,000,000 characters long; at most 1,000",
+        ),
+        (
+            lambda c: setattr(c.metadata, "extra", {"log": "x" * 10_001}),
+            "circuit.metadata.extra.log: is 10,001 characters long; at most 10,000",
+        ),
+    ],
+)
+def test_the_catalog_bounds_text(circuit: Circuit, tmp_path, mutate, message) -> None:  # type: ignore[no-untyped-def]
+    from circuitlab.catalog import open_catalog
+
+    circuit.interpretation.label = "x" * 1_000
+    circuit.interpretation.description = "x" * 10_000
+    longest = copy.deepcopy(circuit)
+    mutate(circuit)
+    with open_catalog(tmp_path / "cat.db") as cat:
+        cat.put(synthetic.task())
+        cat.put(synthetic.model())
+        with pytest.raises(RecordError) as err:
+            cat.put(circuit)
+        assert str(err.value).startswith(message)
+        assert cat.stats().counts["circuit"] == 0
+        cat.put(longest)
+    assert record_from_dict(circuit.to_dict()) == circuit  # stored long ago, it still loads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -54,23 +55,129 @@ def test_missing_file_is_not_created_when_reading(tmp_path: Path) -> None:
         open_catalog(tmp_path)
 
 
-def test_corrupt_and_foreign_files_are_refused_untouched(tmp_path: Path) -> None:
-    garbage = tmp_path / "garbage.db"
-    content = b"this is not a database at all\n" * 200
-    garbage.write_bytes(content)
-    with pytest.raises(CatalogError, match="not a readable catalog"):
-        open_catalog(garbage)
-    assert garbage.read_bytes() == content
-    foreign = tmp_path / "foreign.db"
-    db = sqlite3.connect(foreign)
+def _foreign_db(path: Path) -> None:
+    db = sqlite3.connect(path)
     db.execute("CREATE TABLE people (name TEXT)")
     db.commit()
     db.close()
-    with pytest.raises(CatalogError, match="not a circuitlab catalog"):
-        open_catalog(foreign)
-    db = sqlite3.connect(foreign)
-    assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("people",)]
+
+
+def _empty_db(path: Path) -> None:
+    """A valid SQLite file holding nothing (what a half-made catalog looked like)."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
     db.close()
+
+
+@pytest.mark.parametrize("create", [False, True])
+@pytest.mark.parametrize(
+    "make, what",
+    [
+        (lambda p: p.write_bytes(b""), "an empty file"),
+        (
+            lambda p: p.write_bytes(b"this is not a database at all\n" * 200),
+            "file is not a database",
+        ),
+        (_foreign_db, "other tables"),
+        (_empty_db, "no catalog tables"),
+    ],
+)
+def test_files_that_are_not_catalogs_are_refused_untouched(
+    tmp_path: Path, make, what: str, create: bool
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "x.db"
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(CatalogError, match="is not a circuitlab catalog") as err:
+        open_catalog(path, create=create)
+    assert what in str(err.value) and "\n" not in str(err.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
+
+
+def _unwritable(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Make `path` and its directory look read-only to us (as another user's catalog is)."""
+    real = os.access
+
+    def access(p, mode, **kw):  # type: ignore[no-untyped-def]
+        if mode & os.W_OK and Path(p).resolve() in (path.resolve(), path.resolve().parent):
+            return False
+        return real(p, mode, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def _filled(path: Path) -> synthetic.World:
+    world = synthetic.world(4)
+    with open_catalog(path) as cat:
+        for record in world.records():
+            cat.put(record)
+    return world
+
+
+def _read_everything(path: Path, world: synthetic.World, tmp_path: Path) -> None:
+    from circuitlab.catalog import export_catalog
+
+    with open_catalog(path, create=False) as cat:
+        assert cat.stats().counts["circuit"] == 4
+        assert cat.get(world.circuits[1].id) == world.circuits[1]
+        assert len(cat.search(task="add_mod_113")) == 4
+        export_catalog(cat, tmp_path / "out" / "all.jsonl")
+        with pytest.raises(CatalogError, match="read-only"):
+            cat.put(synthetic.circuit(world.model, seed=50, n_features=10, n_edges=20))
+
+
+def test_a_catalog_we_cannot_write_is_read_without_a_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cat" / "cat.db"
+    world = _filled(path)
+    before = path.read_bytes()
+    _unwritable(monkeypatch, path)
+    _read_everything(path, world, tmp_path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["cat.db"]  # no -wal or -shm made
+
+
+def test_a_catalog_we_cannot_write_shows_what_its_writer_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cat.db"
+    world = _filled(path)
+    extra = synthetic.circuit(world.model, seed=60, n_features=10, n_edges=20)
+    with open_catalog(path) as writer:  # its WAL holds the latest commits until it closes
+        writer.put(extra)
+        assert Path(f"{path}-wal").exists()
+        _unwritable(monkeypatch, path)
+        with open_catalog(path, create=False) as reader:
+            assert reader.get(extra.id) == extra
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only files")
+def test_a_read_only_catalog_in_a_read_only_directory(tmp_path: Path) -> None:
+    path = tmp_path / "cat" / "cat.db"
+    world = _filled(path)
+    path.chmod(0o444)
+    path.parent.chmod(0o555)
+    try:
+        _read_everything(path, world, tmp_path)
+    finally:
+        path.parent.chmod(0o755)
+        path.chmod(0o644)
+
+
+def test_a_new_catalog_appears_whole_even_to_racing_creators(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "new" / "cat.db"
+
+    def create(_: int) -> int:
+        with open_catalog(path) as cat:
+            return cat.stats().counts["task"]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(create, range(8))) == [0] * 8
+    assert [p.name for p in path.parent.iterdir()] == ["cat.db"]
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -139,7 +139,16 @@ def test_a_slash_in_the_task_spec_stays_one_directory(tmp_path):
 
 def test_train_refuses_what_cannot_fit_in_memory(tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "circuitlab", "train", "--task", "add_mod_7", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "circuitlab",
+            "train",
+            "--task",
+            "add_mod_7",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         env=os.environ | {"CIRCUITLAB_MEMORY_LIMIT": "50M"},

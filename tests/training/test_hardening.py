@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,7 +317,7 @@ def _children(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                stat = open(f"/proc/{entry}/stat").read()
+                stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
@@ -324,9 +325,16 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _alive(pid: int) -> bool:
     try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
     return state != "Z"
@@ -357,7 +365,7 @@ def test_workers_die_with_a_killed_parent_and_the_sweep_resumes(tmp_path):
     name = "fast-max_steps1000-stop_val_acc2-checkpoint_every50-seed"
     run_dirs = [out / "add_mod_7" / f"{name}{s}" for s in (0, 1)]
     _wait_for_metrics([partial_path(r) for r in run_dirs], rows=8)
-    workers = [k for k in _children(proc.pid) if "spawn_main" in open(f"/proc/{k}/cmdline").read()]
+    workers = [k for k in _children(proc.pid) if b"spawn_main" in _cmdline(k)]
     assert len(workers) >= 2
     proc.kill()
     proc.wait()
