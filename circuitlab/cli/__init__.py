@@ -13,6 +13,7 @@ import typer
 from circuitlab.cli import catalog as _catalog_cmd
 from circuitlab.cli import compose as _compose_cmd
 from circuitlab.cli import discover as _discover_cmd
+from circuitlab.cli import explore as _explore_cmd
 from circuitlab.cli import extract as _extract_cmd
 from circuitlab.cli import registry as _registry_cmd
 from circuitlab.cli import solve as _solve_cmd
@@ -44,6 +45,7 @@ _extract_cmd.register(app)
 _catalog_cmd.register(app)
 _compose_cmd.register(app)
 _solve_cmd.register(app)
+_explore_cmd.register(app)
 
 
 def main() -> None:
