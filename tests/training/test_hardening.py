@@ -349,11 +349,11 @@ def test_workers_die_with_a_killed_parent_and_the_sweep_resumes(tmp_path):
         "--seeds",
         "0-1",
         "--set",
-        "max_steps=1000",
+        "max_steps=400",
         "--set",
         "stop_val_acc=2",
         "--set",
-        "checkpoint_every=50",
+        "checkpoint_every=20",
         "--strategy",
         "loop",
         "--workers",
@@ -362,7 +362,7 @@ def test_workers_die_with_a_killed_parent_and_the_sweep_resumes(tmp_path):
         str(out),
     ]
     proc = circuitlab(*args)  # --strategy loop: two worker processes, however short the job
-    name = "fast-max_steps1000-stop_val_acc2-checkpoint_every50-seed"
+    name = "fast-max_steps400-stop_val_acc2-checkpoint_every20-seed"
     run_dirs = [out / "add_mod_7" / f"{name}{s}" for s in (0, 1)]
     _wait_for_metrics([partial_path(r) for r in run_dirs], rows=8)
     workers = [k for k in _children(proc.pid) if b"spawn_main" in _cmdline(k)]
@@ -382,5 +382,5 @@ def test_workers_die_with_a_killed_parent_and_the_sweep_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     for run in run_dirs:
         steps = [row["step"] for row in read_metrics(run)]
-        assert steps == list(range(0, 1001, 10))
-        assert read_run(run).summary["steps"] == 1000
+        assert steps == list(range(0, 401, 10))
+        assert read_run(run).summary["steps"] == 400
