@@ -33,6 +33,19 @@ def counts(page) -> tuple[int, int]:
     return int(page.inner_text("#n-nodes")), int(page.inner_text("#n-edges"))
 
 
+def graph_png(page, tries: int = 3) -> bytes:
+    """A screenshot of the graph once the page is idle; Dash may swap the graph's element
+    once more after writing the URL (seen on a loaded machine), so a detached one is retried."""
+    for attempt in range(tries):
+        page.wait_for_function(IDLE, timeout=60_000)
+        try:
+            return page.locator("#graph").screenshot(timeout=60_000)
+        except Exception:  # playwright's Error: element not attached to the DOM
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def shoot(page, name: str) -> None:
     if os.environ.get("SCREENSHOTS"):
         page.screenshot(path=os.path.join(os.environ["SCREENSHOTS"], f"{name}.png"), full_page=True)
@@ -145,7 +158,7 @@ def test_three_thousand_elements_draw(page, world):
     nodes, edges = counts(page)
     assert nodes + edges == 3000
     assert page.is_hidden("#cap-note")
-    image = Image.open(io.BytesIO(page.locator("#graph").screenshot())).convert("RGB")
+    image = Image.open(io.BytesIO(graph_png(page))).convert("RGB")
     r, g, b = np.asarray(image).astype(int).transpose(2, 0, 1)
     assert (np.minimum(np.minimum(r, g), b) < 200).mean() > 0.05  # ink on over 5% of the area
     assert (b > r + 40).sum() > 1000 and (r > b + 40).sum() > 1000  # edges of both signs
