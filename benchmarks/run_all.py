@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "compose": [],
     "transcoder": [],
     "attribution": ["--train", "256"],
+    "faults": [],
     "tasks": [],
     "training": [],
 }
