@@ -51,6 +51,14 @@ def shoot(page, name: str) -> None:
         page.screenshot(path=os.path.join(os.environ["SCREENSHOTS"], f"{name}.png"), full_page=True)
 
 
+# Dash applies a callback's outputs and its error in separate renders: wait for the words.
+BANNER_SAYS = """(words) => {
+    const banner = document.querySelector('#error-banner');
+    const text = banner ? banner.innerText.trim() : '';
+    return !!banner && banner.offsetParent !== null && text !== '' && text.includes(words);
+}"""
+
+
 def feature_point(page):
     """The first marker of the graph's feature trace."""
     trace = page.locator("#graph .scatterlayer .trace").filter(has=page.locator(".point"))
@@ -181,13 +189,12 @@ def test_gone_run_and_unknown_ids_are_messages(page, world):
     page.wait_for_selector("#panel-note", timeout=60_000)
     assert "need the run directory" in page.inner_text("#panel-note")
     page.click("#show")  # asking for an input graph again: a message, and the view stays
-    page.wait_for_selector("#error-banner:visible", timeout=30_000)
-    assert "is missing" in page.inner_text("#error-banner")
+    page.wait_for_function(BANNER_SAYS, arg="is missing", timeout=30_000)
     assert page.is_checked("#mode input[value=circuit]")
     visit(page, "/circuit/ffffffffffff")
-    page.wait_for_selector("#error-banner:visible")
-    assert "no record" in page.inner_text("#error-banner")
+    page.wait_for_function(BANNER_SAYS, arg="no record", timeout=30_000)
     visit(page, "/lineage/nope")
+    page.wait_for_function(BANNER_SAYS, arg="", timeout=30_000)
     assert page.inner_text("#error-banner")
     assert not [e for e in page.errors if "Traceback" in e]
 
@@ -197,5 +204,6 @@ def test_bad_input_value_is_a_banner(page, world, text):
     visit(page, f"/circuit/{world.cid}")
     page.fill("#values", text)
     page.click("#show")
-    page.wait_for_selector("#error-banner:visible", timeout=30_000)
+    page.wait_for_function(BANNER_SAYS, arg="", timeout=30_000)
+    page.wait_for_function(IDLE, timeout=60_000)
     assert re.search("give 2 values|0..10", page.inner_text("#error-banner"))
