@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from circuitlab.cli.common import CliError, console
+from circuitlab.cli.common import CliError, console, plain
 
 
 def register(app: typer.Typer) -> None:
@@ -41,14 +42,21 @@ def register(app: typer.Typer) -> None:
         qk: bool = typer.Option(
             False, "--qk/--no-qk", help="Also attribute attention scores (QK)."
         ),
+        batch_size: int = typer.Option(
+            0,
+            "--batch-size",
+            help="Prompts per attribution chunk (0 = as many as fit in 512 MiB); memory grows "
+            "with it, results do not change.",
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed of the transcoder and resampling."),
     ) -> None:
         """Extract the circuit of a trained model: transcoder, attribution graphs of every
         input, the smallest faithful circuit, its interpretation; artifacts go to
         RUN_DIR/extraction/ and the circuit into the catalog."""
+        from circuitlab._memory import MemoryBudgetError
         from circuitlab.extraction.activations import ActivationError
-        from circuitlab.extraction.attribution import AttributionConfig
-        from circuitlab.extraction.circuit import ABLATIONS
+        from circuitlab.extraction.attribution import AttributionConfig, AttributionError
+        from circuitlab.extraction.circuit import ABLATIONS, CircuitError
         from circuitlab.extraction.pipeline import ExtractConfig, ExtractionError, extract
         from circuitlab.extraction.transcoder import TranscoderConfig, TranscoderError
 
@@ -56,6 +64,8 @@ def register(app: typer.Typer) -> None:
             raise CliError(f"--ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
         if not 0.0 < target <= 1.0:
             raise CliError(f"--target must be in (0, 1], got {target}")
+        if batch_size < 0:
+            raise CliError(f"--batch-size must be >= 0 (0 = automatic), got {batch_size}")
         try:
             changes = {"kind": kind, "seed": seed}
             if features:
@@ -67,7 +77,7 @@ def register(app: typer.Typer) -> None:
             raise CliError(str(exc)) from None
         config = ExtractConfig(
             transcoder=tc_cfg,
-            attribution=AttributionConfig(qk=qk),
+            attribution=AttributionConfig(qk=qk, batch_size=batch_size or None),
             target_accuracy=target,
             ablation=ablation,
             seed=seed,
@@ -75,7 +85,8 @@ def register(app: typer.Typer) -> None:
         start = time.perf_counter()
 
         def progress(phase: str, message: str) -> None:
-            console.print(f"[dim]{time.perf_counter() - start:6.1f}s[/] [bold]{phase}[/] {message}")
+            elapsed = f"{time.perf_counter() - start:6.1f}s "
+            console.print(Text.assemble((elapsed, "dim"), (phase, "bold"), " ", plain(message)))
 
         try:
             result = extract(
@@ -85,12 +96,20 @@ def register(app: typer.Typer) -> None:
                 progress=progress,
                 write_catalog=not no_catalog,
             )
-        except (ExtractionError, ActivationError, TranscoderError) as exc:
+        except (
+            ExtractionError,
+            ActivationError,
+            TranscoderError,
+            AttributionError,
+            CircuitError,
+            MemoryBudgetError,
+        ) as exc:  # a run that cannot be extracted, said in one line
             raise CliError(str(exc)) from None
         s = result.summary
-        table = Table(title=f"circuit of {s['task']} ({run_dir})", show_header=False)
+        # task names, paths and labels are data: plain() keeps rich from reading them as markup
+        table = Table(title=plain(f"circuit of {s['task']} ({run_dir})"), show_header=False)
         c, t, g = s["circuit"], s["transcoder"], s["graph"]
-        table.add_row("interpretation", s["interpretation"]["label"])
+        table.add_row("interpretation", plain(s["interpretation"]["label"]))
         table.add_row("features kept", f"{c['n_features']} of {c['n_features_total']}")
         table.add_row(
             "sufficiency",
@@ -111,8 +130,8 @@ def register(app: typer.Typer) -> None:
             f"replacement {g['replacement_score']:.3f}, completeness {g['completeness']:.3f}, "
             f"{g['n_prompts']:,} prompts",
         )
-        table.add_row("artifacts", str(result.out_dir))
-        table.add_row("graph JSON", ", ".join(Path(p).name for p in s.get("graphs", [])))
+        table.add_row("artifacts", plain(result.out_dir))
+        table.add_row("graph JSON", plain(", ".join(Path(p).name for p in s.get("graphs", []))))
         if result.circuit_id:
             table.add_row("catalog id", result.circuit_id)
         table.add_row("time", f"{time.perf_counter() - start:.0f}s")

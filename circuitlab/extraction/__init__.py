@@ -12,23 +12,14 @@ from circuitlab.extraction.artifact import Circuit, CircuitLoadError
 from circuitlab.extraction.attribution import AttributionConfig, attribute
 from circuitlab.extraction.circuit import Faithfulness, measure, select_circuit
 from circuitlab.extraction.fourier import FourierReport, key_frequencies, unit_frequencies
-from circuitlab.extraction.fourier import analyze as fourier_analysis
-from circuitlab.extraction.graph import (
-    AttributionGraph,
-    node_influence,
-    prune_graph,
-    scores_of,
-    to_circuit_tracer_json,
-)
+from circuitlab.extraction.fourier_fits import analyze as fourier_analysis
+from circuitlab.extraction.graph import AttributionGraph, node_influence, prune_graph, scores_of
+from circuitlab.extraction.graph_json import to_circuit_tracer_json
 from circuitlab.extraction.interface import InterfaceDefinition, infer_interface
 from circuitlab.extraction.interpret import FeatureInterpretation, interpret_features
 from circuitlab.extraction.pipeline import ExtractConfig, ExtractionError, ExtractResult, extract
-from circuitlab.extraction.transcoder import (
-    Transcoder,
-    TranscoderConfig,
-    evaluate,
-    train_transcoder,
-)
+from circuitlab.extraction.transcoder import Transcoder, TranscoderConfig, evaluate
+from circuitlab.extraction.transcoder_train import train_transcoder
 
 __all__ = [
     "AttributionConfig",

@@ -85,11 +85,15 @@ def collect(
     batch_size: int = 4096,
     *,
     answers_only: bool = True,
+    rows: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Activations at hook points `names` over all `tokens` (N, S), concatenated over batches.
+    """Activations at hook points `names` over all `tokens` (N, S), batch by batch.
 
     With `answers_only=True` the last block is computed only at the answer positions, so its
-    activations have Q positions, not S (as in a real forward pass).
+    activations have Q positions, not S (as in a real forward pass). `rows` keeps only some
+    positions (axis 1) of a hook point. Each hook point's tensor is allocated at the first
+    batch and filled in place: memory is the result plus one batch, not the batches and their
+    concatenation.
     """
     tokens = check_tokens(model, tokens)
     known = set(model.hook_dict)
@@ -100,17 +104,21 @@ def collect(
         )
     if batch_size < 1:
         raise ActivationError(f"batch_size must be >= 1, got {batch_size}")
-    wanted = set(names)
-    parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    for start in range(0, tokens.shape[0], batch_size):
+    wanted, rows, n = set(names), rows or {}, tokens.shape[0]
+    out: dict[str, torch.Tensor] = {}
+    for start in range(0, n, batch_size):
         _, cache = model.run_with_cache(
             tokens[start : start + batch_size],
-            names=lambda n: n in wanted,
+            names=lambda name: name in wanted,
             answers_only=answers_only,
         )
         for name in names:
-            parts[name].append(cache[name])
-    return {n: torch.cat(p) if p else torch.empty(0) for n, p in parts.items()}
+            act = cache[name] if name not in rows else cache[name][:, rows[name]]
+            if name not in out:
+                out[name] = act.new_empty((n, *act.shape[1:]))
+            out[name][start : start + act.shape[0]] = act
+        del cache
+    return {name: out.get(name, torch.empty(0)) for name in names}
 
 
 @dataclass
@@ -151,17 +159,16 @@ def mlp_activations(
     if not cfg.d_mlp:
         raise ActivationError("the model has no MLPs (d_mlp=0): there is nothing to transcode")
     tokens = check_tokens(model, tokens)
-    names = [
-        f"blocks.{l}.hook_{kind}" for l in range(cfg.n_layers) for kind in ("mlp_in", "mlp_out")
-    ]
-    acts = collect(model, tokens, names, batch_size, answers_only=True)
     present = forward_positions(cfg, tokens.shape[1], answers_only=True)
     wanted = layer_positions(cfg, tokens.shape[1])
-    mlp_in, mlp_out = [], []
+    rows = {}
     for layer in range(cfg.n_layers):
-        rows = torch.tensor([present[layer].index(p) for p in wanted[layer]])
-        mlp_in.append(acts[f"blocks.{layer}.hook_mlp_in"][:, rows].contiguous())
-        mlp_out.append(acts[f"blocks.{layer}.hook_mlp_out"][:, rows].contiguous())
+        index = torch.tensor([present[layer].index(p) for p in wanted[layer]])
+        for kind in ("mlp_in", "mlp_out"):
+            rows[f"blocks.{layer}.hook_{kind}"] = index
+    acts = collect(model, tokens, list(rows), batch_size, answers_only=True, rows=rows)
+    mlp_in = [acts[f"blocks.{l}.hook_mlp_in"] for l in range(cfg.n_layers)]
+    mlp_out = [acts[f"blocks.{l}.hook_mlp_out"] for l in range(cfg.n_layers)]
     return MLPActivations(mlp_in, mlp_out, wanted)
 
 

@@ -2,7 +2,8 @@
 
 Method:
  1. Rank features by importance aggregated over all of the task's inputs (from attribution
-    graphs: each feature's influence on the answer logits, summed over prompts).
+    graphs: each feature's influence on the answer logits, summed over prompts chunk by chunk
+    in aggregate.py).
  2. Faithfulness of a feature set S, on all inputs, with an ablation kind (zero, mean over the
     inputs, or resample = the activation on another input):
     - sufficiency: the replacement model with every feature outside S and every error node
@@ -54,10 +55,12 @@ class Reference:
 
 @torch.no_grad()
 def reference(model, tc, tokens: Tensor, seed: int = 0, batch_size: int = 4096) -> Reference:
-    """Feature activations and error terms of the replacement model on every input."""
-    n_layers = tc.n_layers
-    acts: list[list[Tensor]] = [[] for _ in range(n_layers)]
-    errors: list[list[Tensor]] = [[] for _ in range(n_layers)]
+    """Feature activations and error terms of the replacement model on every input, written
+    batch by batch into tensors allocated once (no concatenation of per-batch copies)."""
+    n_layers, n = tc.n_layers, tokens.shape[0]
+    acts: list[Tensor] = []
+    errors: list[Tensor] = []
+    batch: dict[int, Tensor] = {}  # this batch's activations per layer
     mlp_in: dict[int, Tensor] = {}
     answers = list(model.cfg.answer_positions)
 
@@ -66,13 +69,16 @@ def reference(model, tc, tokens: Tensor, seed: int = 0, batch_size: int = 4096) 
 
     def write(y: Tensor, name: str) -> None:
         t = int(name.split(".")[1])
-        a = tc.encode(t, mlp_in[t])
-        acts[t].append(a)
+        batch[t] = a = tc.encode(t, mlp_in[t])
         recon = tc.b_dec[t].expand_as(y).clone()
         for s in range(t + 1):
             if t - s < tc.n_targets(s):
-                recon = recon + _aligned(acts[s][-1], y, answers) @ tc.W_dec[s][t - s]
-        errors[t].append(y - recon)
+                recon = recon + _aligned(batch[s], y, answers) @ tc.W_dec[s][t - s]
+        if len(acts) == t:
+            acts.append(a.new_empty(n, *a.shape[1:]))
+            errors.append(y.new_empty(n, *y.shape[1:]))
+        acts[t][rows] = a
+        errors[t][rows] = y - recon
 
     with model.hooks(
         [
@@ -80,13 +86,16 @@ def reference(model, tc, tokens: Tensor, seed: int = 0, batch_size: int = 4096) 
             (lambda n: n.endswith("hook_mlp_out"), write),
         ]
     ):
-        for start in range(0, tokens.shape[0], batch_size):
-            model(tokens[start : start + batch_size])  # answers_only: the layout ablations use
+        for start in range(0, n, batch_size):
+            rows = slice(start, min(start + batch_size, n))
+            model(tokens[rows])  # answers_only: the layout ablations use
+    if len(acts) != n_layers:
+        raise CircuitError("no inputs to compute reference activations on")
     gen = torch.Generator().manual_seed(seed)
     return Reference(
-        acts=[torch.cat(a) for a in acts],
-        errors=[torch.cat(e) for e in errors],
-        permutation=torch.randperm(tokens.shape[0], generator=gen),
+        acts=acts,
+        errors=errors,
+        permutation=torch.randperm(n, generator=gen),
     )
 
 
@@ -389,73 +398,3 @@ def select_circuit(
     if not math.isfinite(result.sufficiency_loss):
         raise CircuitError("sufficiency loss is not finite; the transcoder may be broken")
     return keep, result
-
-
-# --- from per-prompt attribution graphs to a task-level circuit -------------------------------
-
-
-def importance_from_graph(graph, n_features: int) -> Tensor:
-    """(L, F): each feature's influence on the answer logits, averaged over the prompts.
-
-    Influence is circuit-tracer's (|edges| row-normalised, logits weighted by probability), so a
-    feature ranks high when it matters on many inputs, through any path.
-    """
-    from circuitlab.extraction.graph import node_influence
-
-    infl = node_influence(graph.adjacency, graph.logit_weights())[:, : graph.n_feature_slots]
-    layer, feature = graph.features[..., 0], graph.features[..., 2]
-    flat = (layer * n_features + feature)[graph.feature_mask]
-    out = torch.zeros(graph.n_layers * n_features, dtype=infl.dtype)
-    out.index_add_(0, flat, infl[graph.feature_mask])
-    return out.view(graph.n_layers, n_features) / max(graph.n_prompts, 1)
-
-
-@dataclass(frozen=True)
-class TaskEdges:
-    """Edges of a task-level circuit, averaged over prompts (absent = 0 on that prompt).
-
-    Node keys: ("token", position), ("feature", layer, index), ("logit", answer position);
-    logit in-edges are weighted by the logit's probability, so they target the model's answer.
-    """
-
-    keys: list[tuple[int, ...] | tuple[str, int] | tuple[str, int, int]]
-    weights: Tensor  # (n_keys, n_keys) [target, source]
-
-
-def task_edges(graph, keep: list[Tensor], n_features: int) -> TaskEdges:
-    """Average the direct effects among the circuit's features, the tokens and the logits."""
-    L, F = graph.n_layers, n_features
-    kept = torch.stack(keep).flatten().nonzero().flatten().tolist()  # layer * F + feature
-    key_of_flat = {flat: i for i, flat in enumerate(kept)}
-    keys: list = [("feature", f // F, f % F) for f in kept]
-    n_pos = graph.n_pos
-    token_base = len(keys)
-    keys += [("token", p) for p in range(n_pos)]
-    answers = sorted(set(graph.logit_positions.tolist()))
-    logit_base = len(keys)
-    keys += [("logit", a) for a in answers]
-    # node index -> key index per prompt (-1: not in the circuit)
-    B = graph.n_prompts
-    lookup = torch.full((L * F,), -1, dtype=torch.long)
-    for flat, i in key_of_flat.items():
-        lookup[flat] = i
-    feat_key = lookup[(graph.features[..., 0] * F + graph.features[..., 2]).clamp(0, L * F - 1)]
-    feat_key = torch.where(graph.feature_mask, feat_key, -1)
-    errors = torch.full((B, L * n_pos), -1, dtype=torch.long)
-    tokens = (token_base + torch.arange(n_pos)).expand(B, -1)
-    answer_index = torch.tensor([answers.index(int(a)) for a in graph.logit_positions])
-    logits = (logit_base + answer_index).expand(B, -1)
-    logits = torch.where(graph.logit_mask, logits, -1)
-    node_key = torch.cat([feat_key, errors, tokens, logits], dim=1)  # (B, N)
-    # logit in-edges weighted by the logit's probability; a (B, N) row scale read through the
-    # mask, so the (B, N, N) adjacency (~1 GB for all p=113 inputs) is never copied
-    adjacency = graph.adjacency
-    row_scale = torch.ones(B, graph.n_nodes, dtype=adjacency.dtype)
-    row_scale[:, graph.logit_start :] = graph.logit_probs.to(adjacency.dtype)
-    n = len(keys)
-    valid = (node_key.unsqueeze(2) >= 0) & (node_key.unsqueeze(1) >= 0)
-    pair = node_key.unsqueeze(2) * n + node_key.unsqueeze(1)
-    weights = torch.zeros(n * n, dtype=adjacency.dtype)
-    scaled = adjacency[valid] * row_scale.unsqueeze(2).expand_as(adjacency)[valid]
-    weights.index_add_(0, pair[valid], scaled)
-    return TaskEdges(keys, weights.view(n, n) / max(B, 1))

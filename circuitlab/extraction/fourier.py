@@ -23,22 +23,21 @@ runs them:
    (`logit_fourier_fit`).
 6. A label and description built from these numbers (`FourierReport.label`).
 
-Everything is a pure function of tensors except `fourier_losses` and `analyze`, which run the
-model.
+Everything here is a pure function of tensors; steps 4-6 and `analyze`, which run the model,
+are in fourier_fits.py.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from circuitlab.tasks.modular import OPERATIONS
+if TYPE_CHECKING:
+    from circuitlab.extraction.fourier_fits import FourierLosses, LogitFit
 
 # `key_frequencies` calls an embedding sparse when its weakest key frequency has at least this
 # many times the median power of the other frequencies. Measured: a random embedding gives ~1.2,
@@ -51,6 +50,8 @@ PURE_THRESHOLD = 0.85  # Nanda et al.: ~85% of neurons are > 85% explained by on
 # the logits: 7-37% for each embedding key, 0.4% for the next frequency (17, which 5% of the
 # neurons are dominated by, counted unweighted).
 KEY_SHARE = 0.02
+# float64 elements per temporary when a computation over all p*p inputs goes by chunks (8 MiB)
+CHUNK_ELEMENTS = 1 << 20
 
 
 class FourierError(ValueError):
@@ -272,11 +273,35 @@ def unit_frequencies(grid: torch.Tensor) -> UnitFrequencies:
         raise FourierError(f"grid must be (p, p, n_units), got shape {tuple(grid.shape)}")
     p = grid.shape[0]
     basis, _ = fourier_basis(p)
+    step = max(1, CHUNK_ELEMENTS // (p * p))  # units per chunk: each unit's terms are its own
+    parts = [_unit_energy(grid[..., lo : lo + step], basis) for lo in range(0, grid.shape[2], step)]
+    term_energy = torch.cat([t for t, _ in parts])  # (N, K, 4)
+    total = torch.cat([s for _, s in parts])  # (N,) = p^2 * variance
+    explained_energy = term_energy.sum(-1)  # (N, K)
+    live = total > 1e-12 * max(float(total.max()), 1e-300)
+    safe = torch.where(live, total, torch.ones_like(total))
+    explained = torch.where(live[:, None], explained_energy / safe[:, None], 0.0)
+    purity, best = explained.max(dim=1)
+    dominant = torch.where(live, best + 1, torch.zeros_like(best))
+    terms = term_energy[torch.arange(len(best)), best] / safe[:, None]  # (N, 4)
+    return UnitFrequencies(
+        explained=explained,
+        dominant=dominant,
+        purity=torch.where(live, purity, 0.0),
+        terms=torch.where(live[:, None], terms, 0.0),
+        variance=torch.where(live, total / (p * p), 0.0),
+    )
+
+
+def _unit_energy(grid: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(energy of each frequency's 4 term groups (N, K, 4), total non-constant energy (N,)) of
+    the units of `grid` (p, p, N)."""
+    p = grid.shape[0]
     x = grid.detach().to(torch.float64)
     coef = torch.einsum("ia,abn,jb->ijn", basis, x, basis)  # (p, p, N)
     energy = coef.pow(2)
     energy[0, 0] = 0.0  # the mean
-    total = energy.sum((0, 1))  # = p^2 * variance
+    total = energy.sum((0, 1))
     k = n_frequencies(p)
     idx = torch.arange(1, p).view(k, 2)  # rows 2k-1, 2k
     per_k = []
@@ -296,171 +321,10 @@ def unit_frequencies(grid: torch.Tensor) -> UnitFrequencies:
                 dim=1,
             )
         )
-    term_energy = torch.stack(per_k, dim=1)  # (N, K, 4)
-    explained_energy = term_energy.sum(-1)  # (N, K)
-    live = total > 1e-12 * max(float(total.max()), 1e-300)
-    safe = torch.where(live, total, torch.ones_like(total))
-    explained = torch.where(live[:, None], explained_energy / safe[:, None], 0.0)
-    purity, best = explained.max(dim=1)
-    dominant = torch.where(live, best + 1, torch.zeros_like(best))
-    terms = term_energy[torch.arange(len(best)), best] / safe[:, None]  # (N, 4)
-    return UnitFrequencies(
-        explained=explained,
-        dominant=dominant,
-        purity=torch.where(live, purity, 0.0),
-        terms=torch.where(live[:, None], terms, 0.0),
-        variance=torch.where(live, total / (p * p), 0.0),
-    )
+    return torch.stack(per_k, dim=1), total
 
 
-# --- 4. restricted and excluded loss --------------------------------------------------------
-
-
-def answer_directions(answers: torch.Tensor, p: int, keys: tuple[int, ...]) -> torch.Tensor:
-    """(n, 2K) columns cos(w_k c), sin(w_k c) for the answers c of n inputs (for addition
-    cos/sin(w_k (a+b)), since cos is p-periodic)."""
-    c = answers.to(torch.float64)
-    cols = []
-    for k in keys:
-        w = 2 * math.pi * k / p
-        cols += [torch.cos(w * c), torch.sin(w * c)]
-    return torch.stack(cols, dim=1)
-
-
-def project_onto(acts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """Least-squares projection of the centred columns of acts (n, N) onto span(directions)
-    (n, m) over the n inputs (QR, so the directions need not be orthogonal on a partial grid)."""
-    q, _ = torch.linalg.qr(directions.to(torch.float64))
-    centred = acts.to(torch.float64) - acts.to(torch.float64).mean(0, keepdim=True)
-    return (q @ (q.T @ centred)).to(acts.dtype)
-
-
-@dataclass(frozen=True)
-class FourierLosses:
-    """Cross-entropy on the answers (mean over inputs), all under the same forward pass.
-
-    full: the unmodified model on all inputs; full_train: on the training inputs only.
-    restricted: all inputs, last MLP activations = mean + projection on the key directions.
-    excluded: training inputs, last MLP activations minus that projection.
-    log_p: ln p, the loss of a uniform guess (excluded loss above it means the model relies on
-        the key frequencies rather than on memorisation).
-    restricted_accuracy / excluded_accuracy: top-1 accuracy under the same patches (all inputs /
-        training inputs).
-    """
-
-    full: float
-    full_train: float
-    restricted: float
-    excluded: float
-    log_p: float
-    restricted_accuracy: float
-    excluded_accuracy: float
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def _mlp_post_name(model: Any) -> str:
-    if not model.cfg.d_mlp:
-        raise FourierError("restricted/excluded loss needs an MLP (the model has d_mlp = 0)")
-    return f"blocks.{model.cfg.n_layers - 1}.mlp.hook_post"
-
-
-@torch.no_grad()
-def _loss_with_post(
-    model: Any, tokens: torch.Tensor, answers: torch.Tensor, post: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-input cross-entropy and correctness with the last MLP's answer-position activations
-    replaced by `post` (n, F), or unmodified when None."""
-    name = _mlp_post_name(model)
-    hooks = [] if post is None else [(name, lambda x, _n: post.view_as(x).to(x.dtype))]
-    with model.hooks(hooks):
-        logits = model(tokens)[:, 0]  # (n, O): one answer position
-    loss = F.cross_entropy(logits.float(), answers, reduction="none")
-    return loss, (logits.argmax(-1) == answers).float()
-
-
-@torch.no_grad()
-def fourier_losses(
-    model: Any,
-    tokens: torch.Tensor,
-    answers: torch.Tensor,
-    keys: tuple[int, ...],
-    p: int,
-    train_mask: torch.Tensor | None = None,
-) -> FourierLosses:
-    """Restricted and excluded loss (Nanda et al. 2023, section 5.1) of a one-answer model.
-
-    tokens (n, S) are the inputs (normally all p*p pairs), answers (n,) the correct outputs,
-    train_mask (n,) bool the training inputs (all when None). The projection is fitted over all
-    n inputs at once, then patched into `blocks.{L-1}.mlp.hook_post`.
-    """
-    if len(model.cfg.answer_positions) != 1:
-        raise FourierError("restricted/excluded loss needs a model with one answer position")
-    if not keys:
-        raise FourierError("restricted/excluded loss needs at least one key frequency")
-    mask = torch.ones(len(tokens), dtype=torch.bool) if train_mask is None else train_mask.bool()
-    name = _mlp_post_name(model)
-    _, cache = model.run_with_cache(tokens, names=name, answers_only=True)
-    post = cache[name][:, 0]  # (n, F)
-    proj = project_onto(post, answer_directions(answers, p, keys))
-    mean = post.mean(0, keepdim=True)
-    full, _ = _loss_with_post(model, tokens, answers, None)
-    restricted, restricted_ok = _loss_with_post(model, tokens, answers, mean + proj)
-    excluded, excluded_ok = _loss_with_post(model, tokens, answers, post - proj)
-    return FourierLosses(
-        full=float(full.mean()),
-        full_train=float(full[mask].mean()),
-        restricted=float(restricted.mean()),
-        excluded=float(excluded[mask].mean()),
-        log_p=math.log(p),
-        restricted_accuracy=float(restricted_ok.mean()),
-        excluded_accuracy=float(excluded_ok[mask].mean()),
-    )
-
-
-# --- 5. logits ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LogitFit:
-    """logits[i, c] - mean_c ~ sum_k alpha_k cos(w_k (answer_i - c)), least squares.
-
-    alphas: alpha_k per key frequency (same order as `keys`).
-    explained: share of the per-input centred logit variance the fit explains.
-    """
-
-    keys: tuple[int, ...]
-    alphas: tuple[float, ...]
-    explained: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"keys": list(self.keys), "alphas": list(self.alphas), "explained": self.explained}
-
-
-def logit_fourier_fit(
-    logits: torch.Tensor, answers: torch.Tensor, keys: tuple[int, ...]
-) -> LogitFit:
-    """Fit logits (n, p) by sum_k alpha_k cos(w_k (answer - c)) over all n*p entries."""
-    if logits.dim() != 2 or logits.shape[0] != answers.shape[0]:
-        raise FourierError(
-            f"logits must be (n, p) matching answers (n,), got {tuple(logits.shape)}"
-        )
-    p = logits.shape[1]
-    y = logits.detach().to(torch.float64)
-    y = y - y.mean(1, keepdim=True)
-    c = torch.arange(p, dtype=torch.float64)
-    diff = answers.to(torch.float64)[:, None] - c[None, :]  # (n, p)
-    design = torch.stack([torch.cos(2 * math.pi * k / p * diff).reshape(-1) for k in keys], 1)
-    target = y.reshape(-1, 1)
-    alphas = torch.linalg.lstsq(design, target).solution[:, 0]
-    residual = target[:, 0] - design @ alphas
-    total = float(target.pow(2).sum())
-    explained = 1.0 - float(residual.pow(2).sum()) / total if total > 0 else 0.0
-    return LogitFit(tuple(keys), tuple(float(a) for a in alphas), explained)
-
-
-# --- 6. the whole analysis and its label ----------------------------------------------------
+# --- the report and its label ----------------------------------------------------------
 
 
 @dataclass
@@ -539,7 +403,12 @@ def logit_weights(acts: torch.Tensor, writes: torch.Tensor, w_u: torch.Tensor) -
     inputs times the norm of its direct logit effect writes (N, D) @ W_U (D, O). The direct path
     only (later layers and a final LayerNorm are ignored): a weight for ranking, not an effect."""
     direct = (writes.detach().double() @ w_u.detach().double()).norm(dim=1)
-    return acts.detach().double().std(0, correction=0) * direct
+    step = max(1, CHUNK_ELEMENTS // max(acts.shape[0], 1))  # columns per float64 copy
+    spread = [
+        acts[:, lo : lo + step].detach().double().std(0, correction=0)
+        for lo in range(0, acts.shape[1], step)
+    ]
+    return (torch.cat(spread) if spread else direct.new_zeros(0)) * direct
 
 
 def frequency_shares(
@@ -582,80 +451,3 @@ def modulus_of(task: Any) -> int:
             f"got {getattr(task, 'spec', task)!r}"
         )
     return int(p)
-
-
-@torch.no_grad()
-def analyze(
-    model: Any,
-    task: Any,
-    *,
-    train_index: np.ndarray | None = None,
-    max_keys: int | None = None,
-) -> FourierReport:
-    """Run steps 2-6 on a model of a two-operand modular task over all its p*p inputs.
-
-    train_index: indices into `task.dataset()` the model was trained on (for the excluded loss);
-    None measures it on all inputs. Timings (seconds) of each step are recorded.
-    """
-    p = modulus_of(task)
-    cfg = model.cfg
-    if cfg.d_vocab_out != p or cfg.d_vocab < p or tuple(cfg.answer_positions) != (2,):
-        raise FourierError(
-            f"model (d_vocab={cfg.d_vocab}, d_vocab_out={cfg.d_vocab_out}, answers at "
-            f"{list(cfg.answer_positions)}) does not fit task {task.spec} (p={p}, answer at 2)"
-        )
-    formula = OPERATIONS[task.op][0] if getattr(task, "op", None) in OPERATIONS else "c*"
-    data = task.dataset()
-    tokens = torch.from_numpy(data.inputs).long()
-    answers = torch.from_numpy(data.targets[:, 0]).long()
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    keys = key_frequencies(model.param("embed.W_E")[:p], max_keys=max_keys)
-    timings["key_frequencies"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    name = _mlp_post_name(model)
-    logits, cache = model.run_with_cache(tokens, names=name, answers_only=True)
-    units = unit_frequencies(activation_grid(cache[name][:, 0], data.inputs, p))
-    live = units.variance > 0
-    purity = units.purity[live]
-    qs = (0.1, 0.25, 0.5, 0.75, 0.9)
-    quantiles = (
-        {f"q{int(q * 100)}": float(torch.quantile(purity, q)) for q in qs} if len(purity) else {}
-    )
-    counts = units.dominant_counts()
-    last = model.cfg.n_layers - 1
-    weights = logit_weights(
-        cache[name][:, 0], model.param(f"blocks.{last}.mlp.W_out"), model.param("unembed.W_U")
-    )
-    shares = frequency_shares(units, weights)
-    timings["neuron_frequencies"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    losses = None
-    if len(model.cfg.answer_positions) == 1:
-        mask = None
-        if train_index is not None:
-            mask = torch.zeros(len(tokens), dtype=torch.bool)
-            mask[torch.as_tensor(train_index, dtype=torch.long)] = True
-        losses = fourier_losses(model, tokens, answers, keys.frequencies, p, mask)
-    timings["restricted_excluded_loss"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    fit = logit_fourier_fit(logits[:, 0], answers, keys.frequencies)
-    timings["logit_fit"] = time.perf_counter() - t0
-
-    return FourierReport(
-        p=p,
-        formula=formula,
-        keys=keys,
-        neuron_pure_fraction=units.pure_fraction(PURE_THRESHOLD, keys.frequencies),
-        neuron_purity_quantiles=quantiles,
-        neuron_dominant_counts=counts,
-        neuron_logit_shares=shares,
-        neuron_keys=keys_by_share(shares),
-        losses=losses,
-        logits=fit,
-        timings=timings,
-    )

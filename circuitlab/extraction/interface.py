@@ -7,7 +7,7 @@ and its task.
 3. Boundary: statistics of the latent representation where the circuit reads (each MLP's input,
    `blocks.{l}.hook_mlp_in`) and writes (`blocks.{l}.hook_mlp_out`) at the answer positions over
    all inputs: norms, per-dimension mean and std, effective rank. Two circuits whose boundaries
-   differ wildly in scale or rank cannot be spliced without an adapter.
+   differ wildly in scale or rank cannot be spliced without an adapter (boundary.py).
 4. Signature: the model's argmax outputs on every input compared with each known operation of
    the task's family (the modular OPERATIONS table, the S_n products, the grid transforms, a
    synthesis task's own expression). The best match is the signature when it agrees on at least
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from circuitlab.catalog import records
+from circuitlab.extraction.boundary import BoundaryStats, measure_boundaries
 from circuitlab.tasks.base import Task, TaskError
 from circuitlab.tasks.grid import GRID_OPS, GridTask
 from circuitlab.tasks.modular import OPERATIONS, ModularTask, apply_op
@@ -63,23 +64,6 @@ class OutputSpec:
     positions: tuple[int, ...]
     decoding: str
     vocabulary: int
-
-
-@dataclass(frozen=True)
-class BoundaryStats:
-    """A latent representation at one hook point, over the answer positions of the inputs.
-
-    stats: n_vectors, mean_norm, norm_std, mean_vector_norm (norm of the mean vector),
-    mean_abs_mean (mean over dimensions of |per-dimension mean|), mean_std / min_std / max_std
-    (over dimensions of the per-dimension std), effective_rank (Roy & Vetterli 2007: exp of the
-    entropy of the normalised singular values of the centred data), participation_ratio
-    ((sum lambda)^2 / sum lambda^2 of the covariance eigenvalues) and rank_99 (components for 99%
-    of the variance).
-    """
-
-    site: str
-    dim: int
-    stats: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -224,79 +208,6 @@ def check_fit(model: Any, task: Task) -> None:
         problems.append(f"answer positions {ours} != task's {theirs}")
     if problems:
         raise InterfaceError(f"model does not fit task {task.spec}: " + "; ".join(problems))
-
-
-# --- 3. boundary statistics ---------------------------------------------------------------
-
-
-def boundary_stats(site: str, vectors: torch.Tensor) -> BoundaryStats:
-    """Statistics of vectors (n, D) of one representation (see BoundaryStats)."""
-    x = vectors.detach().to(torch.float64).reshape(-1, vectors.shape[-1])
-    n, d = x.shape
-    norms = x.norm(dim=1)
-    mean = x.mean(0)
-    std = x.std(0, correction=0)
-    centred = x - mean
-    eig = torch.linalg.eigvalsh(centred.T @ centred / max(n, 1)).clamp(min=0).flip(0)
-    total = float(eig.sum())
-    if total > 0:
-        sv = eig.sqrt()
-        prob = sv / sv.sum()
-        entropy = float(-(prob[prob > 0] * prob[prob > 0].log()).sum())
-        effective_rank = float(np.exp(entropy))
-        participation = total**2 / float(eig.pow(2).sum())
-        rank_99 = int((torch.cumsum(eig, 0) / total < 0.99).sum()) + 1
-    else:
-        effective_rank, participation, rank_99 = 0.0, 0.0, 0
-    stats = {
-        "n_vectors": float(n),
-        "mean_norm": float(norms.mean()),
-        "norm_std": float(norms.std(correction=0)),
-        "mean_vector_norm": float(mean.norm()),
-        "mean_abs_mean": float(mean.abs().mean()),
-        "mean_std": float(std.mean()),
-        "min_std": float(std.min()),
-        "max_std": float(std.max()),
-        "effective_rank": effective_rank,
-        "participation_ratio": participation,
-        "rank_99": float(min(rank_99, d)),
-    }
-    return BoundaryStats(site, d, stats)
-
-
-def boundary_sites(model: Any) -> tuple[list[str], list[str]]:
-    """Hook points where each layer's circuit reads and writes: the MLP's input and output, or
-    (attention-only models) the residual stream before the block and the attention output."""
-    layers = range(model.cfg.n_layers)
-    if model.cfg.d_mlp:
-        return [f"blocks.{l}.hook_mlp_in" for l in layers], [
-            f"blocks.{l}.hook_mlp_out" for l in layers
-        ]
-    return [f"blocks.{l}.hook_resid_pre" for l in layers], [
-        f"blocks.{l}.hook_attn_out" for l in layers
-    ]
-
-
-@torch.no_grad()
-def measure_boundaries(
-    model: Any, tokens: torch.Tensor, batch_size: int = 4096
-) -> tuple[list[BoundaryStats], list[BoundaryStats]]:
-    """Boundary statistics at the answer positions over `tokens` (n, S)."""
-    reads, writes = boundary_sites(model)
-    answers = list(model.cfg.answer_positions)
-    collected: dict[str, list[torch.Tensor]] = {name: [] for name in reads + writes}
-    for start in range(0, len(tokens), batch_size):
-        _, cache = model.run_with_cache(
-            tokens[start : start + batch_size], names=lambda n: n in collected, answers_only=True
-        )
-        for name, act in cache.items():
-            # the last block computes only the answer positions; earlier ones every position
-            at = act if act.shape[1] == len(answers) else act[:, answers]
-            collected[name].append(at.reshape(-1, act.shape[-1]))
-    return (
-        [boundary_stats(n, torch.cat(collected[n])) for n in reads],
-        [boundary_stats(n, torch.cat(collected[n])) for n in writes],
-    )
 
 
 # --- 4. symbolic signature --------------------------------------------------------------
@@ -489,6 +400,7 @@ def infer_interface(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     max_boundary_inputs: int = MAX_BOUNDARY_INPUTS,
     seed: int = 0,
+    batch_size: int = 4096,
 ) -> InterfaceDefinition:
     """Ports, output, boundary statistics and signature of `model` on all of `task`'s inputs.
 
@@ -496,6 +408,7 @@ def infer_interface(
     output on at least `min_agreement` of the inputs where it is defined (default 1.0: every
     input; a grokked model is exact). Every candidate's agreement is recorded either way.
     Boundary statistics use at most `max_boundary_inputs` inputs (a seeded sample beyond that).
+    The model runs `batch_size` inputs at a time.
     """
     if not 0.0 <= min_agreement <= 1.0:
         raise InterfaceError(f"min_agreement must be in [0, 1], got {min_agreement}")
@@ -503,7 +416,7 @@ def infer_interface(
     inputs, outputs = ports_of(task)
     data = task.dataset()
     tokens = torch.from_numpy(data.inputs).long()
-    predicted = predict(model, tokens)
+    predicted = predict(model, tokens, batch_size)
     candidates = match_signatures(task, data.inputs, predicted)
     best = candidates[0] if candidates and candidates[0].agreement >= min_agreement else None
     sample = tokens
@@ -511,7 +424,7 @@ def infer_interface(
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(tokens), max_boundary_inputs, replace=False))
         sample = tokens[torch.from_numpy(pick)]
-    reads, writes = measure_boundaries(model, sample)
+    reads, writes = measure_boundaries(model, sample, batch_size)
     return InterfaceDefinition(
         task=task.spec,
         inputs=inputs,

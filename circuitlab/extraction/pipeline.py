@@ -4,15 +4,19 @@ Phases (the progress output uses the same names):
  1. activations   MLP inputs and outputs over all of the task's inputs
  2. transcoder    train a (cross-layer) transcoder; measure NMSE, L0, dead features and the
                   replacement model's agreement and loss on every input
- 3. attribution   attribution graphs of every input, batched; replacement/completeness scores
+ 3. attribution   attribution graphs of every input, chunk by chunk: each chunk's scores,
+                  feature influence and edges are added to running totals, then dropped
  4. circuit       rank features by influence over all inputs; the smallest set meeting the
-                  sufficiency target; necessity of that set; averaged edges
+                  sufficiency target; necessity of that set; its edges averaged from the totals
  5. interpret     Fourier analysis for modular arithmetic (Nanda et al. 2023)
  6. write         artifacts into RUN/extraction/ (written as extraction.partial, then renamed):
                   the circuit record (circuit.json) with the transcoder and the ablation
                   statistics it names by hash, so `Circuit.load` can run it
  7. catalog       the same Task, Model and Circuit records through the catalog API, and the
                   IMPLEMENTS link to the registry function its signature names
+
+Before any of it, the peak memory is estimated (memory.py) and a run that cannot fit is
+refused; attribution checks again once the transcoder fixes the size of its graphs.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ import torch
 from circuitlab._atomic import replace_dir, write_json_atomic
 from circuitlab.catalog.records import Artifact
 from circuitlab.extraction import circuit as circ
-from circuitlab.extraction import graph as graphs
+from circuitlab.extraction import graph_json, memory
 from circuitlab.extraction.activations import mlp_activations, task_tokens
+from circuitlab.extraction.aggregate import GraphTotals
 from circuitlab.extraction.artifact import ABLATION_FILE, Circuit, sha256_file
-from circuitlab.extraction.attribution import AttributionConfig, attribute
+from circuitlab.extraction.attribution import AttributionConfig, AttributionStream
 from circuitlab.extraction.records import catalog_records, implements_records, registry_function
-from circuitlab.extraction.transcoder import TranscoderConfig, evaluate, train_transcoder
+from circuitlab.extraction.transcoder import TranscoderConfig, evaluate
+from circuitlab.extraction.transcoder_train import train_transcoder
+from circuitlab.training.rundir import safe_name
 
 Progress = Callable[[str, str], None]  # (phase, message)
 OUT_DIR = "extraction"
@@ -157,6 +164,7 @@ def extract(
 
     def phase_done(name: str) -> None:
         nonlocal clock
+        memory.release()  # the next phase starts from what is still held, not from leftovers
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
         clock = now
@@ -169,6 +177,7 @@ def extract(
     run_dir = Path(run_dir)
     if model.cfg.d_vocab != task.d_vocab or model.cfg.n_ctx < task.n_ctx:
         raise ExtractionError(f"the model in {run_dir} does not fit task {task.spec}")
+    memory.check_extraction(model.cfg, task, config)  # MemoryBudgetError before any work
     catalog = None
     if write_catalog:  # fail before the long work if the catalog is unreachable
         from circuitlab.catalog import CatalogError, open_catalog
@@ -180,8 +189,9 @@ def extract(
     try:
         torch.manual_seed(config.seed)
         tokens, targets = task_tokens(task)
+        batch = memory.forward_batch(model.cfg, tokens.shape[1])  # inputs per forward pass
         say("activations", f"{len(tokens):,} inputs of {task.spec}")
-        acts = mlp_activations(model, tokens)
+        acts = mlp_activations(model, tokens, batch)
         phase_done("activations")
 
         say(
@@ -190,7 +200,7 @@ def extract(
             f"{config.transcoder.n_features} features per layer",
         )
         tc, _ = train_transcoder(acts, config.transcoder, progress=progress is not None)
-        tc_metrics = evaluate(tc, model, tokens, targets, acts=acts)
+        tc_metrics = evaluate(tc, model, tokens, targets, acts=acts, batch_size=batch)
         del acts
         phase_done("transcoder")
         say(
@@ -199,9 +209,23 @@ def extract(
             f"{tc_metrics.top1_agreement:.4f}",
         )
 
-        say("attribution", f"attribution graphs of {len(tokens):,} inputs")
-        graph = attribute(model, tc, tokens, config.attribution)
-        scores = graphs.scores_of(graph)
+        stream = AttributionStream(model, tc, tokens, config.attribution)
+        memory.check_attribution(stream, model.cfg, config)
+        say(
+            "attribution",
+            f"attribution graphs of {len(tokens):,} inputs, {stream.layout.n_nodes:,} nodes "
+            f"each, {stream.batch:,} at a time",
+        )
+        totals = GraphTotals.for_model(
+            model.cfg,
+            tc.n_features,
+            tokens.shape[1],
+            _example_index(len(tokens), config.graph_examples),
+        )
+        for chunk in stream:
+            totals.add(chunk)
+            del chunk  # before the next chunk is computed
+        scores = totals.scores()
         phase_done("attribution")
         say(
             "attribution",
@@ -210,9 +234,9 @@ def extract(
         )
 
         say("circuit", f"smallest circuit with sufficiency accuracy >= {config.target_accuracy}")
-        importance = circ.importance_from_graph(graph, tc.n_features)
+        importance = totals.importance()
         # clean activations and errors: ablations, Fourier labels and examples all read them
-        ref = circ.reference(model, tc, tokens, seed=config.seed)
+        ref = circ.reference(model, tc, tokens, seed=config.seed, batch_size=batch)
         keep, faith = circ.select_circuit(
             model,
             tc,
@@ -223,8 +247,9 @@ def extract(
             ablation=config.ablation,
             necessity_target=config.necessity_target,
             ref=ref,
+            batch_size=batch,
         )
-        edges = circ.task_edges(graph, keep, tc.n_features)
+        edges = totals.task_edges(keep)
         phase_done("circuit")
         say(
             "circuit",
@@ -247,10 +272,15 @@ def extract(
             )
             say("interpret", f"{interpretation['label']}; circuit features: {found}")
         examples = _examples(model, task, tc, tokens, keep, importance, ref)
+        stats = None  # resample ablation has no summary to run new inputs with
+        if config.ablation in ("mean", "zero"):
+            stats = circ.AblationStats.of(ref, config.ablation)
+        del ref  # every input's activations: not held through the interface's own passes
+        memory.release()
         say("interface", "inferring the interface")
         from circuitlab.extraction.interface import infer_interface
 
-        interface = infer_interface(model, task)
+        interface = infer_interface(model, task, batch_size=batch)
         if interface.signature is not None:
             say(
                 "interface",
@@ -266,7 +296,7 @@ def extract(
             "graph": {
                 "replacement_score": float(scores.replacement.mean()),
                 "completeness": float(scores.completeness.mean()),
-                "n_prompts": graph.n_prompts,
+                "n_prompts": totals.n_prompts,
             },
             "circuit": {k: v for k, v in faith.to_dict().items() if k != "curve"},
             "interpretation": interpretation,
@@ -282,8 +312,8 @@ def extract(
         tc.save(partial / "transcoder", extra={"source_run": str(run_dir)})
         artifact = None
         function = registry_function(interface)
-        if config.ablation in ("mean", "zero"):  # resample has no summary to run new inputs with
-            circ.AblationStats.of(ref, config.ablation).save(partial / ABLATION_FILE)
+        if stats is not None:
+            stats.save(partial / ABLATION_FILE)
             artifact = Artifact(
                 weights_sha256=sha256_file(run_dir / "model.safetensors"),
                 transcoder=f"{OUT_DIR}/transcoder",
@@ -311,7 +341,7 @@ def extract(
             artifact=artifact,
         )
         circuit_record = records[2]
-        graph_files = _write_graphs(graph, task, partial, config.graph_examples)
+        graph_files = _write_graphs(totals.example_graphs(), task, partial)
         Circuit.write(circuit_record, partial)
         _plot_sufficiency(
             faith.curve, faith.n_features, faith.n_features_total, partial / "sufficiency.png"
@@ -338,7 +368,7 @@ def extract(
 
 
 def _interpret(model, task, info) -> tuple[dict[str, str], dict[str, Any] | None]:
-    from circuitlab.extraction import fourier
+    from circuitlab.extraction import fourier, fourier_fits
 
     try:
         fourier.modulus_of(task)
@@ -346,7 +376,7 @@ def _interpret(model, task, info) -> tuple[dict[str, str], dict[str, Any] | None
         return {"label": f"circuit for {task.spec}", "description": "", "method": "auto"}, None
     recipe = info.config.get("recipe", {})
     split = task.split(recipe.get("train_fraction", 0.3), info.config.get("seed", 0))
-    report = fourier.analyze(model, task, train_index=split.train_index)
+    report = fourier_fits.analyze(model, task, train_index=split.train_index)
     return {
         "label": report.label(),
         "description": report.description(),
@@ -380,18 +410,25 @@ def _examples(model, task, tc, tokens, keep, importance, ref, n_features: int = 
     return out
 
 
-def _write_graphs(graph, task, directory: Path, n: int) -> list[Path]:
+def _example_index(n_prompts: int, n: int) -> list[int]:
+    """The prompts exported as graph JSON: `n` spread evenly over all of them."""
+    step = max(1, n_prompts // max(n, 1))
+    return list(range(0, min(n_prompts, step * n), step))
+
+
+def _write_graphs(graph, task, directory: Path) -> list[Path]:
+    """Every prompt of `graph` (the example prompts' graphs) as circuit-tracer graph JSON."""
     out = directory / "graphs"
     out.mkdir()
     written = []
     names = task.token_names()
     outputs = task.output_names()
-    step = max(1, graph.n_prompts // max(n, 1))
-    for index in range(0, min(graph.n_prompts, step * n), step):
+    for index in range(graph.n_prompts if graph is not None else 0):
         toks = graph.tokens[index].tolist()
         slug = f"{task.spec}-" + "-".join(names[t] for t in toks)
-        data = graphs.to_circuit_tracer_json(
+        data = graph_json.to_circuit_tracer_json(
             graph, index, slug=slug, token_names=names, output_names=outputs
         )
-        written.append(graphs.write_graph_json(out / f"{slug}.json", data))
+        # a task spec may hold `/` (synth_mod_7[a/b+c]): one file, named like a run directory
+        written.append(graph_json.write_graph_json(out / f"{safe_name(slug)}.json", data))
     return written

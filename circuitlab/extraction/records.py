@@ -30,7 +30,8 @@ from circuitlab.extraction.artifact import sha256_file
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from circuitlab.extraction.circuit import Faithfulness, TaskEdges
+    from circuitlab.extraction.aggregate import TaskEdges
+    from circuitlab.extraction.circuit import Faithfulness
     from circuitlab.extraction.graph import GraphScores
     from circuitlab.extraction.interface import InterfaceDefinition
     from circuitlab.extraction.pipeline import ExtractConfig

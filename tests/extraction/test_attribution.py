@@ -15,12 +15,12 @@ import math
 import pytest
 import torch
 
-from circuitlab.extraction import attribution
+from circuitlab.extraction import attribution, attribution_frozen
 from circuitlab.extraction.attribution import (
     AttributionConfig,
     AttributionError,
+    AttributionStream,
     attribute,
-    iter_attribute,
 )
 from circuitlab.extraction.graph import (
     ERROR,
@@ -29,9 +29,8 @@ from circuitlab.extraction.graph import (
     TOKEN,
     prune_graph,
     scores_of,
-    to_circuit_tracer_json,
-    top_qk_pairs,
 )
+from circuitlab.extraction.graph_json import to_circuit_tracer_json, top_qk_pairs
 from circuitlab.extraction.transcoder import Transcoder, TranscoderConfig
 from circuitlab.models import ModelConfig, Transformer
 
@@ -251,7 +250,7 @@ def test_general_path_without_token_tables_or_cache(n_layers, monkeypatch):
     tc = random_transcoder(model, "cross_layer")
     tokens = prompts(model, 5)
     fast = attribute(model, tc, tokens, AttributionConfig(batch_size=2))
-    monkeypatch.setattr(attribution, "TOKEN_TABLE_LIMIT", 0)
+    monkeypatch.setattr(attribution_frozen, "TOKEN_TABLE_LIMIT", 0)
     monkeypatch.setattr(attribution, "FREEZE_CACHE", 0)
     slow, _ = check_edges(model, tc, tokens, batch_size=2)
     assert torch.allclose(fast.adjacency, slow.adjacency, atol=1e-5)
@@ -259,24 +258,23 @@ def test_general_path_without_token_tables_or_cache(n_layers, monkeypatch):
 
 
 def test_streamed_chunks_hold_the_same_graphs():
-    """iter_attribute pads each chunk on its own; the graphs are the same up to layout."""
+    """AttributionStream yields chunks in the layout `attribute` uses: the same graphs."""
     model = random_model(2, True, seed=4)
     tc = random_transcoder(model, "cross_layer")
     tokens = prompts(model, 7)
-    config = AttributionConfig(batch_size=3)
-    whole = attribute(model, tc, tokens, config)
-    parts = list(iter_attribute(model, tc, tokens, config))
-    assert [p.n_prompts for p in parts] == [3, 3, 1]
-    assert parts[-1].n_nodes <= whole.n_nodes
-    b = 0
-    for part in parts:
-        for i in range(part.n_prompts):
-            ours = part.adjacency[i][part.adjacency[i] != 0].sort().values
-            ref = whole.adjacency[b][whole.adjacency[b] != 0].sort().values
-            assert torch.allclose(ours, ref, atol=1e-6)
-            b += 1
-    streamed = torch.cat([scores_of(p).replacement for p in parts])
-    assert torch.allclose(streamed, scores_of(whole).replacement, atol=1e-5)
+    whole = attribute(model, tc, tokens, AttributionConfig(batch_size=7))
+    stream = AttributionStream(model, tc, tokens, AttributionConfig(batch_size=3))
+    parts = list(stream)
+    assert [p.n_prompts for p in parts] == [3, 3, 1] and stream.batch == 3
+    assert all(p.n_nodes == whole.n_nodes for p in parts)
+    streamed = torch.cat([p.adjacency for p in parts])
+    assert torch.allclose(streamed, whole.adjacency, atol=1e-6)
+    assert torch.equal(torch.cat([p.features for p in parts]), whole.features)
+    assert torch.allclose(torch.cat([p.qk[1].pairs for p in parts]), whole.qk[1].pairs, atol=1e-6)
+    # without a batch size, as many prompts per chunk as fit in chunk_bytes
+    auto = AttributionStream(model, tc, tokens, AttributionConfig(chunk_bytes=1))
+    assert auto.batch == 1 and len(list(auto)) == 7
+    assert AttributionStream(model, tc, tokens).batch == 7
     # the chunked wrappers give what one batched call gives
     from circuitlab.extraction.graph import influence_of, node_influence
 
@@ -456,7 +454,7 @@ def test_planted_circuit_is_recovered_exactly():
 
 
 def test_planted_circuit_exports_circuit_tracer_json(tmp_path):
-    from circuitlab.extraction.graph import write_graph_json
+    from circuitlab.extraction.graph_json import write_graph_json
 
     model, tc = planted()
     graph = attribute(model, tc, torch.tensor([[1, 2, 4]]))

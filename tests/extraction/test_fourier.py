@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from circuitlab.extraction import fourier as fo
+from circuitlab.extraction import fourier_fits as ff
 from circuitlab.tasks import get_task
 
 P = 23
@@ -157,12 +158,12 @@ def test_logit_fit_recovers_planted_alphas():
     alphas = {3: 2.0, 8: -1.5, 10: 0.75}
     logits = sum(a * _wave(k, diff, P) for k, a in alphas.items())
     logits = logits + torch.randn(len(answers), 1, dtype=torch.float64)  # per-input shifts
-    fit = fo.logit_fourier_fit(logits, answers, tuple(alphas))
+    fit = ff.logit_fourier_fit(logits, answers, tuple(alphas))
     assert fit.explained == pytest.approx(1.0)
     assert fit.alphas == pytest.approx(tuple(alphas.values()))
     noisy = logits + torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)) * 2
-    assert fo.logit_fourier_fit(noisy, answers, tuple(alphas)).explained < 0.9
-    assert fo.logit_fourier_fit(logits, answers, (3,)).explained < 1.0
+    assert ff.logit_fourier_fit(noisy, answers, tuple(alphas)).explained < 0.9
+    assert ff.logit_fourier_fit(logits, answers, (3,)).explained < 1.0
 
 
 def test_logit_weights_scale_with_spread_and_direct_effect():
@@ -180,9 +181,38 @@ def test_projection_keeps_key_directions_and_removes_the_rest():
     inside = _wave(4, answers, P, torch.sin)
     outside = _wave(4, a, P)  # depends on a alone: orthogonal to every function of a+b
     acts = torch.stack([inside + 1.0, outside], dim=1)
-    proj = fo.project_onto(acts, fo.answer_directions(answers, P, (4, 6)))
+    proj = ff.project_onto(acts, ff.answer_directions(answers, P, (4, 6)))
     torch.testing.assert_close(proj[:, 0], inside)
     torch.testing.assert_close(proj[:, 1], torch.zeros_like(outside), atol=1e-9, rtol=0)
+
+
+def test_chunked_computations_match_one_chunk(monkeypatch):
+    """Units, projections, logit weights and the logit fit go by chunks of rows or columns to
+    bound memory on large p; the chunking does not change what they compute."""
+    data = get_task(f"add_mod_{P}").dataset()
+    answers = torch.from_numpy(data.targets[:, 0])
+    gen = torch.Generator().manual_seed(3)
+    acts = torch.randn(len(answers), 7, generator=gen, dtype=torch.float64)
+    logits = torch.randn(len(answers), P, generator=gen, dtype=torch.float64)
+    writes, w_u = torch.randn(7, 4, generator=gen), torch.randn(4, 5, generator=gen)
+
+    def run():
+        grid = fo.activation_grid(acts, data.inputs, P)
+        units = fo.unit_frequencies(grid)
+        proj = ff.project_onto(acts, ff.answer_directions(answers, P, (4, 6)))
+        fit = ff.logit_fourier_fit(logits, answers, (2, 5))
+        return units, proj, fo.logit_weights(acts, writes, w_u), fit
+
+    whole = run()
+    for module in (fo, ff):
+        monkeypatch.setattr(module, "CHUNK_ELEMENTS", 2 * P * P)  # several chunks of each
+    chunked = run()
+    for name in ("explained", "dominant", "purity", "terms", "variance"):
+        torch.testing.assert_close(getattr(chunked[0], name), getattr(whole[0], name))
+    torch.testing.assert_close(chunked[1], whole[1])
+    torch.testing.assert_close(chunked[2], whole[2])
+    assert chunked[3].alphas == pytest.approx(whole[3].alphas, rel=1e-9)
+    assert chunked[3].explained == pytest.approx(whole[3].explained, rel=1e-9)
 
 
 # --- a grokked model, trained here ----------------------------------------------------------
@@ -206,7 +236,7 @@ def grokked(tmp_path_factory):
     _, model = load_run(run_dir)
     task = get_task(info.task)
     split = task.split(recipe.train_fraction, 0)
-    return model, task, fo.analyze(model, task, train_index=split.train_index)
+    return model, task, ff.analyze(model, task, train_index=split.train_index)
 
 
 def test_grokked_model_has_a_small_sparse_key_set(grokked):
@@ -268,6 +298,6 @@ def test_grokked_logits_and_label(grokked):
 def test_analyze_refuses_non_modular_tasks(grokked):
     model, _, _ = grokked
     with pytest.raises(fo.FourierError, match="modular task"):
-        fo.analyze(model, get_task("s3_compose"))
+        ff.analyze(model, get_task("s3_compose"))
     with pytest.raises(fo.FourierError, match="does not fit task add_mod_13"):
-        fo.analyze(model, get_task("add_mod_13"))
+        ff.analyze(model, get_task("add_mod_13"))

@@ -16,14 +16,12 @@ from circuitlab.extraction.graph import (
     cumulative_threshold,
     graph_scores,
     influence,
-    node_id,
     node_influence,
     normalize_rows,
     prune,
     scores_of,
-    to_circuit_tracer_json,
-    write_graph_json,
 )
+from circuitlab.extraction.graph_json import node_id, to_circuit_tracer_json, write_graph_json
 
 
 def chain() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from circuitlab.catalog import Circuit, record_from_dict
+from circuitlab.extraction import boundary
 from circuitlab.extraction import interface as itf
 from circuitlab.models import ModelConfig, Transformer
 from circuitlab.tasks import get_task
@@ -106,19 +107,24 @@ def test_a_grid_answer_must_match_in_every_cell():
     assert best.function == "FLIP" and best.agreement == pytest.approx(1 - 10 / len(data))
 
 
-def test_boundary_stats_of_hand_built_vectors():
+def test_boundary_stats_of_hand_built_vectors(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     x = torch.zeros(20_000, 8, dtype=torch.float64)
     x[:, :2] = torch.randn(20_000, 2, generator=gen, dtype=torch.float64)  # isotropic in 2 dims
     x[:, 5] = 3.0  # a constant offset: mean, not variance
-    stats = itf.boundary_stats("site", x).stats
+    stats = boundary.boundary_stats("site", x).stats
     assert stats["effective_rank"] == pytest.approx(2.0, abs=0.02)
     assert stats["participation_ratio"] == pytest.approx(2.0, abs=0.05)
     assert stats["rank_99"] == 2.0 and stats["n_vectors"] == 20_000
     assert stats["mean_vector_norm"] == pytest.approx(3.0, abs=0.05)
     assert stats["max_std"] == pytest.approx(1.0, abs=0.02) and stats["min_std"] == 0.0
-    flat = itf.boundary_stats("site", torch.ones(5, 4)).stats
+    flat = boundary.boundary_stats("site", torch.ones(5, 4)).stats
     assert flat["effective_rank"] == 0.0 and flat["mean_norm"] == pytest.approx(2.0)
+    # the statistics go over chunks of rows; chunks of 3 rows give the same, x is untouched
+    before = x.clone()
+    monkeypatch.setattr(boundary, "CHUNK_ELEMENTS", 24)
+    chunked = boundary.boundary_stats("site", x).stats
+    assert chunked == pytest.approx(stats, rel=1e-9, abs=1e-12) and torch.equal(x, before)
 
 
 def test_infer_interface_on_an_untrained_model_has_no_signature():

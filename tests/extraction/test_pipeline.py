@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -154,3 +155,24 @@ def test_two_layer_models_extract(tmp_path, normalization):
     assert layers and layers <= {0, 1}
     assert summary["circuit"]["n_features_total"] == 2 * CONFIG.transcoder.n_features
     assert 0.0 <= summary["graph"]["replacement_score"] <= 1.0
+
+
+def test_brackets_and_slashes_in_names_are_data(tmp_path):
+    # a task spec with `/` names graph files (escaped like run directories) and a run path with
+    # `[/x]` is printed as text, not read as rich markup
+    run = tmp_path / "mk[/x]" / "run"
+    recipe = get_recipe("fast").replace(max_steps=20, model=SMALL)
+    train_stack([RunSpec("synth_mod_5[a/b+c]", recipe, 0, run)], threads=1)
+    res = subprocess.run(
+        [sys.executable, "-m", "circuitlab", "extract", str(run), "--no-catalog"]
+        + ["--features", "16", "--steps", "40"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"COLUMNS": "400"},
+    )
+    assert res.returncode == 0, res.stderr
+    assert "mk[/x]" in res.stdout
+    graphs = sorted((run / "extraction" / "graphs").iterdir())
+    assert graphs and all(g.name.startswith("synth_mod_5[a%2Fb+c]-") for g in graphs)
+    assert json.loads(graphs[0].read_text())["metadata"]["slug"].startswith("synth_mod_5[a/b+c]-")

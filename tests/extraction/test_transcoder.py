@@ -303,7 +303,7 @@ def test_progress_bar_runs_and_changes_nothing(capsys):
 
 
 def test_aux_k_trains_only_dead_topk_features():
-    from circuitlab.extraction.transcoder import _aux_k_loss
+    from circuitlab.extraction.transcoder_train import _aux_k_loss
 
     cfg = TranscoderConfig(n_features=8, activation="topk", top_k=2, dead_window=5)
     tc = Transcoder(cfg, 1, 4)

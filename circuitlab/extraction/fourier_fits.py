@@ -1,0 +1,315 @@
+"""Fourier analysis, steps 4-6 (`fourier.py` has the method, steps 1-3 and the report): the
+restricted and excluded loss, the logit fit, and `analyze`, which runs them all on a model.
+
+Every pass over the p*p inputs runs BATCH inputs at a time and the fits accumulate over chunks
+of rows or columns, so memory stays a few (p*p, d_mlp) matrices: one full-batch forward pass
+over p = 257's 66,049 inputs took 1.5 GB, the full (p*p*p, keys) logit-fit design 0.5 GB more.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from circuitlab.extraction.fourier import (
+    CHUNK_ELEMENTS,
+    PURE_THRESHOLD,
+    FourierError,
+    FourierReport,
+    activation_grid,
+    frequency_shares,
+    key_frequencies,
+    keys_by_share,
+    logit_weights,
+    modulus_of,
+    unit_frequencies,
+)
+from circuitlab.tasks.modular import OPERATIONS
+
+BATCH = 4096  # inputs per forward pass
+
+
+# --- 4. restricted and excluded loss --------------------------------------------------------
+
+
+def answer_directions(answers: torch.Tensor, p: int, keys: tuple[int, ...]) -> torch.Tensor:
+    """(n, 2K) columns cos(w_k c), sin(w_k c) for the answers c of n inputs (for addition
+    cos/sin(w_k (a+b)), since cos is p-periodic)."""
+    c = answers.to(torch.float64)
+    cols = []
+    for k in keys:
+        w = 2 * math.pi * k / p
+        cols += [torch.cos(w * c), torch.sin(w * c)]
+    return torch.stack(cols, dim=1)
+
+
+def project_onto(acts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Least-squares projection of the centred columns of acts (n, N) onto span(directions)
+    (n, m) over the n inputs (QR, so the directions need not be orthogonal on a partial grid).
+    Column by column in chunks: each column's projection is its own."""
+    q, _ = torch.linalg.qr(directions.to(torch.float64))
+    out = torch.empty_like(acts)
+    step = max(1, CHUNK_ELEMENTS // max(acts.shape[0], 1))
+    for lo in range(0, acts.shape[1], step):
+        x = acts[:, lo : lo + step].to(torch.float64)
+        centred = x - x.mean(0, keepdim=True)
+        out[:, lo : lo + step] = (q @ (q.T @ centred)).to(acts.dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class FourierLosses:
+    """Cross-entropy on the answers (mean over inputs), all under the same forward pass.
+
+    full: the unmodified model on all inputs; full_train: on the training inputs only.
+    restricted: all inputs, last MLP activations = mean + projection on the key directions.
+    excluded: training inputs, last MLP activations minus that projection.
+    log_p: ln p, the loss of a uniform guess (excluded loss above it means the model relies on
+        the key frequencies rather than on memorisation).
+    restricted_accuracy / excluded_accuracy: top-1 accuracy under the same patches (all inputs /
+        training inputs).
+    """
+
+    full: float
+    full_train: float
+    restricted: float
+    excluded: float
+    log_p: float
+    restricted_accuracy: float
+    excluded_accuracy: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _mlp_post_name(model: Any) -> str:
+    if not model.cfg.d_mlp:
+        raise FourierError("restricted/excluded loss needs an MLP (the model has d_mlp = 0)")
+    return f"blocks.{model.cfg.n_layers - 1}.mlp.hook_post"
+
+
+@torch.no_grad()
+def _run(
+    model: Any, tokens: torch.Tensor, patch: Callable[[slice], torch.Tensor] | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(the last MLP's activations at the answer (n, M), logits at the answer (n, O)), BATCH
+    inputs at a time into tensors allocated once; with `patch`, the activations of the inputs
+    at rows `sl` are replaced by patch(sl) (and not returned)."""
+    name = _mlp_post_name(model)
+    n = len(tokens)
+    posts: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    for lo in range(0, n, BATCH):
+        rows = slice(lo, min(lo + BATCH, n))
+        if patch is None:
+            out, cache = model.run_with_cache(tokens[rows], names=name, answers_only=True)
+            post = cache[name][:, 0]
+            posts = post.new_empty(n, post.shape[-1]) if posts is None else posts
+            posts[rows] = post
+        else:
+            new = patch(rows)
+            with model.hooks([(name, lambda x, _n, new=new: new.view_as(x).to(x.dtype))]):
+                out = model(tokens[rows])
+        logits = out.new_empty(n, out.shape[-1]) if logits is None else logits
+        logits[rows] = out[:, 0]  # one answer position
+    if logits is None:
+        raise FourierError("no inputs to run the model on")
+    return posts, logits
+
+
+def _loss_with_post(
+    model: Any,
+    tokens: torch.Tensor,
+    answers: torch.Tensor,
+    patch: Callable[[slice], torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input cross-entropy and correctness with the last MLP's answer-position activations
+    of the inputs at rows `sl` replaced by patch(sl) (n, F), or unmodified when None."""
+    logits = _run(model, tokens, patch)[1]
+    loss = F.cross_entropy(logits.float(), answers, reduction="none")
+    return loss, (logits.argmax(-1) == answers).float()
+
+
+@torch.no_grad()
+def fourier_losses(
+    model: Any,
+    tokens: torch.Tensor,
+    answers: torch.Tensor,
+    keys: tuple[int, ...],
+    p: int,
+    train_mask: torch.Tensor | None = None,
+) -> FourierLosses:
+    """Restricted and excluded loss (Nanda et al. 2023, section 5.1) of a one-answer model.
+
+    tokens (n, S) are the inputs (normally all p*p pairs), answers (n,) the correct outputs,
+    train_mask (n,) bool the training inputs (all when None). The projection is fitted over all
+    n inputs at once, then patched into `blocks.{L-1}.mlp.hook_post`.
+    """
+    if len(model.cfg.answer_positions) != 1:
+        raise FourierError("restricted/excluded loss needs a model with one answer position")
+    if not keys:
+        raise FourierError("restricted/excluded loss needs at least one key frequency")
+    mask = torch.ones(len(tokens), dtype=torch.bool) if train_mask is None else train_mask.bool()
+    post = _run(model, tokens)[0]  # (n, F)
+    proj = project_onto(post, answer_directions(answers, p, keys))
+    mean = post.mean(0, keepdim=True)
+    full, _ = _loss_with_post(model, tokens, answers, None)
+    # patched batch by batch: no (n, F) patch is held beside `post` and `proj`
+    restricted, restricted_ok = _loss_with_post(
+        model, tokens, answers, lambda rows: mean + proj[rows]
+    )
+    excluded, excluded_ok = _loss_with_post(
+        model, tokens, answers, lambda rows: post[rows] - proj[rows]
+    )
+    return FourierLosses(
+        full=float(full.mean()),
+        full_train=float(full[mask].mean()),
+        restricted=float(restricted.mean()),
+        excluded=float(excluded[mask].mean()),
+        log_p=math.log(p),
+        restricted_accuracy=float(restricted_ok.mean()),
+        excluded_accuracy=float(excluded_ok[mask].mean()),
+    )
+
+
+# --- 5. logits ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogitFit:
+    """logits[i, c] - mean_c ~ sum_k alpha_k cos(w_k (answer_i - c)), least squares.
+
+    alphas: alpha_k per key frequency (same order as `keys`).
+    explained: share of the per-input centred logit variance the fit explains.
+    """
+
+    keys: tuple[int, ...]
+    alphas: tuple[float, ...]
+    explained: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": list(self.keys), "alphas": list(self.alphas), "explained": self.explained}
+
+
+def logit_fourier_fit(
+    logits: torch.Tensor, answers: torch.Tensor, keys: tuple[int, ...]
+) -> LogitFit:
+    """Fit logits (n, p) by sum_k alpha_k cos(w_k (answer - c)) over all n*p entries.
+
+    Least squares through the normal equations, accumulated over chunks of rows (the design has
+    n*p rows and one column per key, so its Gram matrix is tiny), then the residual in a
+    second pass."""
+    if logits.dim() != 2 or logits.shape[0] != answers.shape[0]:
+        raise FourierError(
+            f"logits must be (n, p) matching answers (n,), got {tuple(logits.shape)}"
+        )
+    n, p = logits.shape
+    c = torch.arange(p, dtype=torch.float64)
+    rows = max(1, CHUNK_ELEMENTS // (p * max(len(keys), 1)))
+
+    def chunks():
+        for lo in range(0, n, rows):
+            y = logits[lo : lo + rows].detach().to(torch.float64)
+            y = y - y.mean(1, keepdim=True)
+            diff = answers[lo : lo + rows].to(torch.float64)[:, None] - c[None, :]  # (rows, p)
+            cols = [torch.cos(2 * math.pi * k / p * diff).reshape(-1) for k in keys]
+            yield torch.stack(cols, 1), y.reshape(-1, 1)
+
+    gram = torch.zeros(len(keys), len(keys), dtype=torch.float64)
+    moment = torch.zeros(len(keys), 1, dtype=torch.float64)
+    total = 0.0
+    for design, target in chunks():
+        gram += design.T @ design
+        moment += design.T @ target
+        total += float(target.pow(2).sum())
+    alphas = torch.linalg.lstsq(gram, moment).solution[:, 0]
+    residual = sum(float((t[:, 0] - d @ alphas).pow(2).sum()) for d, t in chunks())
+    explained = 1.0 - residual / total if total > 0 else 0.0
+    return LogitFit(tuple(keys), tuple(float(a) for a in alphas), explained)
+
+
+# --- 6. the whole analysis ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def analyze(
+    model: Any,
+    task: Any,
+    *,
+    train_index: np.ndarray | None = None,
+    max_keys: int | None = None,
+) -> FourierReport:
+    """Run steps 2-6 on a model of a two-operand modular task over all its p*p inputs.
+
+    train_index: indices into `task.dataset()` the model was trained on (for the excluded loss);
+    None measures it on all inputs. Timings (seconds) of each step are recorded.
+    """
+    p = modulus_of(task)
+    cfg = model.cfg
+    if cfg.d_vocab_out != p or cfg.d_vocab < p or tuple(cfg.answer_positions) != (2,):
+        raise FourierError(
+            f"model (d_vocab={cfg.d_vocab}, d_vocab_out={cfg.d_vocab_out}, answers at "
+            f"{list(cfg.answer_positions)}) does not fit task {task.spec} (p={p}, answer at 2)"
+        )
+    formula = OPERATIONS[task.op][0] if getattr(task, "op", None) in OPERATIONS else "c*"
+    data = task.dataset()
+    tokens = torch.from_numpy(data.inputs).long()
+    answers = torch.from_numpy(data.targets[:, 0]).long()
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    keys = key_frequencies(model.param("embed.W_E")[:p], max_keys=max_keys)
+    timings["key_frequencies"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    post, logits = _run(model, tokens)
+    units = unit_frequencies(activation_grid(post, data.inputs, p))
+    live = units.variance > 0
+    purity = units.purity[live]
+    qs = (0.1, 0.25, 0.5, 0.75, 0.9)
+    quantiles = (
+        {f"q{int(q * 100)}": float(torch.quantile(purity, q)) for q in qs} if len(purity) else {}
+    )
+    counts = units.dominant_counts()
+    last = model.cfg.n_layers - 1
+    weights = logit_weights(
+        post, model.param(f"blocks.{last}.mlp.W_out"), model.param("unembed.W_U")
+    )
+    del post
+    shares = frequency_shares(units, weights)
+    timings["neuron_frequencies"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    losses = None
+    if len(model.cfg.answer_positions) == 1:
+        mask = None
+        if train_index is not None:
+            mask = torch.zeros(len(tokens), dtype=torch.bool)
+            mask[torch.as_tensor(train_index, dtype=torch.long)] = True
+        losses = fourier_losses(model, tokens, answers, keys.frequencies, p, mask)
+    timings["restricted_excluded_loss"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fit = logit_fourier_fit(logits, answers, keys.frequencies)
+    timings["logit_fit"] = time.perf_counter() - t0
+
+    return FourierReport(
+        p=p,
+        formula=formula,
+        keys=keys,
+        neuron_pure_fraction=units.pure_fraction(PURE_THRESHOLD, keys.frequencies),
+        neuron_purity_quantiles=quantiles,
+        neuron_dominant_counts=counts,
+        neuron_logit_shares=shares,
+        neuron_keys=keys_by_share(shares),
+        losses=losses,
+        logits=fit,
+        timings=timings,
+    )
