@@ -461,7 +461,10 @@ def open_catalog(url: str | os.PathLike[str] | None = None, *, create: bool = Tr
         raise CatalogError("empty catalog URL")
     if "\x00" in url:
         raise CatalogError(f"catalog URL {url!r} contains a NUL character")
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError as exc:  # e.g. an unbalanced `[` read as an IPv6 host
+        raise CatalogError(f"malformed catalog URL {url!r}: {exc}") from None
     scheme = parsed.scheme.lower()
     if scheme in ("neo4j", "bolt", "neo4j+s", "neo4j+ssc", "bolt+s", "bolt+ssc"):
         from circuitlab.catalog.neo4j import Neo4jBackend

@@ -92,6 +92,10 @@ class Examples:
             r, c = bad_in[0]
             raise RegistryError(f"input {c} of row {r} is {Xa[r, c]}: inputs must be finite")
         k = Xa.shape[1]
+        if k == 0:
+            raise RegistryError(
+                "no input columns: a function needs at least one input beside its output column"
+            )
         names = tuple(names) if names is not None else tuple(f"x{i}" for i in range(k))
         if len(names) != k:
             raise RegistryError(f"{len(names)} column names for {k} input columns")

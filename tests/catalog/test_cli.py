@@ -171,6 +171,7 @@ def _closed_port() -> int:
         (["-c", "mysql://x/y", "list"], "unsupported catalog URL"),
         (["-c", "bolt://127.0.0.1:{port}", "stats"], "cannot reach Neo4j"),
         (["-c", "bolt://127.0.0.1:notaport", "list"], "bad port"),
+        (["-c", "bolt://[/x]:7687/db", "list"], "malformed catalog URL"),
         (["-c", "~no_such_user_xyz/cat.db", "stats"], "no_such_user_xyz"),
         (["-c", "bad\x00name.db", "stats"], "NUL"),
         (["-c", "{tmp}", "stats"], "is a directory"),

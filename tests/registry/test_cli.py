@@ -76,6 +76,7 @@ def test_discover_json_output(ke_csv: Path, tmp_path: Path):
         ("a,b,y", ["1,2,3", "2,3,inf", "3,4,7", "4,5,9"], "outputs must be finite"),
         ("a,b,c,y", ["1,2,3,4", "2,3,4,5"], "fewer than the unknowns"),
         ("a,b,y", [], "at least one data row"),
+        ("y", ["1", "2", "3", "4"], "no input columns"),
     ],
 )
 def test_bad_csv_is_one_line_and_exit_2(tmp_path: Path, header, rows, message):
