@@ -169,20 +169,24 @@ def _event(
 _EVENTS = None  # a worker's progress queue, set by _init_worker
 
 
-def _init_worker(events: object) -> None:
+def _init_worker(events: object, parent: int) -> None:
     """Pool worker set-up: die with the parent, and stop at the next step on Ctrl-C (the
     terminal sends SIGINT to the whole process group; the worker checkpoints and returns)."""
     global _EVENTS
     _EVENTS = events
-    die_with_parent()
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, lambda signum, frame: request_stop())
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Make this process exit when its parent does, however the parent dies (kill -9 too): a
     worker left running would keep writing a run directory nobody watches. Linux delivers
-    SIGKILL through prctl(PR_SET_PDEATHSIG); a watchdog thread covers other systems."""
-    parent = os.getppid()
+    SIGKILL through prctl(PR_SET_PDEATHSIG); a watchdog thread covers other systems.
+
+    `parent` is the pid the parent gave us: a spawned worker spends a second importing torch
+    before it gets here, and a parent killed in that second has already been replaced by init
+    (or a subreaper) as our parent, which os.getppid() alone would not notice."""
+    parent = os.getppid() if parent is None else parent
     try:
         import ctypes
 
@@ -292,7 +296,7 @@ def _run_plan(
 
     pumper = threading.Thread(target=pump, daemon=True)
     pumper.start()
-    pool = ctx.Pool(the_plan.workers, initializer=_init_worker, initargs=(events,))
+    pool = ctx.Pool(the_plan.workers, initializer=_init_worker, initargs=(events, os.getpid()))
     try:
         jobs = [(chunk, resume, overwrite) for chunk in the_plan.chunks]
         for chunk_results in pool.imap_unordered(_worker_run, jobs):

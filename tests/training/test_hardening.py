@@ -384,3 +384,15 @@ def test_workers_die_with_a_killed_parent_and_the_sweep_resumes(tmp_path):
         steps = [row["step"] for row in read_metrics(run)]
         assert steps == list(range(0, 401, 10))
         assert read_run(run).summary["steps"] == 400
+
+
+def test_a_worker_whose_parent_died_during_its_start_exits_at_once():
+    # a spawned worker learns its parent's pid from the parent: if the process it finds as its
+    # parent is another one (init, after the real parent was killed mid-start), it exits
+    code = "from circuitlab.training.parallel import die_with_parent as d; d({}); print('alive')"
+    gone = subprocess.run([sys.executable, "-c", code.format(1)], capture_output=True, text=True)
+    assert gone.returncode == 1 and "alive" not in gone.stdout
+    ours = subprocess.run(
+        [sys.executable, "-c", code.format(os.getpid())], capture_output=True, text=True
+    )
+    assert ours.returncode == 0 and "alive" in ours.stdout
