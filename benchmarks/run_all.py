@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "faults": [],
     "tasks": [],
     "training": [],
+    "prune_lora": [],
 }
 
 

@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from circuitlab.cli import adapt as _adapt_cmd
 from circuitlab.cli import catalog as _catalog_cmd
 from circuitlab.cli import compose as _compose_cmd
 from circuitlab.cli import discover as _discover_cmd
@@ -45,6 +46,7 @@ _extract_cmd.register(app)
 _catalog_cmd.register(app)
 _compose_cmd.register(app)
 _solve_cmd.register(app)
+_adapt_cmd.register(app)
 _explore_cmd.register(app)
 
 

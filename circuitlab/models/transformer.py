@@ -26,6 +26,42 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, truncated or does not match its config."""
 
 
+class WeightTable(nn.Module):
+    """The model's parameters, read once per forward pass by calling the table.
+
+    The functional core takes parameters as a dict of tensors, so no projection is an
+    `nn.Linear` a LoRA library could wrap. Reading them through this module's `forward` is the
+    one place a parametrization applies: peft's `target_parameters` (`lora.ParamWrapper`) wraps
+    this module and substitutes `W + scale * B @ A` for the duration of the call, and the
+    tensors it returns carry the adapter into the ordinary forward pass, hooks included.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._keys: list[str] = []
+
+    def __setitem__(self, key: str, value: nn.Parameter) -> None:
+        self.register_parameter(key, value)
+        self._keys.append(key)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return getattr(self, key)  # a parametrized attribute reads as W + delta
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Key -> parameter as it reads now; `tokens` only gives peft's wrapper an input."""
+        return {key: getattr(self, key) for key in self._keys}
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The module under any peft wrappers (`base_layer` chains)."""
+    while hasattr(module, "base_layer"):
+        module = module.base_layer
+    return module
+
+
 class Transformer(nn.Module):
     """A decoder-only transformer for algorithmic tasks.
 
@@ -37,11 +73,11 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        self._params = nn.ParameterDict()
-        self._param_names: dict[str, str] = {}  # TL name -> ParameterDict key (no dots allowed)
+        self.weights = WeightTable()
+        self._param_names: dict[str, str] = {}  # TL name -> WeightTable key (no dots allowed)
         for name, tensor in functional.init_params(cfg, seed).items():
             key = name.replace(".", "__")
-            self._params[key] = nn.Parameter(tensor)
+            self.weights[key] = nn.Parameter(tensor)
             self._param_names[name] = key
         self.hook_points = nn.ModuleDict()
         self._hook_by_name: dict[str, HookPoint] = {}
@@ -52,6 +88,17 @@ class Transformer(nn.Module):
             self._hook_by_name[name] = point
 
     # --- parameters under their TransformerLens names ----------------------------------------
+    @property
+    def _params(self) -> WeightTable:
+        """The stored parameters (under a peft wrapper, the base weights without the adapter)."""
+        return unwrapped(self.weights)
+
+    @staticmethod
+    def weight_key(name: str) -> str:
+        """The module path of a parameter given its TransformerLens name: what peft's
+        `target_parameters` names (`blocks.0.mlp.W_in` -> `weights.blocks__0__mlp__W_in`)."""
+        return "weights." + name.replace(".", "__")
+
     def tl_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: self._params[key] for name, key in self._param_names.items()}
 
@@ -105,7 +152,8 @@ class Transformer(nn.Module):
                 point = active.get(name)
                 return x if point is None else point(x[0]).unsqueeze(0)
 
-        params = {name: self._params[key].unsqueeze(0) for name, key in self._param_names.items()}
+        table = self.weights(tokens)  # read through any adapter wrapped around the table
+        params = {name: table[key].unsqueeze(0) for name, key in self._param_names.items()}
         logits = functional.forward(
             params,
             self.cfg,

@@ -26,6 +26,8 @@ from circuitlab._atomic import replace_dir, write_json_atomic  # noqa: F401 (re-
 
 GROK_THRESHOLD = 0.99  # the grokking step is the first logged step with val acc >= this
 REQUIRED_FILES = ("config.json", "model.safetensors", "metrics.jsonl", "summary.json")
+MASK_FILE = "masks.safetensors"  # a pruned run's 0/1 masks (TransformerLens names)
+DERIVATIONS = ("prune", "lora")  # `parent.how` of a derived run
 
 
 class RunDirError(ValueError):
@@ -207,8 +209,39 @@ def check_config(config: Any, where: Path) -> None:
         if not isinstance(config["model"], dict):
             raise RunDirError(f"model must be a mapping of fields, got {config['model']!r:.80}")
         ModelConfig.for_task(task, **config["model"])  # fits the task, every field valid
+        if config.get("parent") is not None:
+            check_parent(config["parent"])
     except (RunDirError, TaskError, RecipeError, ModelConfigError) as exc:
         raise RunDirError(f"{path}: {exc}") from None
+
+
+def check_parent(parent: Any) -> None:
+    """A derived run's provenance: `{run, weights_sha256, how, method}`, what the catalog's
+    DERIVED_FROM needs (the parent's identity by content, not only by path)."""
+    import re
+
+    if not isinstance(parent, dict):
+        raise RunDirError(f"parent must be a mapping, got {parent!r:.80}")
+    for key in ("run", "weights_sha256", "how"):
+        if not isinstance(parent.get(key), str):
+            raise RunDirError(f"parent.{key} must be a string, got {parent.get(key)!r:.80}")
+    if not re.fullmatch(r"[0-9a-f]{64}", parent["weights_sha256"]):
+        raise RunDirError("parent.weights_sha256 must be 64 lowercase hex digits")
+    if parent["how"] not in DERIVATIONS:
+        raise RunDirError(f"parent.how must be one of {DERIVATIONS}, got {parent['how']!r}")
+    if not isinstance(parent.get("method", {}), dict):
+        raise RunDirError("parent.method must be a mapping")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Content hash of a file (a parent's weights; the catalog's `weights_sha256`)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_run(run_dir: str | Path) -> RunInfo:

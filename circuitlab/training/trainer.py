@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -53,24 +54,74 @@ SHARED_FIELDS = (
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run to train: which task, how, which seed, and where its run directory goes."""
+    """One run to train: which task, how, which seed, and where its run directory goes.
+
+    A derived run (pruning's masked retraining) also names `init`, a safetensors file of
+    starting weights (TransformerLens names; default: the seeded init), `mask`, a safetensors
+    file of 0/1 masks whose zeros stay zero throughout training (copied into the run directory
+    as `masks.safetensors`), and `parent`, the provenance recorded in `config.json`."""
 
     task: str
     recipe: Recipe
     seed: int
     run_dir: Path
+    init: Path | None = None
+    mask: Path | None = None
+    parent: dict[str, Any] | None = None
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.for_task(get_task(self.task), **self.recipe.model)
 
     def config_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "task": self.task,
             "seed": self.seed,
             "model": self.model_config().to_dict(),
             "recipe": self.recipe.to_dict(),
             "versions": rundir.versions(),
         }
+        if self.mask is not None:
+            out["mask"] = rundir.MASK_FILE
+        if self.parent is not None:
+            out["parent"] = self.parent
+        return out
+
+    def initial_params(self, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+        """Starting weights: the `init` file when given, else the seeded init."""
+        if self.init is None:
+            return Fn.init_params(cfg, self.seed)
+        return _read_named(self.init, Fn.param_shapes(cfg), "init weights")
+
+    def masks(self, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+        """Name -> 0/1 float mask for the masked parameters (empty without `mask`)."""
+        if self.mask is None:
+            return {}
+        shapes = Fn.param_shapes(cfg)
+        masks = _read_named(self.mask, shapes, "mask", partial=True)
+        return {n: (m != 0).float() for n, m in masks.items()}
+
+
+def _read_named(
+    path: Path, shapes: dict[str, tuple[int, ...]], what: str, partial: bool = False
+) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file checked against parameter names and shapes."""
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise rundir.RunDirError(f"cannot read {what} {path}: {exc}") from None
+    unknown = sorted(set(tensors) - set(shapes))
+    missing = [] if partial else sorted(set(shapes) - set(tensors))
+    if unknown or missing:
+        raise rundir.RunDirError(
+            f"{what} {path} does not fit the model: unknown {unknown[:5]}, missing {missing[:5]}"
+        )
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(shapes[name]):
+            raise rundir.RunDirError(
+                f"{what} {path}: {name} has shape {tuple(t.shape)}, the model needs "
+                f"{tuple(shapes[name])}"
+            )
+    return {n: t.float() for n, t in tensors.items()}
 
 
 @dataclass
@@ -156,8 +207,17 @@ class _Stack:
     def __init__(self, specs: Sequence[RunSpec], cfg: ModelConfig) -> None:
         self.specs = list(specs)
         self.cfg = cfg
-        inits = [Fn.init_params(cfg, s.seed) for s in specs]
-        self.params = {n: torch.stack([p[n] for p in inits]).requires_grad_() for n in inits[0]}
+        inits = [s.initial_params(cfg) for s in specs]
+        per_model = [s.masks(cfg) for s in specs]
+        # masked parameters of the stack: (M, ...) 0/1, all ones for a model without that mask
+        self.masks = {
+            n: torch.stack([m.get(n, torch.ones_like(inits[0][n])) for m in per_model])
+            for n in sorted({n for m in per_model for n in m})
+        }
+        self.params = {n: torch.stack([p[n] for p in inits]) for n in inits[0]}
+        for n, mask in self.masks.items():
+            self.params[n].mul_(mask)
+        self.params = {n: p.requires_grad_() for n, p in self.params.items()}
         hyper = StackedHyper.from_recipes([s.recipe for s in specs])
         self.opt = StackedOptimizer(self.params, hyper, specs[0].recipe.optimizer)
         self.grokked_at: list[int | None] = [None] * len(specs)
@@ -170,8 +230,14 @@ class _Stack:
         logits = Fn.forward(self.params, self.cfg, x)
         loss = F.cross_entropy(logits.flatten(0, 2), y.flatten(), reduction="none")
         loss.view(len(self.specs), -1).mean(1).sum().backward()
+        for n, mask in self.masks.items():  # pruned weights get no gradient and stay zero
+            self.params[n].grad.mul_(mask)
         self.opt.step()
         self.opt.zero_grad()
+        if self.masks:
+            with torch.no_grad():
+                for n, mask in self.masks.items():
+                    self.params[n].mul_(mask)
 
     def model_state(self, i: int) -> dict[str, torch.Tensor]:
         return {n: p[i].detach().clone() for n, p in self.params.items()}
@@ -182,6 +248,7 @@ class _Stack:
             n: p.detach()[index].clone().requires_grad_() for n, p in self.params.items()
         }
         self.opt.select(index, self.params)
+        self.masks = {n: m[index] for n, m in self.masks.items()}
         self.specs = [self.specs[i] for i in keep]
         for name in ("grokked_at", "started", "elapsed_before"):
             values = getattr(self, name)
@@ -329,10 +396,10 @@ def _start_partial(spec: RunSpec, resume: bool, overwrite: bool) -> None:
             f"{spec.run_dir} already exists; pass --overwrite or choose another --out"
         )
     if partial.exists():
-        import shutil
-
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
+    if spec.mask is not None:
+        shutil.copyfile(spec.mask, partial / rundir.MASK_FILE)
     rundir.write_json_atomic(partial / "config.json", spec.config_json())
     (partial / "metrics.jsonl").write_text("")
 
@@ -414,6 +481,10 @@ def _finish(
         "wall_time_s": round(wall, 3),
         "n_params": stack.cfg.n_params,
     }
+    if spec.mask is not None:
+        kept = sum(int(m[i].sum()) for m in stack.masks.values())
+        masked = sum(m[i].numel() for m in stack.masks.values())
+        summary["masked_fraction"] = 1.0 - kept / max(masked, 1)
     rundir.write_json_atomic(partial / "summary.json", summary)
     plot_curves(
         rundir.read_metrics(partial),

@@ -1,0 +1,65 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from circuitlab.extraction.pipeline import ExtractConfig, extract
+from circuitlab.extraction.transcoder import TranscoderConfig
+from circuitlab.training import RunSpec, get_recipe, read_run, train_stack
+
+SMALL = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64)
+CONFIG = ExtractConfig(transcoder=TranscoderConfig(n_features=32, steps=80, batch_size=128))
+
+
+def circuitlab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "circuitlab", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "add13"
+    recipe = get_recipe("fast").replace(train_fraction=0.6, max_steps=150, model=SMALL)
+    train_stack([RunSpec("add_mod_13", recipe, 0, run)], threads=1)
+    return run
+
+
+def test_prune_extract_compare(run_dir, tmp_path):
+    res = circuitlab("prune", run_dir, "--sparsity", "0.2,0", "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    sweep = tmp_path / "add13-prune-magnitude"
+    assert (sweep / "curve.png").is_file()
+    curve = json.loads((sweep / "curve.json").read_text())["points"]
+    assert [p["sparsity"] for p in curve] == [0.0, 0.2]
+    child = sweep / "s0.2"
+    assert read_run(child).config["parent"]["how"] == "prune"
+    # extraction runs on the pruned model unchanged
+    extract(run_dir, None, CONFIG)
+    extract(child, None, CONFIG)
+    res = circuitlab("compare", run_dir, child / "extraction", "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["related"] is True
+    kf = report["key_frequencies"]
+    assert set(kf["shared"]) | set(kf["lost"]) == set(kf["a"])
+    overlap = report["feature_overlap"]
+    assert overlap["available"] and overlap["shared_basis"]
+    assert -1.0 <= overlap["mean_matched_cosine"] <= 1.0
+    assert report["circuit_size"]["a"] > 0 and report["sufficiency"]["a"] is not None
+    # a circuit compared with itself matches every feature exactly
+    same = json.loads(circuitlab("compare", run_dir, run_dir, "--json").stdout)
+    assert same["feature_overlap"]["mean_matched_cosine"] == pytest.approx(1.0)
+    text = circuitlab("compare", run_dir, child)
+    assert text.returncode == 0 and "key frequencies" in text.stdout
+
+
+def test_compare_without_extraction_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    res = circuitlab("compare", tmp_path, tmp_path)
+    assert res.returncode == 2 and "circuitlab extract" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

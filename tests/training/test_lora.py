@@ -1,0 +1,137 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from circuitlab.models import Transformer
+from circuitlab.tasks import get_task
+from circuitlab.training import RunSpec, get_recipe, load_run, read_run, train_stack
+from circuitlab.training.lora import (
+    LORA_RECIPE,
+    AdaptError,
+    LoraSpec,
+    adapt,
+    attach,
+    expand_targets,
+    load_adapted,
+)
+
+PeftModel = pytest.importorskip("peft", reason="the lora extra").PeftModel
+SMALL = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64)
+SPEC = LoraSpec(rank=2, recipe=LORA_RECIPE.replace(train_fraction=0.6, max_steps=30))
+
+
+def _train(root, task, seed=0):
+    recipe = get_recipe("fast").replace(train_fraction=0.6, max_steps=150, model=SMALL)
+    train_stack([RunSpec(task, recipe, seed, root / task)], threads=1)
+    return root / task
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    base = _train(root, "add_mod_11")
+    adapted = adapt(base, "sub_mod_11", SPEC, root)
+    return base, adapted
+
+
+def test_adapter_starts_at_the_base_model_and_reaches_every_matrix(runs):
+    base, _ = runs
+    info, model = load_run(base)
+    x = torch.as_tensor(get_task("add_mod_11").dataset().inputs)
+    before = model(x).detach()
+    names = expand_targets(info.model_config, SPEC.targets)
+    assert len(names) == 8  # Q, K, V, O, W_in, W_out, W_E, W_U
+    wrapped = attach(model, SPEC, names, str(base), "0" * 64)
+    assert torch.equal(wrapped(x).detach(), before)  # B = 0 at init
+    lora_b = [p for n, p in wrapped.named_parameters() if "lora_B" in n]
+    assert len(lora_b) == len(names)
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_(0, 0.1)
+    assert not torch.allclose(wrapped(x).detach(), before)
+
+
+def test_adapted_run_directory(runs):
+    base, result = runs
+    run = read_run(result.run_dir)
+    parent = run.config["parent"]
+    assert run.task == "sub_mod_11" and parent["how"] == "lora" and parent["run"] == str(base)
+    assert parent["method"]["rank"] == 2 and len(parent["method"]["targets"]) == 8
+    assert 0 < parent["method"]["trainable_fraction"] < 1
+    adapter = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["revision"] == parent["weights_sha256"] and adapter["r"] == 2
+    assert adapter["base_model_name_or_path"] == str(base)
+    # peft's own loader, then merge: the run's model.safetensors is that merged model
+    _, fresh = load_run(base)
+    peft_model = PeftModel.from_pretrained(fresh, str(result.run_dir / "adapter"))
+    merged = peft_model.merge_and_unload()
+    saved = load_file(str(result.run_dir / "model.safetensors"))
+    for name, tensor in merged.tl_state_dict().items():
+        assert torch.equal(tensor.detach(), saved[name]), name
+    check = result.merge
+    assert check["identical_predictions"] and check["max_abs_logit_diff"] <= 1e-5
+    assert check["n_inputs"] == 121
+
+
+def test_load_adapted_refuses_another_base(runs, tmp_path):
+    base, result = runs
+    _, model = load_adapted(base, result.run_dir)  # the run directory or adapter/ both work
+    other = _train(tmp_path, "add_mod_11", seed=1)
+    with pytest.raises(AdaptError, match="sha256"):
+        load_adapted(other, result.run_dir / "adapter")
+
+
+@pytest.mark.parametrize(
+    ("task", "spec", "message"),
+    [
+        ("sub_mod_13", SPEC, "input tokens"),  # another vocabulary
+        ("sub_mod_11", LoraSpec(rank=17), "larger than"),  # d_head is 16
+        ("sub_mod_11", LoraSpec(targets=("W_X",)), "names no weight matrix"),
+    ],
+)
+def test_bad_adaptations_write_nothing(runs, tmp_path, task, spec, message):
+    base, _ = runs
+    with pytest.raises(AdaptError, match=message):
+        adapt(base, task, spec, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_adapt_errors_are_one_line(runs, tmp_path):
+    base, result = runs
+    for args in (
+        ["--task", "sub_mod_13"],
+        ["--task", "sub_mod_11", "--rank", "99"],
+        ["--task", "sub_mod_11", "--adapter", str(tmp_path)],
+    ):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "circuitlab",
+                "adapt",
+                str(base),
+                *args,
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 2, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "o").exists()
+
+
+def test_weight_table_keeps_parameter_names():
+    cfg = get_recipe("fast").replace(model=SMALL)
+    from circuitlab.models import ModelConfig
+
+    model = Transformer(ModelConfig.for_task(get_task("add_mod_11"), **cfg.model))
+    assert Transformer.weight_key("blocks.0.mlp.W_in") == "weights.blocks__0__mlp__W_in"
+    names = {n for n, _ in model.named_parameters()}
+    assert "weights.blocks__0__mlp__W_in" in names
