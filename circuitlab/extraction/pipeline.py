@@ -340,7 +340,7 @@ def extract(
             examples=examples,
             artifact=artifact,
         )
-        circuit_record = records[2]
+        circuit_record = records[-1]
         graph_files = _write_graphs(totals.example_graphs(), task, partial)
         Circuit.write(circuit_record, partial)
         _plot_sufficiency(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from circuitlab.catalog import (
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from circuitlab.extraction.interface import InterfaceDefinition
     from circuitlab.extraction.pipeline import ExtractConfig
     from circuitlab.extraction.transcoder import Transcoder, TranscoderMetrics
-    from circuitlab.models import Transformer
+    from circuitlab.models import ModelConfig, Transformer
     from circuitlab.tasks.base import Task as TaskDefinition
     from circuitlab.training.rundir import RunInfo
 
@@ -56,26 +57,87 @@ def task_record(task: TaskDefinition) -> Task:
     )
 
 
-def model_record(info: RunInfo, model: Transformer) -> Model:
+def model_record(info: RunInfo, cfg: ModelConfig, parent: Model | None = None) -> Model:
+    """The Model record of the run at `info`; `parent` is the record of the run it was derived
+    from (its config.json `parent`), which becomes its DERIVED_FROM."""
     summary, config = info.summary, info.config
     final = {k: float(v) for k, v in summary.get("final", {}).items() if isinstance(v, int | float)}
+    derived = config.get("parent")
+    method = derived.get("method", {}) if derived else {}
+    extra: dict[str, Any] = {"versions": config.get("versions", {})}
+    if derived and parent is None:  # the parent's run is gone or changed: keep what was said
+        extra["parent"] = derived
     return Model(
         task=info.task,
         weights_sha256=sha256_file(info.path / "model.safetensors"),
-        architecture=model.cfg.to_dict(),
-        n_params=model.cfg.n_params,
-        attention=model.cfg.attention_backend,
+        architecture=cfg.to_dict(),
+        n_params=cfg.n_params,
+        attention=cfg.attention_backend,
+        pruning=_pruning(info, cfg) if derived and derived["how"] == "prune" else None,
+        lora_rank=int(method["rank"]) if derived and derived["how"] == "lora" else None,
+        parent=None if parent is None else parent.id,
+        derivation=None if parent is None else derived["how"],
         training={
             "recipe": config.get("recipe", {}),
             "seed": config.get("seed"),
             "steps": summary.get("steps"),
             "grokked_at": summary.get("grokked_at"),
+            **({"derivation": method} if derived else {}),
         },
         metrics=final,
-        metadata=Metadata(
-            source_run=str(info.path), extra={"versions": config.get("versions", {})}
-        ),
+        metadata=Metadata(source_run=str(info.path), extra=extra),
     )
+
+
+def _parent_tasks(lineage: list[Model], task: Task) -> list[Task]:
+    """Task records of ancestors trained on another task (a LoRA base), for TRAINED_ON."""
+    from circuitlab.tasks import get_task
+
+    specs = dict.fromkeys(m.task for m in lineage if m.task != task.spec)
+    return [task_record(get_task(spec)) for spec in specs]
+
+
+def _pruning(info: RunInfo, cfg: ModelConfig) -> float:
+    """Share of zero weight-matrix entries in the run's weights (structured pruning included:
+    a removed neuron zeroes its rows and columns)."""
+    from circuitlab.models import Transformer
+    from circuitlab.training.prune import weight_sparsity
+
+    weights = Transformer.load(info.path / "model.safetensors", cfg).tl_state_dict()
+    return round(weight_sparsity(weights, cfg), 6)
+
+
+def model_lineage(info: RunInfo, cfg: ModelConfig) -> list[Model]:
+    """The run's Model record last, after those of the runs it derives from, parents first (a
+    DERIVED_FROM target must be stored before its source).
+
+    An ancestor is followed through its run directory only while that directory still holds
+    the weights its child names (sha256): a moved, deleted or retrained parent ends the chain,
+    and the child keeps the recorded provenance in `metadata.extra["parent"]` instead of a link
+    to the wrong checkpoint."""
+    from circuitlab.training.rundir import RunDirError, read_run
+
+    chain = [info]
+    seen = {info.path.resolve()}
+    while (derived := chain[-1].config.get("parent")) is not None:
+        path = Path(derived["run"])
+        if not path.is_absolute():
+            path = chain[-1].path / path
+        try:
+            parent = read_run(path)
+        except RunDirError:
+            break
+        if path.resolve() in seen:  # a cycle (hand-edited config.json): stop, not loop
+            break
+        if sha256_file(parent.path / "model.safetensors") != derived["weights_sha256"]:
+            break
+        seen.add(path.resolve())
+        chain.append(parent)
+    records: list[Model] = []
+    for i, run in enumerate(reversed(chain)):
+        run_cfg = cfg if run is info else run.model_config
+        records.append(model_record(run, run_cfg, records[i - 1] if i else None))
+    return records
 
 
 def catalog_records(
@@ -96,13 +158,15 @@ def catalog_records(
     examples: Sequence[dict[str, Any]] = (),
     artifact: Artifact | None = None,
 ) -> list[Any]:
-    """[Task, Model, Circuit] ready for `Catalog.put_many`; `implements_records` adds the link
+    """[Task, ..., Model, Circuit] ready for `Catalog.put_many` (the circuit last; a derived
+    model's ancestors and their tasks come before it); `implements_records` adds the link
     to the function the interface's signature names.
 
     `importance` is (n_layers, n_features); `edges` holds the circuit's averaged direct effects;
     `feature_labels` maps (layer, feature) to Fourier statistics for the Circuit's nodes."""
     task_rec = task_record(task)
-    model_rec = model_record(info, model)
+    lineage = model_lineage(info, model.cfg)
+    model_rec = lineage[-1]
     model_id = model_rec.id
     tc_name = f"{transcoder.cfg.kind}-{transcoder.n_features}"
     names = task.token_names()
@@ -217,7 +281,7 @@ def catalog_records(
         artifact=artifact,
         metadata=Metadata(source_run=str(info.path), extra={"extraction": config.to_dict()}),
     )
-    return [task_rec, model_rec, circuit]
+    return [task_rec, *_parent_tasks(lineage, task_rec), *lineage, circuit]
 
 
 _PARAM = re.compile(r"(\w+)=(\d+)")

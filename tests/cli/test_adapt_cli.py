@@ -63,3 +63,32 @@ def test_compare_without_extraction_is_one_line(tmp_path):
     res = circuitlab("compare", tmp_path, tmp_path)
     assert res.returncode == 2 and "circuitlab extract" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_derived_models_are_cataloged_with_their_ancestors(run_dir, tmp_path):
+    from circuitlab.catalog import open_catalog
+    from circuitlab.training import PruneConfig, prune
+
+    # gradual pruning chains its points: s0.5 derives from s0.3, which derives from the run
+    sweep, _ = prune(run_dir, PruneConfig(sparsities=(0.3, 0.5), finetune=5), out=tmp_path)
+    child = sweep / "s0.5"
+    url = f"sqlite:///{tmp_path / 'cat.db'}"
+    result = extract(child, url, CONFIG)
+    with open_catalog(url) as cat:
+        model = cat.get(cat.get(result.circuit_id).model)
+        middle = cat.get(model.parent)
+        root = cat.get(middle.parent)
+        assert (model.derivation, middle.derivation, root.parent) == ("prune", "prune", None)
+        assert model.metadata.source_run == str(child)
+        assert root.metadata.source_run == str(run_dir)
+        assert model.pruning == pytest.approx(0.5, abs=0.01)
+        assert middle.pruning == pytest.approx(0.3, abs=0.01)
+    # a parent whose weights changed since is not linked: its recorded provenance is kept
+    middle_weights = sweep / "s0.3" / "model.safetensors"
+    middle_weights.write_bytes((run_dir / "model.safetensors").read_bytes())
+    url2 = f"sqlite:///{tmp_path / 'cat2.db'}"
+    again = extract(child, url2, CONFIG)
+    with open_catalog(url2) as cat:
+        model = cat.get(cat.get(again.circuit_id).model)
+        assert model.parent is None and model.derivation is None
+        assert model.metadata.extra["parent"]["run"] == str(sweep / "s0.3")
