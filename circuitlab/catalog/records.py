@@ -417,7 +417,8 @@ class Metrics:
     what replaced the activations outside (sufficiency) or inside (necessity) the circuit.
 
     sufficiency: task metric with only the circuit active, as a fraction of the full model's.
-    necessity: drop of the task metric when the circuit is ablated, as a fraction.
+    necessity: share of the full model's accuracy lost when the circuit is ablated,
+        1 - ablated / full (high = necessary; the accuracy left is extra["necessity_accuracy"]).
     ablation: one of ABLATIONS (mean, zero, resample, none).
     accuracy: accuracy of the circuit alone on the task, in [0, 1].
     replacement_score: share of influence reaching the logits from tokens, not error nodes.

@@ -77,7 +77,7 @@ def _fmt(value: float | None) -> str:
 
 def _summaries_table(title: str, hits: list[Any]) -> Table:
     table = Table(title=plain(title))
-    for column in ("id", "task", "label", "nodes", "edges", "suff.", "nec.", "gen.", "tags"):
+    for column in ("id", "task", "label", "nodes", "edges", "suff.", "nec. drop", "gen.", "tags"):
         table.add_column(column, overflow="fold")
     for s in hits:
         table.add_row(
@@ -246,7 +246,12 @@ def search_cmd(
     feature: str = typer.Option(None, help="Feature id the circuit must use."),
     minimum: Annotated[
         list[str] | None,
-        typer.Option("--min", help="NAME=VALUE lower bound on a metric (repeatable)."),
+        typer.Option(
+            "--min",
+            help="NAME=VALUE lower bound on a metric (repeatable). necessity is the share of "
+            "accuracy lost when the circuit is ablated (high = necessary); the accuracy left "
+            "is necessity_accuracy.",
+        ),
     ] = None,
     maximum: Annotated[
         list[str] | None,

@@ -117,7 +117,9 @@ def register(app: typer.Typer) -> None:
             f"({c['ablation']} ablation)",
         )
         table.add_row(
-            "necessity", f"accuracy {c['necessity_accuracy']:.4f}, loss {c['necessity_loss']:.4f}"
+            "necessity",
+            f"drop {c['necessity_drop']:.4f} (accuracy {c['necessity_accuracy']:.4f}, loss "
+            f"{c['necessity_loss']:.4f} with the circuit ablated)",
         )
         table.add_row("full model", f"accuracy {c['full_accuracy']:.4f}, loss {c['full_loss']:.4f}")
         table.add_row(

@@ -236,7 +236,13 @@ class AblationStats:
 
 @dataclass
 class Faithfulness:
-    """Accuracy and loss of the full model, the circuit alone, and the model without it."""
+    """Accuracy and loss of the full model, the circuit alone, and the model without it.
+
+    Two names for two numbers, everywhere (summary.json, the catalog, search filters, tables):
+    `necessity_accuracy` is the accuracy LEFT with the circuit ablated (low = necessary);
+    `necessity_drop` is the share of the full model's accuracy LOST, 1 - left / full (high =
+    necessary), which is what the catalog's `Metrics.necessity` holds. `sufficiency` is the
+    circuit-alone accuracy as a share of the full model's."""
 
     ablation: str
     n_features: int
@@ -250,8 +256,19 @@ class Faithfulness:
     necessity_loss: float
     curve: list[dict[str, float]] = field(default_factory=list)  # k -> sufficiency, for plots
 
+    @property
+    def sufficiency(self) -> float:
+        return self.sufficiency_accuracy / max(self.full_accuracy, 1e-12)
+
+    @property
+    def necessity_drop(self) -> float:
+        return 1.0 - self.necessity_accuracy / max(self.full_accuracy, 1e-12)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {
+            "sufficiency": self.sufficiency,
+            "necessity_drop": self.necessity_drop,
+        }
 
 
 @torch.no_grad()

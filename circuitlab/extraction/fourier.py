@@ -58,29 +58,107 @@ class FourierError(ValueError):
     """Input that the Fourier analysis cannot use (p not odd, incomplete grid, shape mismatch)."""
 
 
+# --- 0. coordinates: which cyclic group the numbers live on ---------------------------------
+
+# Operations that are addition in the discrete-log coordinates: with a = g^i and b = g^j for a
+# primitive root g, a*b = g^(i+j) and a/b = g^(i-j), so the nonzero residues form Z_(p-1) and a
+# model can run the Fourier algorithm there (mul_mod_97: three frequencies hold 85% of the
+# embedding's energy in log order, a flat spectrum in token order).
+LOG_FORMULAS = {"mul": "log a+log b", "div": "log a-log b"}
+ADDITIVE_OPS = ("add", "sub")
+
+
+def primitive_root(p: int) -> int:
+    """The smallest generator of the multiplicative group mod the prime p."""
+    if p == 2:
+        return 1
+    order = p - 1
+    factors = {q for q in range(2, order + 1) if order % q == 0 and all(q % r for r in range(2, q))}
+    for g in range(2, p):
+        if all(pow(g, order // q, p) != 1 for q in factors):
+            return g
+    raise FourierError(f"{p} has no primitive root (not a prime?)")
+
+
+@dataclass(frozen=True)
+class Coordinates:
+    """Where the p number tokens sit on the cyclic group Z_n the analysis runs over.
+
+    basis: "additive" (n = p, token t at t) or "discrete_log" (n = p - 1, token g^i at i; token
+        0 has no coordinate and is reported apart).
+    generator: g for the discrete-log basis.
+    tokens: tokens[i] is the residue at coordinate i.
+    """
+
+    basis: str
+    p: int
+    generator: int | None
+    tokens: tuple[int, ...]
+
+    @classmethod
+    def additive(cls, p: int) -> Coordinates:
+        return cls("additive", p, None, tuple(range(p)))
+
+    @classmethod
+    def discrete_log(cls, p: int) -> Coordinates:
+        g = primitive_root(p)
+        return cls("discrete_log", p, g, tuple(pow(g, i, p) for i in range(p - 1)))
+
+    @property
+    def n(self) -> int:
+        return len(self.tokens)
+
+    def of(self, residues: torch.Tensor) -> torch.Tensor:
+        """Coordinates of residues (any shape), -1 for a residue that has none (0 in logs)."""
+        table = torch.full((self.p,), -1, dtype=torch.long)
+        table[torch.tensor(self.tokens, dtype=torch.long)] = torch.arange(self.n)
+        return table[residues.long()]
+
+    def describe(self) -> str:
+        if self.basis == "additive":
+            return f"Z_{self.p}"
+        return f"the discrete-log basis of Z_{self.p}* (generator {self.generator}, 0 apart)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"basis": self.basis, "p": self.p, "n": self.n, "generator": self.generator}
+
+
 # --- 1. basis ------------------------------------------------------------------------------
 
 
-def n_frequencies(p: int) -> int:
-    """Number of non-constant frequencies of Z_p: (p-1)/2 for odd p."""
-    return (p - 1) // 2
+def n_frequencies(n: int) -> int:
+    """Number of non-constant frequencies of Z_n: (n-1)/2 for odd n, n/2 for even n (the last
+    being the Nyquist frequency n/2, a cosine alone)."""
+    return n // 2
 
 
-def fourier_basis(p: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, list[str]]:
-    """Orthonormal Fourier basis of R^p as rows (p, p), and their names.
+def frequency_rows(n: int) -> list[list[int]]:
+    """Rows of `fourier_basis(n)` holding each frequency k = 1..n//2: [cos, sin], or [cos] for
+    the Nyquist frequency of an even n."""
+    rows = [[2 * k - 1, 2 * k] for k in range(1, (n - 1) // 2 + 1)]
+    if n % 2 == 0:
+        rows.append([n - 1])
+    return rows
 
-    Row 0 is the constant 1/sqrt(p); rows 2k-1 and 2k are cos(w_k x) and sin(w_k x) scaled to unit
-    norm, for k = 1..(p-1)/2. p must be odd (every modulus circuitlab uses is an odd prime), so
-    there is no Nyquist row and the rows span R^p exactly.
+
+def fourier_basis(n: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, list[str]]:
+    """Orthonormal Fourier basis of R^n as rows (n, n), and their names.
+
+    Row 0 is the constant 1/sqrt(n); rows 2k-1 and 2k are cos(w_k x) and sin(w_k x) scaled to unit
+    norm, for k = 1..(n-1)/2, w_k = 2 pi k / n; an even n (Z_(p-1), the discrete-log
+    coordinates) adds the Nyquist row cos(pi x) last. The rows span R^n exactly.
     """
-    if p < 3 or p % 2 == 0:
-        raise FourierError(f"p must be odd and >= 3 for the Fourier basis of Z_p, got {p}")
-    x = torch.arange(p, dtype=dtype)
-    rows, names = [torch.ones(p, dtype=dtype)], ["const"]
-    for k in range(1, n_frequencies(p) + 1):
-        w = 2 * math.pi * k / p
+    if n < 2:
+        raise FourierError(f"the Fourier basis of Z_n needs n >= 2, got {n}")
+    x = torch.arange(n, dtype=dtype)
+    rows, names = [torch.ones(n, dtype=dtype)], ["const"]
+    for k in range(1, (n - 1) // 2 + 1):
+        w = 2 * math.pi * k / n
         rows += [torch.cos(w * x), torch.sin(w * x)]
         names += [f"cos {k}", f"sin {k}"]
+    if n % 2 == 0:
+        rows.append(torch.cos(math.pi * x))
+        names.append(f"cos {n // 2}")
     basis = torch.stack(rows)
     return basis / basis.norm(dim=1, keepdim=True), names
 
@@ -118,15 +196,14 @@ class KeyFrequencies:
 
 
 def frequency_norms(embedding: torch.Tensor) -> torch.Tensor:
-    """(p, D) embedding of the p number tokens -> ((p-1)/2,) norm of each frequency's cos/sin
-    components (the rows of the DFT along the token axis)."""
+    """(n, D) embedding of the numbers in coordinate order -> (n//2,) norm of each frequency's
+    cos/sin components (the rows of the DFT along the coordinate axis)."""
     if embedding.dim() != 2:
-        raise FourierError(f"embedding must be (p, d_model), got shape {tuple(embedding.shape)}")
-    p = embedding.shape[0]
-    basis, _ = fourier_basis(p)
-    coef = basis @ embedding.detach().to(torch.float64)  # (p, D)
-    power = coef[1:].pow(2).sum(-1).view(-1, 2).sum(-1)  # (K,) cos^2 + sin^2 per frequency
-    return power.sqrt()
+        raise FourierError(f"embedding must be (n, d_model), got shape {tuple(embedding.shape)}")
+    n = embedding.shape[0]
+    basis, _ = fourier_basis(n)
+    power = (basis @ embedding.detach().to(torch.float64)).pow(2).sum(-1)  # (n,) per basis row
+    return torch.stack([power[r].sum() for r in frequency_rows(n)]).sqrt()
 
 
 def key_frequencies(
@@ -180,7 +257,8 @@ class UnitFrequencies:
 
     explained: (N, K) share of each unit's variance explained by frequency k's 8 terms:
         cos/sin(w_k a), cos/sin(w_k b) and the 4 products cos/sin(w_k a) cos/sin(w_k b) (which
-        span cos/sin(w_k (a+b)) and cos/sin(w_k (a-b))).
+        span cos/sin(w_k (a+b)) and cos/sin(w_k (a-b))); a Nyquist frequency has 3 terms, its
+        product cos(pi a) cos(pi b) = cos(pi (a+b)) counted as a+b.
     dominant: (N,) the k (1-based) explaining most; 0 for a constant (dead) unit.
     purity: (N,) the share explained by the dominant frequency; 0 for a constant unit.
     terms: (N, 4) shares of the dominant frequency's terms, columns TERMS: w a alone, w b alone,
@@ -238,9 +316,13 @@ def activation_grid(
     inputs: torch.Tensor | np.ndarray,
     p: int,
     positions: tuple[int, int] = (0, 1),
+    coords: Coordinates | None = None,
 ) -> torch.Tensor:
-    """Scatter activations (n, N) of inputs (n, S) into a (p, p, N) grid indexed by the tokens at
-    `positions` (a, b). Every pair must appear exactly once."""
+    """Scatter activations (n, N) of inputs (n, S) into an (m, m, N) grid indexed by the
+    coordinates of the tokens at `positions` (a, b): the residues themselves (m = p) unless
+    `coords` says otherwise (inputs with a token that has no coordinate are left out). Every
+    pair of coordinates must appear exactly once."""
+    coords = coords or Coordinates.additive(p)
     tokens = torch.as_tensor(np.asarray(inputs), dtype=torch.long)
     if acts.dim() != 2 or acts.shape[0] != tokens.shape[0]:
         raise FourierError(
@@ -250,15 +332,18 @@ def activation_grid(
     a, b = tokens[:, positions[0]], tokens[:, positions[1]]
     if (a.min() < 0) or (b.min() < 0) or (a.max() >= p) or (b.max() >= p):
         raise FourierError(f"input tokens at positions {positions} must be residues 0..{p - 1}")
-    flat = a * p + b
-    if len(flat) != p * p or len(torch.unique(flat)) != p * p:
+    a, b, m = coords.of(a), coords.of(b), coords.n
+    inside = (a >= 0) & (b >= 0)
+    flat = (a * m + b)[inside]
+    if len(flat) != m * m or len(torch.unique(flat)) != m * m:
         raise FourierError(
-            f"the Fourier analysis needs every pair (a, b) of Z_{p} exactly once "
-            f"({p * p} inputs), got {len(flat)} inputs covering {len(torch.unique(flat))} pairs"
+            f"the Fourier analysis over {coords.describe()} needs every pair of its {m} "
+            f"numbers exactly once ({m * m} inputs), got {len(flat)} inputs covering "
+            f"{len(torch.unique(flat))} pairs"
         )
-    grid = torch.empty(p * p, acts.shape[1], dtype=acts.dtype)
-    grid[flat] = acts.detach()
-    return grid.view(p, p, -1)
+    grid = torch.empty(m * m, acts.shape[1], dtype=acts.dtype)
+    grid[flat] = acts.detach()[inside]
+    return grid.view(m, m, -1)
 
 
 def unit_frequencies(grid: torch.Tensor) -> UnitFrequencies:
@@ -302,11 +387,13 @@ def _unit_energy(grid: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor,
     energy = coef.pow(2)
     energy[0, 0] = 0.0  # the mean
     total = energy.sum((0, 1))
-    k = n_frequencies(p)
-    idx = torch.arange(1, p).view(k, 2)  # rows 2k-1, 2k
     per_k = []
-    for i in range(k):
-        r = idx[i]
+    for r in frequency_rows(p):
+        if len(r) == 1:  # Nyquist: cos(pi a) cos(pi b) = cos(pi (a+b)) = cos(pi (a-b))
+            zero = energy[r[0], r[0]] * 0
+            ends = [energy[r[0], 0], energy[0, r[0]], energy[r[0], r[0]], zero]
+            per_k.append(torch.stack(ends, dim=1))
+            continue
         # cos(w(a+b)) = cc - ss, sin(w(a+b)) = sc + cs, cos(w(a-b)) = cc + ss and
         # sin(w(a-b)) = sc - cs: an orthonormal basis of the 4 products after dividing by sqrt 2
         cc, cs, sc, ss = coef[r[0], r[0]], coef[r[0], r[1]], coef[r[1], r[0]], coef[r[1], r[1]]
@@ -332,7 +419,8 @@ class FourierReport:
     """Everything `analyze` measured on one modular model, and the words built from it."""
 
     p: int
-    formula: str  # what the task computes mod p, e.g. "a+b" (the answer c* in the logit fit)
+    formula: str  # the answer c* in the analysis' coordinates, e.g. "a+b", "log a+log b"
+    coordinates: Coordinates
     keys: KeyFrequencies
     neuron_pure_fraction: float  # live MLP neurons >= PURE_THRESHOLD explained by a key freq
     neuron_purity_quantiles: dict[str, float]  # purity at q10, q25, q50, q75, q90
@@ -341,6 +429,7 @@ class FourierReport:
     neuron_keys: tuple[int, ...]  # frequencies with >= KEY_SHARE of it (see `logit_weights`)
     losses: FourierLosses | None
     logits: LogitFit
+    apart: dict[str, float] = field(default_factory=dict)  # inputs outside the coordinates
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -352,22 +441,31 @@ class FourierReport:
         restricted_ok = self.losses is None or self.losses.restricted_accuracy >= 0.99
         return self.keys.sparse and self.logits.explained >= 0.5 and restricted_ok
 
+    @property
+    def _c(self) -> str:
+        return "log c" if self.coordinates.basis == "discrete_log" else "c"
+
     def label(self) -> str:
         freqs = "{" + ", ".join(str(k) for k in self.keys.frequencies) + "}"
+        where = ""
+        if self.coordinates.basis == "discrete_log":
+            where = f" in discrete-log coordinates (g = {self.coordinates.generator})"
         if self.fourier_algorithm:
-            return f"Fourier multiplication, frequencies {freqs}"
-        return f"no clear Fourier circuit (best embedding frequencies {freqs})"
+            return f"Fourier multiplication{where}, frequencies {freqs}"
+        return f"no clear Fourier circuit{where} (best embedding frequencies {freqs})"
 
     def description(self) -> str:
         k = self.keys
+        coords = self.coordinates
         parts = [
+            f"Analysed over {coords.describe()}: frequencies k mean w_k = 2 pi k / {coords.n}.",
             f"Embedding: {len(k.frequencies)} key frequencies hold {k.power_fraction:.0%} of the "
             f"non-constant power of W_E (weakest key / median other = {k.contrast:.1f}x).",
             f"MLP: {self.neuron_pure_fraction:.0%} of live neurons are >= {PURE_THRESHOLD:.0%} "
             f"explained by one key frequency (median purity "
             f"{self.neuron_purity_quantiles.get('q50', 0.0):.2f}); the neurons that move the "
             f"logits cluster on frequencies {{{', '.join(str(f) for f in self.neuron_keys)}}}.",
-            f"Logits: sum_k alpha_k cos(w_k ({self.formula}-c)) explains "
+            f"Logits: sum_k alpha_k cos(w_k ({self.formula}-{self._c})) explains "
             f"{self.logits.explained:.0%} of the logit variance.",
         ]
         if self.losses is not None:
@@ -376,12 +474,19 @@ class FourierReport:
                 f"Loss: full {lo.full:.3g}, restricted to the key frequencies {lo.restricted:.3g}, "
                 f"excluding them (train) {lo.excluded:.3g} vs ln p = {lo.log_p:.3g}."
             )
+        if self.apart:
+            parts.append(
+                f"The {int(self.apart['inputs']):,} inputs with a 0 operand have no logarithm and "
+                f"were left out; the model answers {self.apart['accuracy']:.1%} of them."
+            )
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "p": self.p,
             "formula": self.formula,
+            "coordinates": self.coordinates.to_dict(),
+            "apart": dict(self.apart),
             "label": self.label(),
             "description": self.description(),
             "fourier_algorithm": self.fourier_algorithm,

@@ -19,8 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from circuitlab.extraction.fourier import (
+    ADDITIVE_OPS,
     CHUNK_ELEMENTS,
+    LOG_FORMULAS,
     PURE_THRESHOLD,
+    Coordinates,
     FourierError,
     FourierReport,
     activation_grid,
@@ -39,14 +42,17 @@ BATCH = 4096  # inputs per forward pass
 # --- 4. restricted and excluded loss --------------------------------------------------------
 
 
-def answer_directions(answers: torch.Tensor, p: int, keys: tuple[int, ...]) -> torch.Tensor:
-    """(n, 2K) columns cos(w_k c), sin(w_k c) for the answers c of n inputs (for addition
-    cos/sin(w_k (a+b)), since cos is p-periodic)."""
+def answer_directions(answers: torch.Tensor, n: int, keys: tuple[int, ...]) -> torch.Tensor:
+    """(inputs, <= 2K) columns cos(w_k c), sin(w_k c), w_k = 2 pi k / n, for the answers'
+    coordinates c on Z_n (for addition cos/sin(w_k (a+b)), since cos is n-periodic). A Nyquist
+    key (2k = n) has its cosine only: its sine is zero at every integer."""
     c = answers.to(torch.float64)
     cols = []
     for k in keys:
-        w = 2 * math.pi * k / p
-        cols += [torch.cos(w * c), torch.sin(w * c)]
+        w = 2 * math.pi * k / n
+        cols.append(torch.cos(w * c))
+        if 2 * k != n:
+            cols.append(torch.sin(w * c))
     return torch.stack(cols, dim=1)
 
 
@@ -145,20 +151,27 @@ def fourier_losses(
     keys: tuple[int, ...],
     p: int,
     train_mask: torch.Tensor | None = None,
+    coords: Coordinates | None = None,
 ) -> FourierLosses:
     """Restricted and excluded loss (Nanda et al. 2023, section 5.1) of a one-answer model.
 
     tokens (n, S) are the inputs (normally all p*p pairs), answers (n,) the correct outputs,
-    train_mask (n,) bool the training inputs (all when None). The projection is fitted over all
-    n inputs at once, then patched into `blocks.{L-1}.mlp.hook_post`.
+    train_mask (n,) bool the training inputs (all when None); `keys` are frequencies of
+    `coords` (default: the residues, Z_p), whose coordinates every answer must have. The
+    projection is fitted over all n inputs at once, then patched into
+    `blocks.{L-1}.mlp.hook_post`.
     """
     if len(model.cfg.answer_positions) != 1:
         raise FourierError("restricted/excluded loss needs a model with one answer position")
     if not keys:
         raise FourierError("restricted/excluded loss needs at least one key frequency")
     mask = torch.ones(len(tokens), dtype=torch.bool) if train_mask is None else train_mask.bool()
+    coords = coords or Coordinates.additive(p)
+    at = coords.of(answers)
+    if bool((at < 0).any()):
+        raise FourierError(f"every answer needs a coordinate in {coords.describe()}")
     post = _run(model, tokens)[0]  # (n, F)
-    proj = project_onto(post, answer_directions(answers, p, keys))
+    proj = project_onto(post, answer_directions(at, coords.n, keys))
     mean = post.mean(0, keepdim=True)
     full, _ = _loss_with_post(model, tokens, answers, None)
     # patched batch by batch: no (n, F) patch is held beside `post` and `proj`
@@ -201,7 +214,8 @@ class LogitFit:
 def logit_fourier_fit(
     logits: torch.Tensor, answers: torch.Tensor, keys: tuple[int, ...]
 ) -> LogitFit:
-    """Fit logits (n, p) by sum_k alpha_k cos(w_k (answer - c)) over all n*p entries.
+    """Fit logits (n, m) by sum_k alpha_k cos(w_k (answer - c)) over all n*m entries, w_k =
+    2 pi k / m: the columns and answers are coordinates on Z_m (the residues for addition).
 
     Least squares through the normal equations, accumulated over chunks of rows (the design has
     n*p rows and one column per key, so its Gram matrix is tiny), then the residual in a
@@ -238,6 +252,23 @@ def logit_fourier_fit(
 # --- 6. the whole analysis ------------------------------------------------------------------
 
 
+def coordinates_for(model: Any, task: Any) -> Coordinates:
+    """The coordinates `analyze` reads a modular model in: the residues for add and sub, the
+    discrete logarithms for mul and div (the nonzero residues are Z_(p-1) there), and for any
+    other operation whichever of the two the embedding is sparser in (higher contrast of its
+    key frequencies), since nothing says in advance which group a model found."""
+    p = modulus_of(task)
+    op = getattr(task, "op", None)
+    if op in ADDITIVE_OPS:
+        return Coordinates.additive(p)
+    if op in LOG_FORMULAS:
+        return Coordinates.discrete_log(p)
+    embedding = model.param("embed.W_E")
+    candidates = [Coordinates.additive(p), Coordinates.discrete_log(p)]
+    contrast = [key_frequencies(embedding[list(c.tokens)]).contrast for c in candidates]
+    return candidates[int(contrast[1] > contrast[0])]
+
+
 @torch.no_grad()
 def analyze(
     model: Any,
@@ -245,8 +276,12 @@ def analyze(
     *,
     train_index: np.ndarray | None = None,
     max_keys: int | None = None,
+    coords: Coordinates | None = None,
 ) -> FourierReport:
-    """Run steps 2-6 on a model of a two-operand modular task over all its p*p inputs.
+    """Run steps 2-6 on a model of a two-operand modular task over all its p*p inputs, in the
+    coordinates `coordinates_for` picks (or `coords`). In the discrete-log basis the inputs
+    with a 0 operand have no coordinate: they are left out of steps 3-5 and the model's
+    accuracy on them is reported apart.
 
     train_index: indices into `task.dataset()` the model was trained on (for the excluded loss);
     None measures it on all inputs. Timings (seconds) of each step are recorded.
@@ -258,19 +293,32 @@ def analyze(
             f"model (d_vocab={cfg.d_vocab}, d_vocab_out={cfg.d_vocab_out}, answers at "
             f"{list(cfg.answer_positions)}) does not fit task {task.spec} (p={p}, answer at 2)"
         )
-    formula = OPERATIONS[task.op][0] if getattr(task, "op", None) in OPERATIONS else "c*"
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    coords = coords or coordinates_for(model, task)
+    op = getattr(task, "op", None)
+    formula = OPERATIONS[op][0] if op in OPERATIONS else "c*"
+    if coords.basis == "discrete_log":
+        formula = LOG_FORMULAS.get(op, "log c*")
     data = task.dataset()
     tokens = torch.from_numpy(data.inputs).long()
     answers = torch.from_numpy(data.targets[:, 0]).long()
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    keys = key_frequencies(model.param("embed.W_E")[:p], max_keys=max_keys)
+    # the inputs whose operands (and answer) have coordinates; all of them for addition
+    inside = (coords.of(tokens[:, 0]) >= 0) & (coords.of(tokens[:, 1]) >= 0)
+    inside &= coords.of(answers) >= 0
+    keys = key_frequencies(model.param("embed.W_E")[list(coords.tokens)], max_keys=max_keys)
     timings["key_frequencies"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     post, logits = _run(model, tokens)
-    units = unit_frequencies(activation_grid(post, data.inputs, p))
+    apart: dict[str, float] = {}
+    if not bool(inside.all()):
+        outside = ~inside
+        correct = logits[outside].argmax(-1) == answers[outside]
+        apart = {"inputs": float(outside.sum()), "accuracy": float(correct.float().mean())}
+    post, logits = post[inside], logits[inside]
+    tokens, answers = tokens[inside], answers[inside]
+    units = unit_frequencies(activation_grid(post, tokens, p, coords=coords))
     live = units.variance > 0
     purity = units.purity[live]
     qs = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -291,18 +339,21 @@ def analyze(
     if len(model.cfg.answer_positions) == 1:
         mask = None
         if train_index is not None:
-            mask = torch.zeros(len(tokens), dtype=torch.bool)
+            mask = torch.zeros(len(inside), dtype=torch.bool)
             mask[torch.as_tensor(train_index, dtype=torch.long)] = True
-        losses = fourier_losses(model, tokens, answers, keys.frequencies, p, mask)
+            mask = mask[inside]
+        losses = fourier_losses(model, tokens, answers, keys.frequencies, p, mask, coords)
     timings["restricted_excluded_loss"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fit = logit_fourier_fit(logits, answers, keys.frequencies)
+    order = torch.tensor(coords.tokens, dtype=torch.long)
+    fit = logit_fourier_fit(logits[:, order], coords.of(answers), keys.frequencies)
     timings["logit_fit"] = time.perf_counter() - t0
 
     return FourierReport(
         p=p,
         formula=formula,
+        coordinates=coords,
         keys=keys,
         neuron_pure_fraction=units.pure_fraction(PURE_THRESHOLD, keys.frequencies),
         neuron_purity_quantiles=quantiles,
@@ -311,5 +362,6 @@ def analyze(
         neuron_keys=keys_by_share(shares),
         losses=losses,
         logits=fit,
+        apart=apart,
         timings=timings,
     )

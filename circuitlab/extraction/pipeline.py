@@ -109,18 +109,18 @@ def _plot_sufficiency(curve: list[dict[str, float]], chosen: int, total: int, pa
 
 
 def _circuit_fourier(
-    model, task, tc, tokens, keep, ref
+    model, task, tc, tokens, keep, ref, coords
 ) -> tuple[dict[tuple[int, int], dict[str, Any]], tuple[int, ...]]:
     """Each circuit feature's dominant frequency and purity, and the key frequencies the
     circuit computes: dominant frequencies weighted by how much each feature moves the logits
     (activation spread x direct logit effect), so rare or weak features do not name frequencies.
-    Modular tasks only; found from the circuit alone, independent of the embedding."""
+    Modular tasks only, in the report's coordinates; found from the circuit alone, independent
+    of the embedding. A feature is labelled with its frequency only at purity >=
+    PURE_THRESHOLD; below, "mixed" names the closest one."""
     from circuitlab.extraction import fourier
 
-    try:
-        p = fourier.modulus_of(task)
-    except fourier.FourierError:
-        return {}, ()
+    p = fourier.modulus_of(task)
+    inside = (coords.of(tokens[:, 0]) >= 0) & (coords.of(tokens[:, 1]) >= 0)
     labels: dict[tuple[int, int], dict[str, Any]] = {}
     shares: dict[int, float] = {}
     last = tc.n_layers - 1
@@ -129,17 +129,27 @@ def _circuit_fourier(
         idx = mask.nonzero().flatten()
         if len(idx) == 0 or last - layer >= tc.n_targets(layer):
             continue
-        acts = ref.acts[layer][:, -1][:, idx]  # the answer position (`=`, the last row)
-        units = fourier.unit_frequencies(fourier.activation_grid(acts, tokens, p))
+        acts = ref.acts[layer][:, -1][:, idx][inside]  # the answer position (`=`, the last row)
+        grid = fourier.activation_grid(acts, tokens[inside], p, coords=coords)
+        units = fourier.unit_frequencies(grid)
         weights = fourier.logit_weights(acts, tc.decoder(layer, last)[idx], w_u)
         for k, share in fourier.frequency_shares(units, weights).items():
             shares[k] = shares.get(k, 0.0) + share * float(weights.sum())
         for j, f in enumerate(idx.tolist()):
+            k, purity = int(units.dominant[j]), float(units.purity[j])
+            if k == 0:
+                label = "constant"
+            elif purity >= fourier.PURE_THRESHOLD:
+                label = f"k={k} (purity {purity:.2f})"
+            else:
+                label = f"mixed (closest k={k}, purity {purity:.2f})"
             labels[(layer, f)] = {
-                "dominant_frequency": int(units.dominant[j]),
-                "purity": float(units.purity[j]),
+                "dominant_frequency": k if purity >= fourier.PURE_THRESHOLD else None,
+                "closest_frequency": k,
+                "purity": purity,
                 "sum_share": float(units.sum_share[j]),
                 "logit_weight": float(weights[j]),
+                "label": label,
             }
     return labels, fourier.keys_by_share(shares)
 
@@ -254,12 +264,15 @@ def extract(
         say(
             "circuit",
             f"{faith.n_features}/{faith.n_features_total} features: sufficiency "
-            f"{faith.sufficiency_accuracy:.4f}, necessity {faith.necessity_accuracy:.4f}",
+            f"{faith.sufficiency_accuracy:.4f}, necessity drop {faith.necessity_drop:.4f} "
+            f"(accuracy {faith.necessity_accuracy:.4f} ablated)",
         )
 
         say("interpret", "interpreting the circuit")
-        interpretation, fourier_report = _interpret(model, task, info)
-        feature_labels, found = _circuit_fourier(model, task, tc, tokens, keep, ref)
+        interpretation, fourier_report, coords = _interpret(model, task, info)
+        feature_labels, found = {}, ()
+        if coords is not None:
+            feature_labels, found = _circuit_fourier(model, task, tc, tokens, keep, ref, coords)
         if fourier_report is not None:
             from circuitlab.extraction.fourier import key_f1
 
@@ -367,21 +380,29 @@ def extract(
             catalog.close()
 
 
-def _interpret(model, task, info) -> tuple[dict[str, str], dict[str, Any] | None]:
+def _interpret(model, task, info) -> tuple[dict[str, str], dict[str, Any] | None, Any]:
+    """(interpretation, the analysis' report as JSON, the Fourier coordinates or None)."""
     from circuitlab.extraction import fourier, fourier_fits
 
     try:
         fourier.modulus_of(task)
     except fourier.FourierError:
-        return {"label": f"circuit for {task.spec}", "description": "", "method": "auto"}, None
-    recipe = info.config.get("recipe", {})
-    split = task.split(recipe.get("train_fraction", 0.3), info.config.get("seed", 0))
+        none = {
+            "label": f"circuit for {task.spec}",
+            "description": f"No mechanistic analysis exists for {task.spec}'s task family; "
+            "nothing here claims a mechanism. The circuit's features are described by their "
+            "top inputs and output effects (examples).",
+            "method": "none",
+        }
+        return none, None, None
+    split = task.split(info.recipe.train_fraction, info.seed)
     report = fourier_fits.analyze(model, task, train_index=split.train_index)
-    return {
+    interpretation = {
         "label": report.label(),
         "description": report.description(),
         "method": "fourier",
-    }, report.to_dict()
+    }
+    return interpretation, report.to_dict(), report.coordinates
 
 
 def _examples(model, task, tc, tokens, keep, importance, ref, n_features: int = 8) -> list[dict]:

@@ -180,8 +180,7 @@ def catalog_records(
                 "importance": float(importance[layer, f]),
                 **feature_labels.get((layer, f), {}),
             }
-            k = stats.get("dominant_frequency")
-            label = f"k={k} (purity {stats['purity']:.2f})" if k else f"L{layer} F{f}"
+            label = stats.pop("label", None) or f"L{layer} F{f}"
             feature = Feature(
                 model=model_id,
                 node_type="feature",
@@ -228,10 +227,9 @@ def catalog_records(
                 weight=float(w[t, s]),
             )
         )
-    full = max(faith.full_accuracy, 1e-12)
     metrics = Metrics(
-        sufficiency=faith.sufficiency_accuracy / full,
-        necessity=1.0 - faith.necessity_accuracy / full,
+        sufficiency=faith.sufficiency,
+        necessity=faith.necessity_drop,
         ablation=faith.ablation,
         accuracy=faith.sufficiency_accuracy,
         replacement_score=float(scores.replacement.mean()),

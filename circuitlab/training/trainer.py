@@ -69,6 +69,13 @@ class RunSpec:
     mask: Path | None = None
     parent: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        # paths given as strings (the natural thing in a script) work like Paths
+        for name in ("run_dir", "init", "mask"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+
     def model_config(self) -> ModelConfig:
         return ModelConfig.for_task(get_task(self.task), **self.recipe.model)
 

@@ -28,7 +28,7 @@ COLUMNS = [
     ("features", "features"),
     ("edges", "edges"),
     ("sufficiency", "sufficiency"),
-    ("necessity", "necessity"),
+    ("necessity", "necessity drop"),
     ("tags", "tags"),
     ("interface", "interface"),
     ("lineage", "lineage"),
@@ -76,7 +76,7 @@ def layout(explorer: Explorer) -> html.Div:
                         domains, id="f-domain", placeholder="domain", style={"width": 160}
                     ),
                     dcc.Input(id="f-suff", placeholder="min sufficiency", **number),
-                    dcc.Input(id="f-nec", placeholder="min necessity", **number),
+                    dcc.Input(id="f-nec", placeholder="min necessity drop", **number),
                     html.Span("order by", className="muted"),
                     dcc.Dropdown(
                         ["id", "task", *metrics],

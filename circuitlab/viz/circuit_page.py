@@ -70,7 +70,7 @@ def layout(explorer: Explorer, circuit_id: str, search: str) -> html.Div:
         f"task {record.task}",
         f"{len(record.nodes)} nodes, {len(record.edges)} edges",
         f"sufficiency {m.sufficiency:.3f}" if m.sufficiency is not None else "",
-        f"necessity {m.necessity:.3f}" if m.necessity is not None else "",
+        f"necessity drop {m.necessity:.3f}" if m.necessity is not None else "",
         record.interface.signature or "" if record.interface else "",
     ]
     run = record.metadata.source_run

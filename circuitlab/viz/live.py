@@ -164,8 +164,11 @@ class LiveCircuits:
             ]
             grid = spectrum = None
             try:
+                from circuitlab.extraction.fourier_fits import coordinates_for
+
                 p = fourier.modulus_of(task)
-                g = fourier.activation_grid(acts[:, None], loaded.tokens, p)
+                coords = coordinates_for(model, task)  # discrete logs for mul and div
+                g = fourier.activation_grid(acts[:, None], loaded.tokens, p, coords=coords)
                 grid = g[..., 0].numpy()
                 spectrum = fourier.unit_frequencies(g).explained[0].numpy()
             except fourier.FourierError:

@@ -38,10 +38,14 @@ def test_basis_is_orthonormal_and_named():
     assert names[:3] == ["const", "cos 1", "sin 1"] and names[-1] == f"sin {(P - 1) // 2}"
 
 
-@pytest.mark.parametrize("p", [2, 10, 1])
-def test_basis_refuses_even_or_tiny_p(p):
-    with pytest.raises(fo.FourierError, match="odd"):
-        fo.fourier_basis(p)
+def test_even_basis_ends_with_the_nyquist_cosine():
+    # Z_(p-1), the discrete-log coordinates, has even order: cos(pi x) alone closes the basis
+    basis, names = fo.fourier_basis(10)
+    assert torch.allclose(basis @ basis.T, torch.eye(10, dtype=basis.dtype), atol=1e-12)
+    assert names[-1] == "cos 5" and fo.frequency_rows(10)[-1] == [9]
+    assert len(fo.frequency_rows(10)) == fo.n_frequencies(10) == 5
+    with pytest.raises(fo.FourierError, match="n >= 2"):
+        fo.fourier_basis(1)
 
 
 @pytest.mark.parametrize(
@@ -301,3 +305,76 @@ def test_analyze_refuses_non_modular_tasks(grokked):
         ff.analyze(model, get_task("s3_compose"))
     with pytest.raises(fo.FourierError, match="does not fit task add_mod_13"):
         ff.analyze(model, get_task("add_mod_13"))
+
+
+# --- multiplicative tasks: the discrete-log coordinates ---------------------------------------
+
+
+def _independent_primitive_root(p: int) -> int:
+    """The smallest g whose powers reach every nonzero residue (by enumeration)."""
+    return next(g for g in range(2, p) if len({pow(g, i, p) for i in range(p - 1)}) == p - 1)
+
+
+@pytest.mark.parametrize("p", [7, 23, 31, 97, 113])
+def test_discrete_log_coordinates(p):
+    coords = fo.Coordinates.discrete_log(p)
+    g = _independent_primitive_root(p)
+    assert coords.generator == g and coords.n == p - 1
+    residues = torch.arange(p)
+    logs = coords.of(residues)
+    assert int(logs[0]) == -1  # 0 has no logarithm
+    for t in range(1, p):
+        assert pow(g, int(logs[t]), p) == t
+
+
+def test_log_planted_embedding_is_found_in_log_coordinates_only():
+    # an embedding that is a wave in log(t): flat in token order, one frequency in log order
+    p, k = 31, 4
+    coords = fo.Coordinates.discrete_log(p)
+    logs = coords.of(torch.arange(1, p)).to(torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    u, v = torch.randn(2, 16, generator=gen, dtype=torch.float64)
+    emb = torch.zeros(p, 16, dtype=torch.float64)
+    w = 2 * math.pi * k / (p - 1)
+    emb[1:] = torch.cos(w * logs)[:, None] * u + torch.sin(w * logs)[:, None] * v
+    emb += 1e-3 * torch.randn(p, 16, generator=gen, dtype=torch.float64)
+    in_logs = fo.key_frequencies(emb[list(coords.tokens)])
+    assert in_logs.frequencies == (k,) and in_logs.sparse
+    assert not fo.key_frequencies(emb).sparse
+
+
+@pytest.fixture(scope="module")
+def grokked_mul(tmp_path_factory):
+    from circuitlab.training import RunSpec, get_recipe, load_run, train_stack
+
+    run_dir = tmp_path_factory.mktemp("fourier_mul") / "run"
+    recipe = get_recipe("fast").replace(max_steps=3000)  # groks mul_mod_31 near step 1,750
+    threads = torch.get_num_threads()
+    try:
+        (result,) = train_stack([RunSpec("mul_mod_31", recipe, 0, run_dir)], threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.grokked_at is not None, "the test model did not grok"
+    _, model = load_run(run_dir)
+    task = get_task("mul_mod_31")
+    split = task.split(recipe.train_fraction, 0)
+    return model, task, ff.analyze(model, task, train_index=split.train_index)
+
+
+def test_grokked_mul_is_fourier_in_discrete_logs(grokked_mul):
+    model, task, report = grokked_mul
+    p = task.p
+    # ground truth computed here: re-index the embedding by g^i and take numpy's DFT
+    g = _independent_primitive_root(p)
+    emb = model.param("embed.W_E").detach().double().numpy()[[pow(g, i, p) for i in range(p - 1)]]
+    power = (np.abs(np.fft.rfft(emb - emb.mean(0), axis=0)) ** 2).sum(1)[1:]
+    top = sorted((np.argsort(power)[::-1][: len(report.keys.frequencies)] + 1).tolist())
+    assert report.coordinates.basis == "discrete_log" and report.coordinates.generator == g
+    assert fo.key_f1(report.keys.frequencies, tuple(top)) == 1.0 and report.keys.sparse
+    losses = report.losses
+    assert losses.restricted < losses.full and losses.excluded > losses.log_p
+    assert "discrete-log" in report.label() and "log c" in report.description()
+    assert report.apart["inputs"] == 2 * p - 1  # a = 0 or b = 0
+    # in token order the same embedding has no clear key set (the old, wrong reading)
+    additive = ff.analyze(model, task, coords=fo.Coordinates.additive(p))
+    assert not additive.fourier_algorithm

@@ -45,6 +45,11 @@ def test_extract_writes_artifacts_and_catalog(run_dir, tmp_path):
         assert record.task == "add_mod_13"
         assert record.metrics.n_examples == 169
         assert record.metrics.accuracy == pytest.approx(circuit["sufficiency_accuracy"])
+        # one meaning of necessity: the catalog's is the drop summary.json names as such
+        drop = 1 - circuit["necessity_accuracy"] / circuit["full_accuracy"]
+        assert circuit["necessity_drop"] == pytest.approx(drop)
+        assert record.metrics.necessity == pytest.approx(drop)
+        assert record.metrics.extra["necessity_accuracy"] == circuit["necessity_accuracy"]
         assert [port.domain for port in record.interface.inputs] == ["Z_13", "Z_13"]
         assert record.interface.output.domain == "Z_13"
         assert record.examples and all(len(e.tokens) == 3 for e in record.examples)
