@@ -7,7 +7,7 @@ plus the largest QK pair terms of a prompt for reading attention-score attributi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 from circuitlab.extraction.graph import ERROR, FEATURE, TOKEN, AttributionGraph, prune
 
 SCHEMA_VERSION = 1
+INDEX_FILE = "graph-metadata.json"  # {"graphs": [each graph's metadata]}: the frontend's list
 
 
 def _cantor(x: int, y: int) -> int:
@@ -52,13 +53,16 @@ def to_circuit_tracer_json(
     scan: str = "circuitlab",
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
+    clerps: Mapping[tuple[int, int, int], str] | None = None,
 ) -> dict[str, Any]:
     """The pruned graph of prompt `index` as circuit-tracer's frontend graph JSON (schema 1).
 
     Node ids follow circuit-tracer: feature "{layer}_{feat}_{pos}", error "0_{layer}_{pos}",
     token "E_{token}_{pos}", logit "{L+1}_{token}_{pos}". `influence` is each node's cumulative
-    influence fraction, as circuit-tracer writes it.
+    influence fraction, as circuit-tracer writes it. `clerps` labels feature nodes by
+    (layer, position, feature).
     """
+    clerps = clerps or {}
     if not 0 <= index < graph.n_prompts:
         raise IndexError(f"graph index must be in [0, {graph.n_prompts}), got {index}")
     tok_names = list(token_names) if token_names is not None else None
@@ -97,6 +101,7 @@ def to_circuit_tracer_json(
                 f"{layer}_{feat}-0",
                 influence=cum[i],
                 activation=float(graph.activations[index, i]),
+                clerp=clerps.get((layer, pos, feat), ""),
             )
         elif kind == ERROR:
             layer, pos = divmod(i - graph.error_start, graph.n_pos)

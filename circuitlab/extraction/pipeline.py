@@ -285,6 +285,8 @@ def extract(
             )
             say("interpret", f"{interpretation['label']}; circuit features: {found}")
         examples = _examples(model, task, tc, tokens, keep, importance, ref)
+        example_graphs = totals.example_graphs()
+        clerps = _clerps(example_graphs, model, task, tokens, ref, feature_labels)
         stats = None  # resample ablation has no summary to run new inputs with
         if config.ablation in ("mean", "zero"):
             stats = circ.AblationStats.of(ref, config.ablation)
@@ -354,7 +356,7 @@ def extract(
             artifact=artifact,
         )
         circuit_record = records[-1]
-        graph_files = _write_graphs(totals.example_graphs(), task, partial)
+        graph_files = _write_graphs(example_graphs, task, partial, clerps)
         Circuit.write(circuit_record, partial)
         _plot_sufficiency(
             faith.curve, faith.n_features, faith.n_features_total, partial / "sufficiency.png"
@@ -437,19 +439,53 @@ def _example_index(n_prompts: int, n: int) -> list[int]:
     return list(range(0, min(n_prompts, step * n), step))
 
 
-def _write_graphs(graph, task, directory: Path) -> list[Path]:
-    """Every prompt of `graph` (the example prompts' graphs) as circuit-tracer graph JSON."""
+def _clerps(graph, model, task, tokens, ref, feature_labels) -> dict[tuple[int, int, int], str]:
+    """A label (circuit-tracer's `clerp`) for every feature node of the example graphs, keyed
+    (layer, position, feature): the circuit's own label (frequency and purity, or "mixed") for
+    circuit features, then the input it fires on most at that position over all inputs."""
+    from circuitlab.extraction.interpret import render_input
+
+    if graph is None:
+        return {}
+    answers = list(model.cfg.answer_positions)
+    last = model.cfg.n_layers - 1
+    slots = graph.features.shape[1]  # the first nodes of every prompt's graph are features
+    real = graph.node_mask[:, :slots]
+    found = graph.features[real].reshape(-1, 3).unique(dim=0).tolist()
+    out: dict[tuple[int, int, int], str] = {}
+    for layer, pos, f in found:
+        row = answers.index(pos) if layer == last and pos in answers else pos
+        if layer == last and pos not in answers:
+            continue  # the last layer runs at the answer positions only
+        acts = ref.acts[layer][:, row, f]
+        top = int(acts.argmax())
+        fires = (
+            f'fires most on "{render_input(task, tokens[top].tolist())}" ({float(acts[top]):.3g})'
+        )
+        own = feature_labels.get((layer, f), {}).get("label")
+        out[(layer, pos, f)] = f"{own}; {fires}" if own else f"L{layer} F{f}: {fires}"
+    return out
+
+
+def _write_graphs(graph, task, directory: Path, clerps) -> list[Path]:
+    """Every prompt of `graph` (the example prompts' graphs) as circuit-tracer graph JSON, with
+    the index `graph-metadata.json` circuit-tracer's frontend reads to list them."""
     out = directory / "graphs"
     out.mkdir()
-    written = []
+    written, index_entries = [], []
     names = task.token_names()
     outputs = task.output_names()
     for index in range(graph.n_prompts if graph is not None else 0):
         toks = graph.tokens[index].tolist()
         slug = f"{task.spec}-" + "-".join(names[t] for t in toks)
         data = graph_json.to_circuit_tracer_json(
-            graph, index, slug=slug, token_names=names, output_names=outputs
+            graph, index, slug=slug, token_names=names, output_names=outputs, clerps=clerps
         )
-        # a task spec may hold `/` (synth_mod_7[a/b+c]): one file, named like a run directory
-        written.append(graph_json.write_graph_json(out / f"{safe_name(slug)}.json", data))
+        # a task spec may hold `/` (synth_mod_7[a/b+c]): one file, named like a run directory;
+        # the frontend fetches `{slug}.json`, so the slug it is given is the file's name
+        name = safe_name(slug)
+        data["metadata"]["slug"] = name
+        written.append(graph_json.write_graph_json(out / f"{name}.json", data))
+        index_entries.append(data["metadata"])
+    graph_json.write_graph_json(out / graph_json.INDEX_FILE, {"graphs": index_entries})
     return written

@@ -178,6 +178,71 @@ def test_brackets_and_slashes_in_names_are_data(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "mk[/x]" in res.stdout
-    graphs = sorted((run / "extraction" / "graphs").iterdir())
+    folder = run / "extraction" / "graphs"
+    graphs = sorted(p for p in folder.iterdir() if p.name != "graph-metadata.json")
     assert graphs and all(g.name.startswith("synth_mod_5[a%2Fb+c]-") for g in graphs)
-    assert json.loads(graphs[0].read_text())["metadata"]["slug"].startswith("synth_mod_5[a/b+c]-")
+    # the frontend fetches `{slug}.json`: the slug is the file's (escaped) name
+    assert json.loads(graphs[0].read_text())["metadata"]["slug"] == graphs[0].stem
+
+
+def test_graph_folder_opens_in_circuit_tracers_frontend(run_dir, tmp_path):
+    # circuit-tracer's frontend lists graph-metadata.json's "graphs", fetches `{slug}.json`
+    # and validates it with these pydantic models (circuit_tracer/frontend/graph_models.py,
+    # fields as in circuit-tracer 0.5; the package itself cannot be installed beside ours)
+    from pydantic import BaseModel
+
+    class Metadata(BaseModel):
+        slug: str
+        scan: str
+        transcoder_list: list[str]
+        prompt_tokens: list[str]
+        prompt: str
+        node_threshold: float | None = None
+        schema_version: int | None = 1
+
+    class QParams(BaseModel):
+        pinnedIds: list[str]
+        supernodes: list[list[str]]
+        linkType: str
+        clickedId: str
+        sg_pos: str
+
+    class Node(BaseModel):
+        node_id: str
+        feature: int
+        layer: str
+        ctx_idx: int
+        feature_type: str
+        token_prob: float = 0.0
+        is_target_logit: bool = False
+        run_idx: int = 0
+        reverse_ctx_idx: int = 0
+        jsNodeId: str
+        clerp: str = ""
+        influence: float | None = None
+        activation: float | None = None
+
+    class Link(BaseModel):
+        source: str
+        target: str
+        weight: float
+
+    class Model(BaseModel):
+        metadata: Metadata
+        qParams: QParams
+        nodes: list[Node]
+        links: list[Link]
+
+    extract(run_dir, None, CONFIG, write_catalog=False)
+    folder = run_dir / "extraction" / "graphs"
+    index = json.loads((folder / "graph-metadata.json").read_text())
+    listed = [Metadata(**m).slug for m in index["graphs"]]
+    files = sorted(p.stem for p in folder.glob("*.json") if p.name != "graph-metadata.json")
+    assert sorted(listed) == files and files
+    for slug in listed:
+        graph = Model(**json.loads((folder / f"{slug}.json").read_text()))
+        assert graph.metadata.slug == slug
+        ids = {n.node_id for n in graph.nodes}
+        assert all(link.source in ids and link.target in ids for link in graph.links)
+        features = [n for n in graph.nodes if n.feature_type == "cross layer transcoder"]
+        assert features and all(n.clerp for n in features)  # every feature is labelled
