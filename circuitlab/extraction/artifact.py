@@ -19,7 +19,6 @@ the mean reconstruction error); mode "model" runs the full model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from circuitlab.catalog import records as rec
 from circuitlab.extraction.circuit import AblationStats
+from circuitlab.training.rundir import sha256_file  # re-exported: the artifact's file hashes
 
 CIRCUIT_FILE = "circuit.json"
 ABLATION_FILE = "ablation.safetensors"
@@ -41,14 +41,6 @@ _GRID = re.compile(r"grid\[(\d+)x(\d+)\]")
 
 class CircuitLoadError(ValueError):
     """A circuit that cannot be loaded or run: unknown id, missing or changed files."""
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _verified(path: Path, expected: str, what: str, circuit_id: str) -> Path:

@@ -6,9 +6,8 @@ import pytest
 
 from circuitlab.extraction.pipeline import ExtractConfig, extract
 from circuitlab.extraction.transcoder import TranscoderConfig
-from circuitlab.training import RunSpec, get_recipe, read_run, train_stack
+from circuitlab.training import read_run
 
-SMALL = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64)
 CONFIG = ExtractConfig(transcoder=TranscoderConfig(n_features=32, steps=80, batch_size=128))
 
 
@@ -22,11 +21,8 @@ def circuitlab(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "add13"
-    recipe = get_recipe("fast").replace(train_fraction=0.6, max_steps=150, model=SMALL)
-    train_stack([RunSpec("add_mod_13", recipe, 0, run)], threads=1)
-    return run
+def run_dir(small_run):
+    return small_run("add_mod_13", 150, "add13")
 
 
 def test_prune_extract_compare(run_dir, tmp_path):

@@ -17,19 +17,15 @@ from circuitlab.extraction.pipeline import ExtractConfig, extract
 from circuitlab.extraction.transcoder import TranscoderConfig
 from circuitlab.models import ModelConfig
 from circuitlab.tasks import get_task
-from circuitlab.training import RunSpec, get_recipe, load_run, train_stack
+from circuitlab.training import load_run
 
-SMALL = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64)
 CONFIG = ExtractConfig(transcoder=TranscoderConfig(n_features=32, steps=40, batch_size=64))
 GIB = 1024**3
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "add7"
-    recipe = get_recipe("fast").replace(train_fraction=0.6, max_steps=20, model=SMALL)
-    train_stack([RunSpec("add_mod_7", recipe, 0, run)], threads=1)
-    return run
+def run_dir(small_run):
+    return small_run("add_mod_7", 20, "add7")
 
 
 @pytest.fixture

@@ -15,11 +15,8 @@ CONFIG = ExtractConfig(transcoder=TranscoderConfig(n_features=32, steps=80, batc
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "add13"
-    recipe = get_recipe("fast").replace(train_fraction=0.6, max_steps=150, model=SMALL)
-    train_stack([RunSpec("add_mod_13", recipe, 0, run)], threads=1)
-    return run
+def run_dir(small_run):
+    return small_run("add_mod_13", 150, "add13")
 
 
 def test_extract_writes_artifacts_and_catalog(run_dir, tmp_path):

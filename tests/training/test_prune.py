@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from circuitlab.models import Transformer
 from circuitlab.tasks import get_task
-from circuitlab.training import RunSpec, get_recipe, load_run, read_run, train_stack
+from circuitlab.training import load_run, read_run
 from circuitlab.training.derived import evaluate
 from circuitlab.training.prune import (
     PruneConfig,
@@ -19,15 +19,10 @@ from circuitlab.training.prune import (
 )
 from circuitlab.training.structured import ablation_importance, neuron_means, unit_masks
 
-SMALL = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64)
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "add11"
-    recipe = get_recipe("fast").replace(train_fraction=0.6, max_steps=200, model=SMALL)
-    train_stack([RunSpec("add_mod_11", recipe, 0, run)], threads=1)
-    return run
+def run_dir(small_run):
+    return small_run("add_mod_11", 200, "add11")
 
 
 def test_magnitude_masks_by_hand():
