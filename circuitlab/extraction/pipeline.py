@@ -33,8 +33,8 @@ import torch
 
 from circuitlab._atomic import replace_dir, write_json_atomic
 from circuitlab.catalog.records import Artifact
+from circuitlab.extraction import analysis, graph_json, memory
 from circuitlab.extraction import circuit as circ
-from circuitlab.extraction import graph_json, memory
 from circuitlab.extraction.activations import mlp_activations, task_tokens
 from circuitlab.extraction.aggregate import GraphTotals
 from circuitlab.extraction.artifact import ABLATION_FILE, Circuit, sha256_file
@@ -106,52 +106,6 @@ def _plot_sufficiency(curve: list[dict[str, float]], chosen: int, total: int, pa
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _circuit_fourier(
-    model, task, tc, tokens, keep, ref, coords
-) -> tuple[dict[tuple[int, int], dict[str, Any]], tuple[int, ...]]:
-    """Each circuit feature's dominant frequency and purity, and the key frequencies the
-    circuit computes: dominant frequencies weighted by how much each feature moves the logits
-    (activation spread x direct logit effect), so rare or weak features do not name frequencies.
-    Modular tasks only, in the report's coordinates; found from the circuit alone, independent
-    of the embedding. A feature is labelled with its frequency only at purity >=
-    PURE_THRESHOLD; below, "mixed" names the closest one."""
-    from circuitlab.extraction import fourier
-
-    p = fourier.modulus_of(task)
-    inside = (coords.of(tokens[:, 0]) >= 0) & (coords.of(tokens[:, 1]) >= 0)
-    labels: dict[tuple[int, int], dict[str, Any]] = {}
-    shares: dict[int, float] = {}
-    last = tc.n_layers - 1
-    w_u = model.param("unembed.W_U")
-    for layer, mask in enumerate(keep):
-        idx = mask.nonzero().flatten()
-        if len(idx) == 0 or last - layer >= tc.n_targets(layer):
-            continue
-        acts = ref.acts[layer][:, -1][:, idx][inside]  # the answer position (`=`, the last row)
-        grid = fourier.activation_grid(acts, tokens[inside], p, coords=coords)
-        units = fourier.unit_frequencies(grid)
-        weights = fourier.logit_weights(acts, tc.decoder(layer, last)[idx], w_u)
-        for k, share in fourier.frequency_shares(units, weights).items():
-            shares[k] = shares.get(k, 0.0) + share * float(weights.sum())
-        for j, f in enumerate(idx.tolist()):
-            k, purity = int(units.dominant[j]), float(units.purity[j])
-            if k == 0:
-                label = "constant"
-            elif purity >= fourier.PURE_THRESHOLD:
-                label = f"k={k} (purity {purity:.2f})"
-            else:
-                label = f"mixed (closest k={k}, purity {purity:.2f})"
-            labels[(layer, f)] = {
-                "dominant_frequency": k if purity >= fourier.PURE_THRESHOLD else None,
-                "closest_frequency": k,
-                "purity": purity,
-                "sum_share": float(units.sum_share[j]),
-                "logit_weight": float(weights[j]),
-                "label": label,
-            }
-    return labels, fourier.keys_by_share(shares)
 
 
 def extract(
@@ -269,27 +223,15 @@ def extract(
         )
 
         say("interpret", "interpreting the circuit")
-        interpretation, fourier_report, coords = _interpret(model, task, info)
-        feature_labels, found = {}, ()
-        if coords is not None:
-            feature_labels, found = _circuit_fourier(model, task, tc, tokens, keep, ref, coords)
-        if fourier_report is not None:
-            from circuitlab.extraction.fourier import key_f1
-
-            dft = tuple(fourier_report["keys"]["frequencies"])
-            fourier_report["circuit_frequencies"] = list(found)
-            fourier_report["circuit_vs_embedding_f1"] = key_f1(found, dft)
-            interpretation["description"] += (
-                f" Circuit features compute frequencies {{{', '.join(map(str, found))}}} "
-                f"(F1 {fourier_report['circuit_vs_embedding_f1']:.2f} against the embedding DFT)."
-            )
-            say("interpret", f"{interpretation['label']}; circuit features: {found}")
-        examples = _examples(model, task, tc, tokens, keep, importance, ref)
-        example_graphs = totals.example_graphs()
-        clerps = _clerps(example_graphs, model, task, tokens, ref, feature_labels)
         stats = None  # resample ablation has no summary to run new inputs with
         if config.ablation in ("mean", "zero"):
             stats = circ.AblationStats.of(ref, config.ablation)
+        found = analysis.analyze(model, task, info, tc, tokens, keep, ref, stats)
+        interpretation, feature_labels = found.interpretation, found.feature_labels
+        say("interpret", found.headline)
+        examples = _examples(model, task, tc, tokens, keep, importance, ref)
+        example_graphs = totals.example_graphs()
+        clerps = _clerps(example_graphs, model, task, tokens, ref, feature_labels)
         del ref  # every input's activations: not held through the interface's own passes
         memory.release()
         say("interface", "inferring the interface")
@@ -315,7 +257,7 @@ def extract(
             },
             "circuit": {k: v for k, v in faith.to_dict().items() if k != "curve"},
             "interpretation": interpretation,
-            "fourier": fourier_report,
+            **found.reports,
             "interface": interface.to_dict(),
             "examples": examples,
             "config": config.to_dict(),
@@ -380,31 +322,6 @@ def extract(
     finally:
         if catalog is not None:
             catalog.close()
-
-
-def _interpret(model, task, info) -> tuple[dict[str, str], dict[str, Any] | None, Any]:
-    """(interpretation, the analysis' report as JSON, the Fourier coordinates or None)."""
-    from circuitlab.extraction import fourier, fourier_fits
-
-    try:
-        fourier.modulus_of(task)
-    except fourier.FourierError:
-        none = {
-            "label": f"circuit for {task.spec}",
-            "description": f"No mechanistic analysis exists for {task.spec}'s task family; "
-            "nothing here claims a mechanism. The circuit's features are described by their "
-            "top inputs and output effects (examples).",
-            "method": "none",
-        }
-        return none, None, None
-    split = task.split(info.recipe.train_fraction, info.seed)
-    report = fourier_fits.analyze(model, task, train_index=split.train_index)
-    interpretation = {
-        "label": report.label(),
-        "description": report.description(),
-        "method": "fourier",
-    }
-    return interpretation, report.to_dict(), report.coordinates
 
 
 def _examples(model, task, tc, tokens, keep, importance, ref, n_features: int = 8) -> list[dict]:

@@ -180,6 +180,10 @@ def test_brackets_and_slashes_in_names_are_data(tmp_path):
     assert graphs and all(g.name.startswith("synth_mod_5[a%2Fb+c]-") for g in graphs)
     # the frontend fetches `{slug}.json`: the slug is the file's (escaped) name
     assert json.loads(graphs[0].read_text())["metadata"]["slug"] == graphs[0].stem
+    # a family with no mechanistic analysis says so and claims no mechanism
+    interpretation = json.loads((run / "extraction" / "summary.json").read_text())["interpretation"]
+    assert interpretation["method"] == "none"
+    assert "no mechanistic analysis" in interpretation["label"]
 
 
 def test_graph_folder_opens_in_circuit_tracers_frontend(run_dir, tmp_path):
