@@ -26,6 +26,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "explorer": [],
     "memory": [],
     "interpret": [],
+    "groups": [],
+    "cellmap": [],
     "transcoder": [],
     "attribution": ["--train", "256"],
     "faults": [],
