@@ -203,50 +203,74 @@ class LiveCircuits:
 
 
 def default_values(record: rec.Circuit) -> tuple[int, ...]:
-    """Port values of the circuit's first stored example (else zeros): the input the graph view
-    opens with."""
+    """Port values of the circuit's first stored example (else zeros), one per token position
+    of every port (a grid port gives its cells row-major): the input the graph view opens with."""
     if record.interface is None:
         return ()
-    ports = record.interface.inputs
+    positions = [i for p in record.interface.inputs for i in p.all_positions()]
     if record.examples:
         tokens = record.examples[0].tokens
         try:
-            return tuple(tokens[p.position] for p in ports)
+            return tuple(tokens[i] for i in positions)
         except IndexError:
             pass
-    return tuple(0 for _ in ports)
+    return tuple(0 for _ in positions)
 
 
 def parse_values(record: rec.Circuit, text: str) -> tuple[int, ...]:
-    """Port values from "37, 75" (one integer per input port, in order), checked against each
-    port's domain (Z_p, S_n, ...:Z_k); ExplorerError names the port and the range."""
+    """Port values, one per token position of every port, from "37, 75" (one integer per port)
+    or, for a grid port, its rows of digits "012/210/000" (or every cell as its own integer),
+    checked against each port's domain (Z_p, S_n, grid[HxW]:Z_k); ExplorerError names the
+    port and the range."""
     if record.interface is None:
         raise ExplorerError("this circuit has no interface: its inputs are unknown")
     ports = record.interface.inputs
+    sizes = [len(p.all_positions()) for p in ports]
     parts = [p for p in re.split(r"[\s,;]+", text.strip()) if p]
-    if len(parts) != len(ports):
+    if len(parts) == sum(sizes):  # every position given
+        chunks = [parts[sum(sizes[:i]) : sum(sizes[: i + 1])] for i in range(len(ports))]
+    elif len(parts) == len(ports):  # one per port: a grid as rows of digits
+        chunks = [
+            [part] if k == 1 else list(part.replace("/", ""))
+            for part, k in zip(parts, sizes, strict=True)
+        ]
+    else:
         names = ", ".join(p.name for p in ports)
-        raise ExplorerError(f"give {len(ports)} values ({names}), got {text!r}")
+        grid = " (a grid as rows of digits, e.g. 012/210/000)" if max(sizes) > 1 else ""
+        raise ExplorerError(f"give {len(ports)} values ({names}){grid}, got {text!r}")
     values = []
-    for port, part in zip(ports, parts, strict=True):
-        try:
-            value = int(part)
-        except ValueError:
-            raise ExplorerError(f"input {port.name}: {part!r} is not an integer") from None
-        if len(port.all_positions()) > 1:
-            raise ExplorerError(f"input {port.name} ({port.domain}) spans several tokens")
+    for port, chunk, k in zip(ports, chunks, sizes, strict=True):
+        if len(chunk) != k:
+            raise ExplorerError(
+                f"input {port.name} ({port.domain}) needs {k} cells, got {len(chunk)}"
+            )
         m = _BOUND.search(port.domain)
-        if value < 0 or (m and value >= int(m[1])):
-            top = f"..{int(m[1]) - 1}" if m else ""
-            raise ExplorerError(f"input {port.name} must be in 0{top} ({port.domain}), got {value}")
-        values.append(value)
+        for part in chunk:
+            try:
+                value = int(part)
+            except ValueError:
+                raise ExplorerError(f"input {port.name}: {part!r} is not an integer") from None
+            if value < 0 or (m and value >= int(m[1])):
+                top = f"..{int(m[1]) - 1}" if m else ""
+                raise ExplorerError(
+                    f"input {port.name} must be in 0{top} ({port.domain}), got {value}"
+                )
+            values.append(value)
     return tuple(values)
 
 
 def encode(circuit: Circuit, record: rec.Circuit, values: tuple[int, ...]) -> torch.Tensor:
-    if record.interface is None or len(values) != len(record.interface.inputs):
+    """Token sequence (1, n_ctx) of flat port values (see `parse_values`)."""
+    ports = record.interface.inputs if record.interface is not None else []
+    sizes = [len(p.all_positions()) for p in ports]
+    if not ports or len(values) != sum(sizes):
         raise ExplorerError(f"input {values} does not match the circuit's ports")
-    return circuit.encode(*(np.array([v]) for v in values))
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    arrays = [
+        np.array([values[s]]) if k == 1 else np.array([values[s : s + k]])
+        for s, k in zip(starts, sizes, strict=True)
+    ]
+    return circuit.encode(*arrays)
 
 
 def _view(

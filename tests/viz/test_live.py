@@ -84,3 +84,20 @@ def test_training_curves(world, sources):
     assert np.isfinite([v for v in curves.series["train_loss"] if v is not None]).all()
     with pytest.raises(ExplorerError, match="run"):
         read_curves(str(world.root / "nope"))
+
+
+def test_grid_ports_take_rows_of_digits_or_every_cell(world, sources):
+    from dataclasses import replace
+
+    from circuitlab.catalog.records import Port
+    from circuitlab.viz.live import default_values
+
+    record = sources.circuit(world.cid)
+    grid = Port(name="g", domain="grid[2x3]:Z_3", position=0, positions=list(range(6)))
+    gridded = replace(record, interface=replace(record.interface, inputs=[grid]))
+    assert parse_values(gridded, "012/210") == (0, 1, 2, 2, 1, 0)
+    assert parse_values(gridded, "0, 1, 2, 2, 1, 0") == (0, 1, 2, 2, 1, 0)  # the URL's form
+    assert len(default_values(gridded)) == 6
+    for text, message in (("01/21", "needs 6 cells"), ("012/213", r"0\.\.2"), ("1 2", "a grid")):
+        with pytest.raises(ExplorerError, match=message):
+            parse_values(gridded, text)
