@@ -25,7 +25,7 @@ from circuitlab.viz.export import export_view
 from circuitlab.viz.figures import graph_figure
 from circuitlab.viz.graphview import CAP, ViewGraph, group, prune_view, restrict
 from circuitlab.viz.live import default_values, parse_values
-from circuitlab.viz.sources import ExplorerError
+from circuitlab.viz.sources import ExplorerError, saved_subgraphs
 from circuitlab.viz.state import (
     ViewState,
     clean_name,
@@ -185,6 +185,18 @@ def layout(explorer: Explorer, circuit_id: str, search: str) -> html.Div:
                                         style={"width": 140},
                                     ),
                                     html.Button("Ungroup", id="ungroup", **button),
+                                    dcc.Input(
+                                        id="save-name",
+                                        placeholder="subgraph name",
+                                        style={"width": 120},
+                                    ),
+                                    html.Button("Save subgraph", id="save-sub", **button),
+                                    dcc.Dropdown(
+                                        sorted(saved_subgraphs(record)),
+                                        id="saved-subgraphs",
+                                        placeholder="saved subgraphs",
+                                        style={"width": 150},
+                                    ),
                                     html.Span("export:", className="muted"),
                                     html.Button("PNG", id="export-png", **button),
                                     html.Button("SVG", id="export-svg", **button),
@@ -232,10 +244,13 @@ def register(app: Dash, explorer: Explorer) -> None:
         Input("subgraph", "value"),
         Input("group", "n_clicks"),
         Input("ungroup", "n_clicks"),
+        Input("save-sub", "n_clicks"),
+        Input("saved-subgraphs", "value"),
         State("view", "data"),
         State("values", "value"),
         State("group-name", "value"),
         State("ungroup-choice", "value"),
+        State("save-name", "value"),
         State("edge-slider", "min"),
         State("cid", "data"),
         prevent_initial_call=True,
@@ -252,10 +267,13 @@ def register(app: Dash, explorer: Explorer) -> None:
         sub,
         _group,
         _ungroup,
+        _save,
+        saved_choice,
         data,
         text,
         name,
         ungroup_choice,
+        save_name,
         edge_min,
         cid,
     ):
@@ -299,6 +317,26 @@ def register(app: Dash, explorer: Explorer) -> None:
         elif what == "ungroup" and ungroup_choice in state.groups:
             members = state.groups.pop(ungroup_choice)
             state.pinned = [p for p in state.pinned if p != f"S:{ungroup_choice}"] + members
+        elif what == "save-sub":
+            label = clean_name(save_name or "")
+            if not label or not state.pinned:
+                raise ExplorerError("pin nodes and name the subgraph, then save it")
+            view = {"pinned": state.pinned, "groups": state.groups, "mode": state.mode}
+            view |= {"values": list(state.values or ()), "node_fraction": state.node_fraction}
+            view["min_weight"] = state.min_weight
+            names = explorer.sources.save_subgraph(cid, label, view)
+            set_props("saved-subgraphs", {"options": names})
+        elif what == "saved-subgraphs" and saved_choice:
+            view = saved_subgraphs(explorer.sources.circuit(cid)).get(saved_choice)
+            if view is None:
+                raise ExplorerError(f"no saved subgraph {saved_choice!r} in this circuit")
+            state.pinned = [str(p) for p in view.get("pinned", [])]
+            state.groups = {str(k): [str(m) for m in v] for k, v in view.get("groups", {}).items()}
+            state.mode = view.get("mode", state.mode)
+            state.values = tuple(int(v) for v in view.get("values", ())) or state.values
+            state.node_fraction = float(view.get("node_fraction", state.node_fraction))
+            state.min_weight = float(view.get("min_weight", state.min_weight))
+            state.subgraph = True
         else:
             raise PreventUpdate
         if state.mode == "input":  # build it now: a run that is gone must not stick in the view

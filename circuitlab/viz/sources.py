@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,6 +99,29 @@ class Sources:
                 raise ExplorerError(f"label not saved: {exc}") from None
         with self._lock:
             self._records.pop(circuit_id, None)
+
+    def save_subgraph(self, circuit_id: str, name: str, view: dict[str, Any]) -> list[str]:
+        """Store a named view of a circuit (pinned ids, supernodes, mode, input, thresholds) in
+        the circuit's `metadata.extra["subgraphs"]`: metadata is not part of a record's id, so
+        the circuit stays the same record. Returns the saved names."""
+        with self.catalog() as cat:
+            record = cat.get(circuit_id)
+            saved = dict(record.metadata.extra.get("subgraphs") or {})
+            saved[name] = view
+            record.metadata.extra = {**record.metadata.extra, "subgraphs": saved}
+            try:
+                cat.put(record)
+            except CatalogError as exc:
+                raise ExplorerError(f"subgraph not saved: {exc}") from None
+        with self._lock:
+            self._records.pop(circuit_id, None)
+        return sorted(saved)
+
+
+def saved_subgraphs(record: rec.Circuit) -> dict[str, dict[str, Any]]:
+    """The named views `Sources.save_subgraph` stored with a circuit."""
+    saved = record.metadata.extra.get("subgraphs")
+    return dict(saved) if isinstance(saved, dict) else {}
 
 
 def column_names(record: rec.Circuit, n_columns: int) -> list[str]:

@@ -161,6 +161,28 @@ def test_click_fills_the_panel_and_pins_survive_a_reload(page, world):
     assert labels[fid] == "edited in the browser"
 
 
+def test_a_saved_subgraph_comes_back_from_the_catalog(page, world):
+    visit(page, f"/circuit/{world.cid}?node=1")
+    counts(page)
+    feature_point(page).click(force=True)
+    page.wait_for_selector("#panel-title", timeout=60_000)
+    clicked = re.search(r"clicked=([^&]+)", page.url)[1]
+    page.click("#pin")
+    page.wait_for_function("() => location.search.includes('pinned=')", timeout=30_000)
+    page.fill("#save-name", "saved in the browser")
+    page.click("#save-sub")
+    page.wait_for_function(IDLE, timeout=60_000)
+    with open_catalog(world.url) as cat:
+        saved = cat.get(world.cid).metadata.extra["subgraphs"]["saved in the browser"]
+    assert saved["pinned"] == [clicked]
+    visit(page, f"/circuit/{world.cid}")  # a fresh view: nothing pinned
+    assert "pinned=" not in page.url
+    page.click("#saved-subgraphs")
+    page.click("text=saved in the browser")
+    page.wait_for_function("() => location.search.includes('pinned=')", timeout=30_000)
+    assert f"pinned={clicked}" in page.url and "sub=1" in page.url
+
+
 def test_three_thousand_elements_draw(page, world):
     visit(page, f"/circuit/{world.big}?node=1")
     nodes, edges = counts(page)

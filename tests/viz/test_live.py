@@ -101,3 +101,15 @@ def test_grid_ports_take_rows_of_digits_or_every_cell(world, sources):
     for text, message in (("01/21", "needs 6 cells"), ("012/213", r"0\.\.2"), ("1 2", "a grid")):
         with pytest.raises(ExplorerError, match=message):
             parse_values(gridded, text)
+
+
+def test_saved_subgraph_is_in_the_catalog(world, sources):
+    from circuitlab.viz.sources import saved_subgraphs
+
+    view = {"pinned": ["F0.1", "T3@0"], "groups": {}, "mode": "circuit", "values": [3, 4]}
+    names = sources.save_subgraph(world.cid, "carry path", view)
+    assert "carry path" in names
+    with open_catalog(world.url) as cat:
+        again = cat.get(world.cid)  # the same record: metadata is not part of the id
+    assert saved_subgraphs(again)["carry path"]["pinned"] == ["F0.1", "T3@0"]
+    assert saved_subgraphs(sources.circuit(world.cid))["carry path"] == view
