@@ -211,6 +211,23 @@ class LogitFit:
         return {"keys": list(self.keys), "alphas": list(self.alphas), "explained": self.explained}
 
 
+def streamed_fit(chunks: Callable[[], Any], keys: tuple[Any, ...]) -> LogitFit:
+    """Least squares of targets on designs that `chunks()` yields chunk by chunk (design
+    (rows, K), target (rows, 1)): the normal equations accumulated in one pass (the Gram
+    matrix is K x K), the residual in a second, so no full design is ever held."""
+    gram = torch.zeros(len(keys), len(keys), dtype=torch.float64)
+    moment = torch.zeros(len(keys), 1, dtype=torch.float64)
+    total = 0.0
+    for design, target in chunks():
+        gram += design.T @ design
+        moment += design.T @ target
+        total += float(target.pow(2).sum())
+    alphas = torch.linalg.lstsq(gram, moment).solution[:, 0]
+    residual = sum(float((t[:, 0] - d @ alphas).pow(2).sum()) for d, t in chunks())
+    explained = 1.0 - residual / total if total > 0 else 0.0
+    return LogitFit(tuple(keys), tuple(float(a) for a in alphas), explained)
+
+
 def logit_fourier_fit(
     logits: torch.Tensor, answers: torch.Tensor, keys: tuple[int, ...]
 ) -> LogitFit:
@@ -236,17 +253,7 @@ def logit_fourier_fit(
             cols = [torch.cos(2 * math.pi * k / p * diff).reshape(-1) for k in keys]
             yield torch.stack(cols, 1), y.reshape(-1, 1)
 
-    gram = torch.zeros(len(keys), len(keys), dtype=torch.float64)
-    moment = torch.zeros(len(keys), 1, dtype=torch.float64)
-    total = 0.0
-    for design, target in chunks():
-        gram += design.T @ design
-        moment += design.T @ target
-        total += float(target.pow(2).sum())
-    alphas = torch.linalg.lstsq(gram, moment).solution[:, 0]
-    residual = sum(float((t[:, 0] - d @ alphas).pow(2).sum()) for d, t in chunks())
-    explained = 1.0 - residual / total if total > 0 else 0.0
-    return LogitFit(tuple(keys), tuple(float(a) for a in alphas), explained)
+    return streamed_fit(chunks, keys)
 
 
 # --- 6. the whole analysis ------------------------------------------------------------------

@@ -47,6 +47,7 @@ from circuitlab.extraction.fourier_fits import (
     _mlp_post_name,
     _run,
     project_onto,
+    streamed_fit,
 )
 from circuitlab.tasks.permutation import PERMUTATION_OPS, PermutationTask
 
@@ -151,17 +152,7 @@ def logit_character_fit(
             design = chars[:, pair[answers[lo : lo + rows]]]  # (K, rows, |G|)
             yield design.reshape(len(keys), -1).T, y.reshape(-1, 1)
 
-    gram = torch.zeros(len(keys), len(keys), dtype=torch.float64)
-    moment = torch.zeros(len(keys), 1, dtype=torch.float64)
-    total = 0.0
-    for design, target in chunks():
-        gram += design.T @ design
-        moment += design.T @ target
-        total += float(target.pow(2).sum())
-    alphas = torch.linalg.lstsq(gram, moment).solution[:, 0]
-    residual = sum(float((t[:, 0] - d @ alphas).pow(2).sum()) for d, t in chunks())
-    explained = 1.0 - residual / total if total > 0 else 0.0
-    return LogitFit(tuple(keys), tuple(float(a) for a in alphas), explained)
+    return streamed_fit(chunks, keys)
 
 
 def logit_irrep_share(
