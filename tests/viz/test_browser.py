@@ -169,12 +169,17 @@ def test_a_saved_subgraph_comes_back_from_the_catalog(page, world):
     clicked = re.search(r"clicked=([^&]+)", page.url)[1]
     page.click("#pin")
     page.wait_for_function("() => location.search.includes('pinned=')", timeout=30_000)
+    page.wait_for_function(IDLE, timeout=60_000)  # the pin's callbacks done
     page.fill("#save-name", "saved in the browser")
     page.click("#save-sub")
-    page.wait_for_function(IDLE, timeout=60_000)
-    with open_catalog(world.url) as cat:
-        saved = cat.get(world.cid).metadata.extra["subgraphs"]["saved in the browser"]
-    assert saved["pinned"] == [clicked]
+    saved = {}
+    for _ in range(120):  # the save is a callback: poll the catalog until it has landed
+        with open_catalog(world.url) as cat:
+            saved = cat.get(world.cid).metadata.extra.get("subgraphs", {})
+        if "saved in the browser" in saved:
+            break
+        page.wait_for_timeout(250)
+    assert saved["saved in the browser"]["pinned"] == [clicked]
     visit(page, f"/circuit/{world.cid}")  # a fresh view: nothing pinned
     assert "pinned=" not in page.url
     page.click("#saved-subgraphs")
