@@ -104,28 +104,21 @@ def circuit_frequencies(
     model, task, tc, tokens, keep, ref, coords: fourier.Coordinates
 ) -> tuple[FeatureLabels, tuple[int, ...]]:
     """Each circuit feature's dominant frequency and purity, and the key frequencies the
-    circuit computes: dominant frequencies weighted by how much each feature moves the logits
-    (activation spread x direct logit effect), so rare or weak features do not name frequencies.
-    Modular tasks only, in the report's coordinates; found from the circuit alone, independent
-    of the embedding."""
+    circuit computes (`fourier_fits.circuit_units`). Modular tasks only, in the report's
+    coordinates; found from the circuit alone, independent of the embedding."""
+    from circuitlab.extraction.fourier_fits import circuit_units
+
     p = fourier.modulus_of(task)
     inside = (coords.of(tokens[:, 0]) >= 0) & (coords.of(tokens[:, 1]) >= 0)
+
+    def units_of(acts: torch.Tensor) -> fourier.UnitFrequencies:
+        grid = fourier.activation_grid(acts, tokens[inside], p, coords=coords)
+        return fourier.unit_frequencies(grid)
+
+    per_layer, keys = circuit_units(model, tc, keep, ref, units_of, rows=inside)
     labels: FeatureLabels = {}
-    shares: dict[int, float] = {}
-    last = tc.n_layers - 1
-    w_u = model.param("unembed.W_U")
-    for layer, mask in enumerate(keep):
-        idx = mask.nonzero().flatten()
-        if len(idx) == 0 or last - layer >= tc.n_targets(layer):
-            continue
-        acts = ref.acts[layer][:, -1][:, idx][inside]  # the answer position (`=`, the last row)
-        units = fourier.unit_frequencies(
-            fourier.activation_grid(acts, tokens[inside], p, coords=coords)
-        )
-        weights = fourier.logit_weights(acts, tc.decoder(layer, last)[idx], w_u)
-        for k, share in fourier.frequency_shares(units, weights).items():
-            shares[k] = shares.get(k, 0.0) + share * float(weights.sum())
-        for j, f in enumerate(idx.tolist()):
+    for layer, features, units, weights in per_layer:
+        for j, f in enumerate(features):
             k, purity = int(units.dominant[j]), float(units.purity[j])
             pure = purity >= fourier.PURE_THRESHOLD
             if k == 0:
@@ -142,7 +135,7 @@ def circuit_frequencies(
                 "logit_weight": float(weights[j]),
                 "label": label,
             }
-    return labels, fourier.keys_by_share(shares)
+    return labels, keys
 
 
 # --- permutation groups ----------------------------------------------------------------------

@@ -259,6 +259,40 @@ def logit_fourier_fit(
 # --- 6. the whole analysis ------------------------------------------------------------------
 
 
+def circuit_units(
+    model: Any,
+    tc: Any,
+    keep: list[torch.Tensor],
+    ref: Any,
+    units_of: Callable[[torch.Tensor], Any],
+    rows: torch.Tensor | None = None,
+) -> tuple[list[tuple[int, list[int], Any, torch.Tensor]], tuple[Any, ...]]:
+    """The circuit's features as units of an analysis: per layer whose decoder writes to the
+    last layer, (layer, feature indices, units_of(activations), logit weights), with the
+    features read at the answer position (`ref.acts[layer][:, -1]`, the inputs at `rows`);
+    and the keys the circuit computes: dominant keys weighted by how much each feature moves
+    the logits (activation spread x direct logit effect through tc.decoder(layer, last)), kept
+    at >= KEY_SHARE of the total, so rare or weak features name no key. `units_of` turns
+    (inputs, features) activations into a UnitFrequencies (frequencies or irreps)."""
+    per_layer = []
+    shares: dict[Any, float] = {}
+    last = tc.n_layers - 1
+    w_u = model.param("unembed.W_U")
+    for layer, mask in enumerate(keep):
+        idx = mask.nonzero().flatten()
+        if len(idx) == 0 or last - layer >= tc.n_targets(layer):
+            continue
+        acts = ref.acts[layer][:, -1][:, idx]  # the answer position (`=`, the last row)
+        if rows is not None:
+            acts = acts[rows]
+        units = units_of(acts)
+        weights = logit_weights(acts, tc.decoder(layer, last)[idx], w_u)
+        for k, share in frequency_shares(units, weights).items():
+            shares[k] = shares.get(k, 0.0) + share * float(weights.sum())
+        per_layer.append((layer, idx.tolist(), units, weights))
+    return per_layer, keys_by_share(shares)
+
+
 def coordinates_for(model: Any, task: Any) -> Coordinates:
     """The coordinates `analyze` reads a modular model in: the residues for add and sub, the
     discrete logarithms for mul and div (the nonzero residues are Z_(p-1) there), and for any

@@ -46,6 +46,7 @@ from circuitlab.extraction.fourier_fits import (
     _loss_with_post,
     _mlp_post_name,
     _run,
+    circuit_units,
     project_onto,
     streamed_fit,
 )
@@ -435,36 +436,25 @@ def circuit_features(
     model: Any, task: Any, tc: Any, tokens: Any, keep: list[torch.Tensor], ref: Any
 ) -> tuple[dict[tuple[int, int], dict[str, Any]], tuple[str, ...]]:
     """Each circuit feature's irrep and purity, and the key irreps the circuit computes (the
-    representation counterpart of pipeline._circuit_fourier, same arguments).
-
-    Features are read at the answer position over all inputs in dataset order
-    (ref.acts[layer][:, -1]); only layers whose decoder writes to the last layer count, as
-    there. Key irreps: dominant irreps weighted by how much each feature moves the logits
-    (activation spread x direct logit effect through tc.decoder(layer, last)), kept at >=
-    fourier.KEY_SHARE of the total, so rare or weak features name no irrep. Non-permutation
-    tasks give ({}, ())."""
+    representation counterpart of analysis.circuit_frequencies, same arguments; both go
+    through fourier_fits.circuit_units, over all inputs in dataset order here).
+    Non-permutation tasks give ({}, ())."""
     try:
         group = group_of(task)
     except GroupFitError:
         return {}, ()
     answers = answer_table(task)
     inputs = np.asarray(tokens)
+
+    def units_of(acts: torch.Tensor) -> groups.UnitIrreps:
+        return groups.unit_irreps(activation_grid(acts, inputs, group.order), group, answers)
+
+    per_layer, keys = circuit_units(model, tc, keep, ref, units_of)
     labels: dict[tuple[int, int], dict[str, Any]] = {}
-    shares: dict[int, float] = {}
-    last = tc.n_layers - 1
-    w_u = model.param("unembed.W_U")
-    for layer, mask in enumerate(keep):
-        idx = mask.nonzero().flatten()
-        if len(idx) == 0 or last - layer >= tc.n_targets(layer):
-            continue
-        acts = ref.acts[layer][:, -1][:, idx]  # the answer position (`=`, the last row)
-        units = groups.unit_irreps(activation_grid(acts, inputs, group.order), group, answers)
-        weights = logit_weights(acts, tc.decoder(layer, last)[idx], w_u)
-        for k, share in frequency_shares(units, weights).items():
-            shares[k] = shares.get(k, 0.0) + share * float(weights.sum())
-        for j, f in enumerate(idx.tolist()):
+    for layer, features, units, weights in per_layer:
+        for j, f in enumerate(features):
             labels[(layer, f)] = {
                 **feature_label(units, j, group),
                 "logit_weight": float(weights[j]),
             }
-    return labels, tuple(group.irreps[i].name for i in keys_by_share(shares))
+    return labels, tuple(group.irreps[i].name for i in keys)
