@@ -371,9 +371,9 @@ def _clerps(graph, model, task, tokens, ref, feature_labels) -> dict[tuple[int, 
     found = graph.features[real].reshape(-1, 3).unique(dim=0).tolist()
     out: dict[tuple[int, int, int], str] = {}
     for layer, pos, f in found:
-        row = answers.index(pos) if layer == last and pos in answers else pos
         if layer == last and pos not in answers:
             continue  # the last layer runs at the answer positions only
+        row = answers.index(pos) if layer == last else pos
         acts = ref.acts[layer][:, row, f]
         top = int(acts.argmax())
         fires = (

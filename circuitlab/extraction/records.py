@@ -57,9 +57,18 @@ def task_record(task: TaskDefinition) -> Task:
     )
 
 
-def model_record(info: RunInfo, cfg: ModelConfig, parent: Model | None = None) -> Model:
+def model_record(
+    info: RunInfo,
+    cfg: ModelConfig,
+    parent: Model | None = None,
+    *,
+    weights_sha256: str | None = None,
+    weights: dict[str, Tensor] | None = None,
+) -> Model:
     """The Model record of the run at `info`; `parent` is the record of the run it was derived
-    from (its config.json `parent`), which becomes its DERIVED_FROM."""
+    from (its config.json `parent`), which becomes its DERIVED_FROM. `weights_sha256` and
+    `weights` (TransformerLens names) spare reading model.safetensors again when the caller
+    already has them."""
     summary, config = info.summary, info.config
     final = {k: float(v) for k, v in summary.get("final", {}).items() if isinstance(v, int | float)}
     derived = config.get("parent")
@@ -69,11 +78,11 @@ def model_record(info: RunInfo, cfg: ModelConfig, parent: Model | None = None) -
         extra["parent"] = derived
     return Model(
         task=info.task,
-        weights_sha256=sha256_file(info.path / "model.safetensors"),
+        weights_sha256=weights_sha256 or sha256_file(info.path / "model.safetensors"),
         architecture=cfg.to_dict(),
         n_params=cfg.n_params,
         attention=cfg.attention_backend,
-        pruning=_pruning(info, cfg) if derived and derived["how"] == "prune" else None,
+        pruning=_pruning(info, cfg, weights) if derived and derived["how"] == "prune" else None,
         lora_rank=int(method["rank"]) if derived and derived["how"] == "lora" else None,
         parent=None if parent is None else parent.id,
         derivation=None if parent is None else derived["how"],
@@ -97,19 +106,20 @@ def _parent_tasks(lineage: list[Model], task: Task) -> list[Task]:
     return [task_record(get_task(spec)) for spec in specs]
 
 
-def _pruning(info: RunInfo, cfg: ModelConfig) -> float:
+def _pruning(info: RunInfo, cfg: ModelConfig, weights: dict[str, Tensor] | None) -> float:
     """Share of zero weight-matrix entries in the run's weights (structured pruning included:
     a removed neuron zeroes its rows and columns)."""
     from circuitlab.models import Transformer
     from circuitlab.training.prune import weight_sparsity
 
-    weights = Transformer.load(info.path / "model.safetensors", cfg).tl_state_dict()
+    if weights is None:
+        weights = Transformer.load(info.path / "model.safetensors", cfg).tl_state_dict()
     return round(weight_sparsity(weights, cfg), 6)
 
 
-def model_lineage(info: RunInfo, cfg: ModelConfig) -> list[Model]:
-    """The run's Model record last, after those of the runs it derives from, parents first (a
-    DERIVED_FROM target must be stored before its source).
+def model_lineage(info: RunInfo, model: Transformer) -> list[Model]:
+    """The run's Model record (of its loaded `model`) last, after those of the runs it derives
+    from, parents first (a DERIVED_FROM target must be stored before its source).
 
     An ancestor is followed through its run directory only while that directory still holds
     the weights its child names (sha256): a moved, deleted or retrained parent ends the chain,
@@ -118,6 +128,7 @@ def model_lineage(info: RunInfo, cfg: ModelConfig) -> list[Model]:
     from circuitlab.training.rundir import RunDirError, read_run
 
     chain = [info]
+    hashes: list[str | None] = [None]  # an ancestor's, checked below; the run's own: computed
     seen = {info.path.resolve()}
     while (derived := chain[-1].config.get("parent")) is not None:
         path = Path(derived["run"])
@@ -133,10 +144,15 @@ def model_lineage(info: RunInfo, cfg: ModelConfig) -> list[Model]:
             break
         seen.add(path.resolve())
         chain.append(parent)
+        hashes.append(derived["weights_sha256"])
     records: list[Model] = []
-    for i, run in enumerate(reversed(chain)):
-        run_cfg = cfg if run is info else run.model_config
-        records.append(model_record(run, run_cfg, records[i - 1] if i else None))
+    for run, sha in zip(reversed(chain), reversed(hashes), strict=True):
+        parent_record = records[-1] if records else None
+        if run is info:
+            own = model_record(run, model.cfg, parent_record, weights=model.tl_state_dict())
+            records.append(own)
+        else:
+            records.append(model_record(run, run.model_config, parent_record, weights_sha256=sha))
     return records
 
 
@@ -165,7 +181,7 @@ def catalog_records(
     `importance` is (n_layers, n_features); `edges` holds the circuit's averaged direct effects;
     `feature_labels` maps (layer, feature) to Fourier statistics for the Circuit's nodes."""
     task_rec = task_record(task)
-    lineage = model_lineage(info, model.cfg)
+    lineage = model_lineage(info, model)
     model_rec = lineage[-1]
     model_id = model_rec.id
     tc_name = f"{transcoder.cfg.kind}-{transcoder.n_features}"
