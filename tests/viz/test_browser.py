@@ -226,6 +226,16 @@ def test_gone_run_and_unknown_ids_are_messages(page, world):
     assert not [e for e in page.errors if "Traceback" in e]
 
 
+def test_saving_a_subgraph_without_pins_is_a_banner(page, world):
+    visit(page, f"/circuit/{world.cid}")
+    page.fill("#save-name", "nothing pinned")
+    page.click("#save-sub")
+    page.wait_for_function(BANNER_SAYS, arg="pin nodes", timeout=30_000)
+    with open_catalog(world.url) as cat:
+        saved = cat.get(world.cid).metadata.extra.get("subgraphs", {})
+    assert "nothing pinned" not in saved
+
+
 @pytest.mark.parametrize("text", ["x", "1, 99"])
 def test_bad_input_value_is_a_banner(page, world, text):
     visit(page, f"/circuit/{world.cid}")
