@@ -280,6 +280,8 @@ def register(app: Dash, explorer: Explorer) -> None:
         state, rev = from_store(data), data.get("rev", 0)
         what = ctx.triggered_id
         if what == "mode":
+            if mode == state.mode:  # e.g. the radio put back after a failed input graph: a
+                raise PreventUpdate  # re-render would clear that failure's banner
             state.mode = mode
         elif what in ("show", "values"):
             state.values = parse_values(explorer.sources.circuit(cid), text or "")
