@@ -14,11 +14,13 @@ runs them:
 3. Units: for any matrix of activations over all p*p inputs (MLP neurons or transcoder features),
    each unit's dominant frequency and purity: the share of its variance (around its mean) that
    frequency k's terms in the 2-D basis of (a, b) explain (`unit_frequencies`).
-4. Restricted and excluded loss: the last MLP's activations at the answer position replaced by
-   their mean plus their projection onto cos/sin(w_k c) for the key frequencies (c the correct
-   answer, i.e. cos/sin(w_k (a+b)) for addition), or with that projection removed; patched at
-   `blocks.{L-1}.mlp.hook_post` (`fourier_losses`).
-5. Logits: the share of (per-input centred) logit variance explained by
+4. Restricted and excluded loss (Nanda et al.'s definitions): the projection of the last
+   MLP's answer-position activations onto cos/sin(w_k c) for the key frequencies (c the correct
+   answer, i.e. cos/sin(w_k (a+b)) for addition). Restricted logits: the mean logits plus what
+   that projection writes through the rest of the model (paths around the MLP keep only their
+   mean); excluded: the model with the projection removed from the activations; patched at
+   `blocks.{L-1}.mlp.hook_post` (`fourier_losses`, `fourier_fits.patched_losses`).
+5. Logits: the share of (per-input and per-output centred) logit variance explained by
    sum_k alpha_k cos(w_k (c* - c)) over the key frequencies, c* the correct answer
    (`logit_fourier_fit`).
 6. A label and description built from these numbers (`FourierReport.label`).

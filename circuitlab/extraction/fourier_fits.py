@@ -130,17 +130,56 @@ def _run(
     return posts, logits
 
 
-def _loss_with_post(
+def _loss(logits: torch.Tensor, answers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input cross-entropy and correctness of logits (n, O)."""
+    loss = F.cross_entropy(logits.float(), answers, reduction="none")
+    return loss, (logits.argmax(-1) == answers).float()
+
+
+@torch.no_grad()
+def patched_losses(
     model: Any,
     tokens: torch.Tensor,
     answers: torch.Tensor,
-    patch: Callable[[slice], torch.Tensor] | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-input cross-entropy and correctness with the last MLP's answer-position activations
-    of the inputs at rows `sl` replaced by patch(sl) (n, F), or unmodified when None."""
-    logits = _run(model, tokens, patch)[1]
-    loss = F.cross_entropy(logits.float(), answers, reduction="none")
-    return loss, (logits.argmax(-1) == answers).float()
+    directions: torch.Tensor,
+    log_p: float,
+    train_mask: torch.Tensor | None = None,
+    clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> FourierLosses:
+    """Restricted and excluded loss of the span of `directions` (n, m), functions of the input
+    that the last MLP's answer-position activations are projected on (least squares over all
+    n inputs).
+
+    As Nanda et al. define them: the restricted logits are the mean logits over the inputs
+    plus what the projected, centred activations write through the rest of the model (the
+    logits with the activations at mean + projection, minus those with them at the mean), so
+    paths that bypass the last MLP (embedding and attention straight to the unembedding)
+    contribute only their mean. The excluded logits are the model's with the projection taken
+    out of the activations, on the training inputs. `clean` is `_run(model, tokens)` if
+    already run."""
+    mask = torch.ones(len(tokens), dtype=torch.bool) if train_mask is None else train_mask.bool()
+    post, logits = _run(model, tokens) if clean is None else clean
+    assert post is not None
+    proj = project_onto(post, directions)
+    mean = post.mean(0, keepdim=True)
+    at_mean = _run(model, tokens, lambda rows: mean.repeat(rows.stop - rows.start, 1))[1]
+    restricted_logits = _run(model, tokens, lambda rows: mean + proj[rows])[1]
+    restricted_logits -= at_mean
+    restricted_logits += logits.mean(0, keepdim=True)
+    del at_mean
+    excluded_logits = _run(model, tokens, lambda rows: post[rows] - proj[rows])[1]
+    full, _ = _loss(logits, answers)
+    restricted, restricted_ok = _loss(restricted_logits, answers)
+    excluded, excluded_ok = _loss(excluded_logits, answers)
+    return FourierLosses(
+        full=float(full.mean()),
+        full_train=float(full[mask].mean()),
+        restricted=float(restricted.mean()),
+        excluded=float(excluded[mask].mean()),
+        log_p=log_p,
+        restricted_accuracy=float(restricted_ok.mean()),
+        excluded_accuracy=float(excluded_ok[mask].mean()),
+    )
 
 
 @torch.no_grad()
@@ -165,31 +204,12 @@ def fourier_losses(
         raise FourierError("restricted/excluded loss needs a model with one answer position")
     if not keys:
         raise FourierError("restricted/excluded loss needs at least one key frequency")
-    mask = torch.ones(len(tokens), dtype=torch.bool) if train_mask is None else train_mask.bool()
     coords = coords or Coordinates.additive(p)
     at = coords.of(answers)
     if bool((at < 0).any()):
         raise FourierError(f"every answer needs a coordinate in {coords.describe()}")
-    post = _run(model, tokens)[0]  # (n, F)
-    proj = project_onto(post, answer_directions(at, coords.n, keys))
-    mean = post.mean(0, keepdim=True)
-    full, _ = _loss_with_post(model, tokens, answers, None)
-    # patched batch by batch: no (n, F) patch is held beside `post` and `proj`
-    restricted, restricted_ok = _loss_with_post(
-        model, tokens, answers, lambda rows: mean + proj[rows]
-    )
-    excluded, excluded_ok = _loss_with_post(
-        model, tokens, answers, lambda rows: post[rows] - proj[rows]
-    )
-    return FourierLosses(
-        full=float(full.mean()),
-        full_train=float(full[mask].mean()),
-        restricted=float(restricted.mean()),
-        excluded=float(excluded[mask].mean()),
-        log_p=math.log(p),
-        restricted_accuracy=float(restricted_ok.mean()),
-        excluded_accuracy=float(excluded_ok[mask].mean()),
-    )
+    directions = answer_directions(at, coords.n, keys)
+    return patched_losses(model, tokens, answers, directions, math.log(p), train_mask)
 
 
 # --- 5. logits ------------------------------------------------------------------------------
@@ -197,10 +217,11 @@ def fourier_losses(
 
 @dataclass(frozen=True)
 class LogitFit:
-    """logits[i, c] - mean_c ~ sum_k alpha_k cos(w_k (answer_i - c)), least squares.
+    """logits[i, c] ~ u_i + v_c + sum_k alpha_k cos(w_k (answer_i - c)), least squares (the
+    offsets u_i, v_c fitted too: `streamed_fit`).
 
     alphas: alpha_k per key frequency (same order as `keys`).
-    explained: share of the per-input centred logit variance the fit explains.
+    explained: share of the logit variance beyond the offsets that the fit explains.
     """
 
     keys: tuple[int, ...]
@@ -212,18 +233,43 @@ class LogitFit:
 
 
 def streamed_fit(chunks: Callable[[], Any], keys: tuple[Any, ...]) -> LogitFit:
-    """Least squares of targets on designs that `chunks()` yields chunk by chunk (design
-    (rows, K), target (rows, 1)): the normal equations accumulated in one pass (the Gram
-    matrix is K x K), the residual in a second, so no full design is ever held."""
+    """Least squares of logits on one design column per key, with a free offset per input and
+    per output: `chunks()` yields (design (K, rows, O), logits (rows, O)) chunk by chunk.
+
+    Both offsets are taken out of logits and designs alike (every input has all O outputs, so
+    centring per input and then per output is the exact two-way fixed-effects fit): a bias on
+    an output that does not depend on the input carries nothing about the mechanism. Three
+    passes (the per-output means, the K x K normal equations, the residual), so no full design
+    is ever held."""
+
+    def centred() -> Any:
+        for design, y in chunks():
+            y = y.to(torch.float64)
+            yield design - design.mean(-1, keepdim=True), y - y.mean(-1, keepdim=True)
+
+    n, d_sum, y_sum = 0, None, None
+    for design, y in centred():
+        n += y.shape[0]
+        d_sum = design.sum(1) if d_sum is None else d_sum + design.sum(1)
+        y_sum = y.sum(0) if y_sum is None else y_sum + y.sum(0)
+    if not n or d_sum is None or y_sum is None:
+        raise FourierError("no logits to fit")
+    d_mean, y_mean = d_sum[:, None] / n, y_sum[None] / n  # (K, 1, O), (1, O)
+
+    def within() -> Any:
+        for design, y in centred():
+            design = design - d_mean
+            yield design.reshape(len(keys), -1).T, (y - y_mean).reshape(-1, 1)
+
     gram = torch.zeros(len(keys), len(keys), dtype=torch.float64)
     moment = torch.zeros(len(keys), 1, dtype=torch.float64)
     total = 0.0
-    for design, target in chunks():
+    for design, target in within():
         gram += design.T @ design
         moment += design.T @ target
         total += float(target.pow(2).sum())
     alphas = torch.linalg.lstsq(gram, moment).solution[:, 0]
-    residual = sum(float((t[:, 0] - d @ alphas).pow(2).sum()) for d, t in chunks())
+    residual = sum(float((t[:, 0] - d @ alphas).pow(2).sum()) for d, t in within())
     explained = 1.0 - residual / total if total > 0 else 0.0
     return LogitFit(tuple(keys), tuple(float(a) for a in alphas), explained)
 
@@ -233,6 +279,7 @@ def logit_fourier_fit(
 ) -> LogitFit:
     """Fit logits (n, m) by sum_k alpha_k cos(w_k (answer - c)) over all n*m entries, w_k =
     2 pi k / m: the columns and answers are coordinates on Z_m (the residues for addition).
+    Offsets per input and per output are fitted too (`streamed_fit`).
 
     Least squares through the normal equations, accumulated over chunks of rows (the design has
     n*p rows and one column per key, so its Gram matrix is tiny), then the residual in a
@@ -247,11 +294,9 @@ def logit_fourier_fit(
 
     def chunks():
         for lo in range(0, n, rows):
-            y = logits[lo : lo + rows].detach().to(torch.float64)
-            y = y - y.mean(1, keepdim=True)
             diff = answers[lo : lo + rows].to(torch.float64)[:, None] - c[None, :]  # (rows, p)
-            cols = [torch.cos(2 * math.pi * k / p * diff).reshape(-1) for k in keys]
-            yield torch.stack(cols, 1), y.reshape(-1, 1)
+            design = torch.stack([torch.cos(2 * math.pi * k / p * diff) for k in keys])
+            yield design, logits[lo : lo + rows].detach()
 
     return streamed_fit(chunks, keys)
 

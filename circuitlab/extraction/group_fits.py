@@ -43,11 +43,10 @@ from circuitlab.extraction.fourier import (
 from circuitlab.extraction.fourier_fits import (
     FourierLosses,
     LogitFit,
-    _loss_with_post,
     _mlp_post_name,
     _run,
     circuit_units,
-    project_onto,
+    patched_losses,
     streamed_fit,
 )
 from circuitlab.tasks.permutation import PERMUTATION_OPS, PermutationTask
@@ -100,25 +99,13 @@ def representation_losses(
 
     tokens (n, S) the inputs, answers (n,) their answers, train_mask (n,) the training inputs
     (all when None), clean the unpatched pass `fourier_fits._run(model, tokens)` if already
-    run. The projection is fitted over all n inputs, then patched into the last MLP's
-    hook_post. `log_p` of the result is ln |G|, the loss of a uniform guess."""
+    run. `fourier_fits.patched_losses` does the rest; `log_p` of the result is ln |G|, the loss
+    of a uniform guess."""
     if not keys:
         raise GroupFitError("restricted/excluded loss needs at least one key irrep")
-    mask = torch.ones(len(tokens), dtype=torch.bool) if train_mask is None else train_mask.bool()
-    post, logits = _run(model, tokens) if clean is None else clean
-    proj = project_onto(post, groups.answer_basis(group, keys, answers))
-    mean = post.mean(0, keepdim=True)
-    full = torch.nn.functional.cross_entropy(logits.float(), answers, reduction="none")
-    restricted, restricted_ok = _loss_with_post(model, tokens, answers, lambda r: mean + proj[r])
-    excluded, excluded_ok = _loss_with_post(model, tokens, answers, lambda r: post[r] - proj[r])
-    return FourierLosses(
-        full=float(full.mean()),
-        full_train=float(full[mask].mean()),
-        restricted=float(restricted.mean()),
-        excluded=float(excluded[mask].mean()),
-        log_p=math.log(group.order),
-        restricted_accuracy=float(restricted_ok.mean()),
-        excluded_accuracy=float(excluded_ok[mask].mean()),
+    directions = groups.answer_basis(group, keys, answers)
+    return patched_losses(
+        model, tokens, answers, directions, math.log(group.order), train_mask, clean
     )
 
 
@@ -135,9 +122,9 @@ def logit_character_fit(
     correct answer of each input (Chughtai et al. 2023: the unembedding reads
     tr(rho(c*) rho(c)^T) = chi_rho(c* c^-1), the counterpart of cos(w_k (c* - c))).
 
-    The logits are centred per input (a non-trivial character sums to 0 over c, so the design
-    needs no centring); least squares by normal equations over chunks of rows, then the
-    residual in a second pass. `LogitFit.keys` are irrep indices."""
+    Offsets per input and per output are fitted too (`fourier_fits.streamed_fit`, which
+    streams the normal equations over chunks of rows). `LogitFit.keys` are
+    irrep indices."""
     if logits.dim() != 2 or logits.shape != (answers.shape[0], group.order):
         raise GroupFitError(
             f"logits must be (n, {group.order}) matching answers (n,), got {tuple(logits.shape)}"
@@ -148,10 +135,7 @@ def logit_character_fit(
 
     def chunks():
         for lo in range(0, len(logits), rows):
-            y = logits[lo : lo + rows].detach().to(torch.float64)
-            y = y - y.mean(1, keepdim=True)
-            design = chars[:, pair[answers[lo : lo + rows]]]  # (K, rows, |G|)
-            yield design.reshape(len(keys), -1).T, y.reshape(-1, 1)
+            yield chars[:, pair[answers[lo : lo + rows]]], logits[lo : lo + rows].detach()
 
     return streamed_fit(chunks, keys)
 
