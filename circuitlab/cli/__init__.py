@@ -16,6 +16,7 @@ from circuitlab.cli import compose as _compose_cmd
 from circuitlab.cli import discover as _discover_cmd
 from circuitlab.cli import explore as _explore_cmd
 from circuitlab.cli import extract as _extract_cmd
+from circuitlab.cli import interop as _interop_cmd
 from circuitlab.cli import registry as _registry_cmd
 from circuitlab.cli import solve as _solve_cmd
 from circuitlab.cli import tasks as _tasks_cmd
@@ -47,6 +48,7 @@ _catalog_cmd.register(app)
 _compose_cmd.register(app)
 _solve_cmd.register(app)
 _adapt_cmd.register(app)
+_interop_cmd.register(app)
 _explore_cmd.register(app)
 
 

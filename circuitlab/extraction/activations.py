@@ -3,9 +3,10 @@
 Algorithmic tasks are small (add_mod_113 has 12,769 inputs of 3 tokens), so every activation a
 transcoder needs fits in memory at once and no activation store or shuffling buffer is needed.
 
-Which positions matter: the answers are read at `cfg.answer_positions`, attention is causal, so
+Which positions matter: the answers are read at `cfg.answer_positions`; with causal attention
 the last block matters only at the answer positions and earlier blocks at every position up to
-the last answer. `layer_positions` encodes this and `mlp_activations` keeps exactly those rows.
+the last answer (every position when attention is bidirectional). `layer_positions` encodes
+this and `mlp_activations` keeps exactly those rows.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ def check_tokens(model: Transformer, tokens: torch.Tensor | np.ndarray) -> torch
 def layer_positions(cfg: ModelConfig, seq_len: int | None = None) -> list[tuple[int, ...]]:
     """Positions whose MLP activations can affect the answers, per layer.
 
-    Earlier layers: 0..last answer position; the last layer: the answer positions only. This is
+    Earlier layers: 0..last answer position (every position when attention is not causal); the
+    last layer: the answer positions only. This is
     also the layout of `hook_mlp_in`/`hook_mlp_out` in a forward pass with `answers_only=True`
     when the answers are the tail of the sequence (the usual case).
     """
     last = max(cfg.answer_positions)
     seq_len = cfg.n_ctx if seq_len is None else seq_len
-    upto = tuple(range(min(last + 1, seq_len)))
+    upto = tuple(range(min(last + 1, seq_len) if cfg.causal else seq_len))
     return [
         tuple(cfg.answer_positions) if layer == cfg.n_layers - 1 else upto
         for layer in range(cfg.n_layers)

@@ -48,6 +48,9 @@ class ModelConfig:
     # Standard deviation of every weight matrix at init is init_scale / sqrt(fan_in).
     init_scale: float = 1.0
     attention_backend: Literal["auto", "explicit", "sdpa", "flash"] = "auto"
+    # False: every position attends to every position (bidirectional, as in TransformerLens's
+    # attention_dir="bidirectional"); imported models may need it.
+    causal: bool = True
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in SIZE_LIMITS.items():
@@ -61,6 +64,8 @@ class ModelConfig:
             raise ModelConfigError(
                 f"normalization must be 'LN' or None, got {self.normalization!r}"
             )
+        if not isinstance(self.causal, bool):
+            raise ModelConfigError(f"causal must be true or false, got {self.causal!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ModelConfigError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, "

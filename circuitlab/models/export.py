@@ -41,6 +41,7 @@ def to_hooked_transformer(model: Transformer) -> Any:
         normalization_type=cfg.normalization,
         eps=1e-5,
         positional_embedding_type="standard",
+        attention_dir="causal" if cfg.causal else "bidirectional",
         default_prepend_bos=False,
         device="cpu",
         seed=0,

@@ -145,7 +145,7 @@ def _attention(
     q: torch.Tensor,  # (M, B, Q, H, E)
     k: torch.Tensor,  # (M, B, S, H, E)
     v: torch.Tensor,  # (M, B, S, H, E)
-    allowed: torch.Tensor,  # (Q, S) bool: key position <= query position
+    allowed: torch.Tensor,  # (Q, S) bool: which keys each query sees (`_allowed`)
     backend: str,
     hook: HookCall,
     prefix: str,
@@ -170,8 +170,10 @@ def _attention(
 
         dtype = torch.bfloat16
         fold = lambda t: t.reshape(m * b, t.shape[2], h, e).to(dtype)  # noqa: E731
-        # flash-attn aligns the causal mask bottom-right, which is right for a tail of queries
-        z = flash_attn_func(fold(q), fold(k), fold(v), causal=True)
+        # flash-attn aligns the causal mask bottom-right, which is right for a tail of queries;
+        # a mask with nothing masked (bidirectional attention) is causal=False
+        causal = not bool(allowed.all())
+        z = flash_attn_func(fold(q), fold(k), fold(v), causal=causal)
         return z.to(q.dtype).reshape(m, b, nq, h, e)
     fold = lambda t: t.reshape(m * b, t.shape[2], h, e).transpose(1, 2)  # noqa: E731
     z = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=allowed)
@@ -251,6 +253,13 @@ def _mix_values(
     return torch.einsum("mbqsh,mbshe->mbqhe", pattern, v)
 
 
+def _allowed(cfg: ModelConfig, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """(Q, S) bool: which key positions each query position attends to."""
+    if not cfg.causal:
+        return torch.ones(len(queries), len(keys), dtype=torch.bool, device=keys.device)
+    return keys.view(1, -1) <= queries.view(-1, 1)
+
+
 def forward(
     params: Params,
     cfg: ModelConfig,
@@ -292,7 +301,7 @@ def forward(
         att = f"{pre}.attn"
         if use_tables and layer == 0:
             x_q, q_pos = x[:, :, query_at], positions[query_at]
-            allowed = positions.view(1, s) <= q_pos.view(-1, 1)
+            allowed = _allowed(cfg, positions, q_pos)
             z = _table_attention(params, cfg, embed_table, tokens, query_at, allowed, backend, tail)
         else:
             h = (
@@ -316,7 +325,7 @@ def forward(
                 torch.einsum("mbsd,mhde->mbshe", h, params[f"{att}.W_V"])
                 + _bcast(params[f"{att}.b_V"], 5),
             )
-            allowed = positions.view(1, s) <= q_pos.view(-1, 1)
+            allowed = _allowed(cfg, positions, q_pos)
             z = _attention(q, k, v, allowed, backend, hook, att, tail)
         z = hook(f"{att}.hook_z", z)
         attn_out = _linear(z.flatten(-2), params[f"{att}.W_O"].flatten(1, 2), params[f"{att}.b_O"])

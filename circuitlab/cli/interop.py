@@ -1,0 +1,85 @@
+"""`circuitlab import`: models trained elsewhere (TransformerLens, Nanda et al.'s grokking code)
+as run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from circuitlab.cli.common import CliError, console, plain
+
+
+def _tl_config(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CliError(f"--config {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise CliError(f"--config {path} must hold a JSON object (HookedTransformerConfig fields)")
+    return data
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("import")
+    def import_cmd(
+        source: Path = typer.Argument(
+            ..., help="A checkpoint: .safetensors, or a torch file (.pt/.pth) of a state dict."
+        ),
+        task: str = typer.Option(..., "--task", "-t", help="The task it was trained on."),
+        out: Path = typer.Option(..., "--out", "-o", help="The run directory to write."),
+        config: Path = typer.Option(
+            None, "--config", help="TransformerLens config as JSON (act_fn, attention_dir, ...)."
+        ),
+        act_fn: str = typer.Option("relu", "--act-fn", help="relu or gelu (without --config)."),
+        bidirectional: bool = typer.Option(
+            False, "--bidirectional", help="Attention is not causal (without --config)."
+        ),
+        train_fraction: float = typer.Option(
+            1.0, "--train-fraction", help="Its training split if it is circuitlab's (with --seed)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of that split."),
+        min_accuracy: float = typer.Option(
+            0.99, "--min-accuracy", help="Refuse a model below this accuracy on all inputs."
+        ),
+        force: bool = typer.Option(False, "--force", help="Import even below --min-accuracy."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT."),
+    ) -> None:
+        """Import a TransformerLens model (or a Nanda-style grokking checkpoint) as a run
+        directory that `extract`, `prune`, `adapt` and `explore` take.
+
+        Weights are read without running code (safetensors, or torch.load with
+        weights_only=True). The architecture comes from the tensors' shapes; the model is
+        checked on every input of the task before anything is written. The split it was
+        trained on is unknown, so every input counts as training unless you give
+        --train-fraction and --seed.
+        """
+        from circuitlab.training.imported import ImportModelError, import_model
+
+        try:
+            result = import_model(
+                source,
+                task,
+                out,
+                act_fn=act_fn,
+                causal=not bidirectional,
+                tl_config=_tl_config(config),
+                train_fraction=train_fraction,
+                seed=seed,
+                min_accuracy=min_accuracy,
+                force=force,
+                overwrite=overwrite,
+            )
+        except ImportModelError as exc:
+            raise CliError(str(exc)) from None
+        console.print(
+            plain(
+                f"imported {source} ({result.layout} layout) -> {result.run_dir}: "
+                f"{result.acc_all:.2%} of {task}'s inputs right, {result.seconds:.1f} s"
+            )
+        )
+        for note in result.notes:
+            console.print(plain(f"  note: {note}"))
