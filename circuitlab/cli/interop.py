@@ -1,5 +1,6 @@
-"""`circuitlab import`: models trained elsewhere (TransformerLens, Nanda et al.'s grokking code)
-as run directories."""
+"""`circuitlab import` and `circuitlab export`: models trained elsewhere (TransformerLens, Nanda et
+al.'s grokking code) as run directories, and runs in TransformerLens, sae-lens and
+circuit-tracer's formats."""
 
 from __future__ import annotations
 
@@ -83,3 +84,24 @@ def register(app: typer.Typer) -> None:
         )
         for note in result.notes:
             console.print(plain(f"  note: {note}"))
+
+    @app.command("export")
+    def export_cmd(
+        run: Path = typer.Argument(..., help="A finished run directory."),
+        to: str = typer.Option(
+            ..., "--to", help="transformer-lens, sae-lens (needs an extraction) or circuit-tracer."
+        ),
+        out: Path = typer.Option(..., "--out", "-o", help="The directory to write."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT."),
+    ) -> None:
+        """Write a run in another tool's format: the model as TransformerLens loads it; the
+        model with the extraction's transcoders for sae-lens's run_with_saes; or the
+        extraction's attribution graphs for circuit-tracer's frontend."""
+        from circuitlab.extraction.exports import ExportRunError, export_run
+
+        try:
+            result = export_run(run, to, out, overwrite=overwrite)
+        except ExportRunError as exc:
+            raise CliError(str(exc)) from None
+        console.print(plain(f"wrote {len(result.files)} files to {result.out}"))
+        console.print(plain(f"load with: {result.how_to_load}"))

@@ -4,7 +4,8 @@ One directory per layer, `layer_{l}/cfg.json` + `layer_{l}/sae_weights.safetenso
 `sae_lens.SAE.load_from_disk(path)` (sae-lens >= 6; tested with 6.54): a JumpReLU transcoder
 becomes sae-lens's `JumpReLUTranscoder`, a ReLU one its `Transcoder`. sae-lens reads
 `blocks.{l}.hook_mlp_in` and writes `blocks.{l}.hook_mlp_out` of the TransformerLens export of the
-model (`circuitlab.models.export`). Writing needs no sae-lens; the format is plain JSON and
+model (`circuitlab.models.export`, which turns on `use_hook_mlp_in`: without it sae-lens silently
+reads `hook_mlp_out`). Writing needs no sae-lens; the format is plain JSON and
 safetensors. sae-lens has no TopK transcoder and no cross-layer transcoders, so those are refused.
 """
 
@@ -24,8 +25,18 @@ SAE_LENS_FORMAT_VERSION = "6.54.12"  # the sae-lens version whose format this wr
 ARCHITECTURES = {"jumprelu": "jumprelu_transcoder", "relu": "transcoder"}
 
 
-def saelens_config(tc: Transcoder, layer: int, model_name: str = "circuitlab") -> dict[str, Any]:
-    """The cfg.json sae-lens expects for layer `layer` of a per-layer transcoder."""
+def saelens_config(
+    tc: Transcoder,
+    layer: int,
+    model_name: str = "circuitlab",
+    positions: list[int] | None = None,
+    normalized: bool = False,
+) -> dict[str, Any]:
+    """The cfg.json sae-lens expects for layer `layer` of a per-layer transcoder. `positions`:
+    the only sequence positions it was trained at (circuitlab trains at the answer positions;
+    elsewhere its reconstructions are worse), recorded in the metadata. `normalized`: the
+    model has LayerNorm, so what the MLP reads is TransformerLens's `ln2.hook_normalized`
+    (its `hook_mlp_in` is the residual before ln2; ours is the MLP's input)."""
     import circuitlab
 
     return {
@@ -43,16 +54,31 @@ def saelens_config(tc: Transcoder, layer: int, model_name: str = "circuitlab") -
             "sae_lens_training_version": None,
             "model_name": model_name,
             "model_class_name": "HookedTransformer",
-            "hook_name": f"blocks.{layer}.hook_mlp_in",
+            "hook_name": f"blocks.{layer}.ln2.hook_normalized"
+            if normalized
+            else f"blocks.{layer}.hook_mlp_in",
             "hook_name_out": f"blocks.{layer}.hook_mlp_out",
             "hook_head_index": None,
             "prepend_bos": False,
             "trained_with": f"circuitlab {circuitlab.__version__}",
+            "trained_positions": positions,
+            "trained_positions_note": (
+                None
+                if positions is None
+                else f"trained on activations at sequence positions {positions} only; "
+                "reconstructions at other positions are not what it was fitted to"
+            ),
         },
     }
 
 
-def export_saelens(tc: Transcoder, directory: str | Path, model_name: str = "circuitlab") -> Path:
+def export_saelens(
+    tc: Transcoder,
+    directory: str | Path,
+    model_name: str = "circuitlab",
+    positions: list[int] | None = None,
+    normalized: bool = False,
+) -> Path:
     """Write `directory/layer_{l}/` for every layer, all at once or not at all."""
     if tc.cfg.kind != "per_layer" and tc.n_layers > 1:
         raise TranscoderError(
@@ -81,7 +107,7 @@ def export_saelens(tc: Transcoder, directory: str | Path, model_name: str = "cir
         if tc.cfg.activation == "jumprelu":
             weights["threshold"] = tensors[f"threshold.{layer}"]
         save_file(weights, str(out / "sae_weights.safetensors"))
-        cfg = saelens_config(tc, layer, model_name)
+        cfg = saelens_config(tc, layer, model_name, positions, normalized)
         (out / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
     replace_dir(tmp, directory)
     return directory

@@ -284,7 +284,8 @@ def forward(
         x = _gather(embed_table.flatten(1, 2), pair)
     else:
         x = hook("hook_embed", _gather(params["embed.W_E"], tokens))
-        x = x + hook("hook_pos_embed", params["pos_embed.W_pos"][:, :s].unsqueeze(1))
+        pos = params["pos_embed.W_pos"][:, :s].unsqueeze(1)  # (M, 1, S, D)
+        x = x + hook("hook_pos_embed", pos.expand(-1, tokens.shape[1], -1, -1))
     positions = torch.arange(s, device=tokens.device)
     answers = list(cfg.answer_positions)
     for layer in range(cfg.n_layers):
@@ -350,7 +351,8 @@ def forward(
         x = hook(f"{pre}.hook_resid_post", x)
     if cfg.normalization:
         x = _layer_norm(x, params["ln_final.w"], params["ln_final.b"], hook, "ln_final")
-    return _linear(x, params["unembed.W_U"], params["unembed.b_U"])
+    x = hook("unembed.hook_in", x)
+    return hook("unembed.hook_out", _linear(x, params["unembed.W_U"], params["unembed.b_U"]))
 
 
 HOOK_NAMES_PER_LAYER = (
@@ -387,4 +389,4 @@ def hook_names(cfg: ModelConfig) -> list[str]:
             names.append(f"blocks.{layer}.{leaf}")
     if cfg.normalization:
         names += ["ln_final.hook_scale", "ln_final.hook_normalized"]
-    return names
+    return names + ["unembed.hook_in", "unembed.hook_out"]

@@ -14,7 +14,7 @@ from torch import nn
 
 from circuitlab.models import functional
 from circuitlab.models.config import ModelConfig
-from circuitlab.models.hooks import HookFn, HookPoint
+from circuitlab.models.hooks import ActivationCache, HookFn, HookPoint
 
 if TYPE_CHECKING:
     import numpy as np
@@ -191,9 +191,10 @@ class Transformer(nn.Module):
         names: NameFilter | None = None,
         *,
         answers_only: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and a dict of activations (all hook points, or those `names` selects)."""
-        cache: dict[str, torch.Tensor] = {}
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits and the activations (all hook points, or those `names` selects), keyed by
+        hook name and by TransformerLens's short forms (`cache["pattern", 0]`)."""
+        cache = ActivationCache()
 
         def save(x: torch.Tensor, name: str) -> None:
             cache[name] = x.detach()

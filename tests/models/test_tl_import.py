@@ -160,7 +160,9 @@ def test_import_writes_a_run_that_later_stages_read(small_run, tmp_path):
 
     small = ExtractConfig(transcoder=TranscoderConfig(n_features=32, steps=80, batch_size=128))
     extracted = extract(out, None, small)
-    assert (extracted.out_dir / "summary.json").is_file() and "sufficiency" in str(extracted.summary)
+    assert (extracted.out_dir / "summary.json").is_file() and "sufficiency" in str(
+        extracted.summary
+    )
 
 
 def test_import_refuses_low_accuracy_unless_forced(tmp_path):
