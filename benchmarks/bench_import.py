@@ -146,7 +146,7 @@ def measure(seed: int) -> list[dict]:
                 "keys": list(keys),
                 "independent_keys": reference,
                 "key_f1": key_f1(keys, tuple(reference)),
-                "label": report.label,
+                "label": report.label(),
                 "sufficiency": extracted.summary["circuit"]["sufficiency"],
                 "necessity_drop": extracted.summary["circuit"]["necessity_drop"],
                 "circuit_features": extracted.summary["circuit"].get("n_features"),

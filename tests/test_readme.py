@@ -54,6 +54,7 @@ def test_python_example_runs(tmp_path, monkeypatch):
     logits, cache, ablated = ns["logits"], ns["cache"], ns["ablated"]
     assert logits.shape == (8, 3, 113)  # run_with_cache computes every position
     assert "blocks.0.mlp.hook_post" in cache
+    assert ns["pattern"] is cache["blocks.0.attn.hook_pattern"]
     assert ablated.shape == (8, 1, 113)  # forward: the answer position only
     assert not torch.allclose(ablated, logits[:, 2:])  # the hook changed the output
     tokens = torch.as_tensor(ns["task"].dataset().inputs[:8])

@@ -203,7 +203,7 @@ def test_bad_state_dicts_are_named(mutate, message):
 def test_pickles_that_run_code_are_refused(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as fh:
-        pickle.dump({"model": Payload()}, fh)
+        pickle.dump({"model": Payload()}, fh, protocol=2)
     with pytest.raises(ImportFormatError, match="code execution"):
         read_weights(path)
     assert "code ran" not in capsys.readouterr().out
