@@ -12,9 +12,11 @@ full batch, to 100% validation), and saved twice: as TransformerLens's state dic
 config, and in the layout of Nanda et al.'s own code (W_E and the MLP transposed, W_O
 flattened, no attention biases), made here by explicit transposes. Then, per file:
 `import_model` time (read, convert, check accuracy on all 12,769 pairs, write the run), whether
-the imported logits equal TransformerLens's, the key frequencies of circuitlab's analysis
-against numpy's DFT of the TransformerLens model's own W_E (F1), and `circuitlab extract`'s
-sufficiency on the imported run. Models land in benchmarks/runs/import/ (ignored by git).
+the imported logits equal TransformerLens's (for Nanda's layout, TransformerLens's model with
+the attention and unembedding biases that layout lacks set to zero), the key frequencies of
+circuitlab's analysis against numpy's DFT of the TransformerLens model's own W_E (F1), and
+`circuitlab extract`'s sufficiency on the imported run. Models land in benchmarks/runs/import/
+(ignored by git).
 """
 
 from __future__ import annotations
@@ -119,9 +121,19 @@ def measure(seed: int) -> list[dict]:
     state = torch.load(tl_file, weights_only=True)
     w_e = state["embed.W_E"][:113].double().numpy()
     tokens = torch.tensor(get_task(TASK).dataset().inputs)
-    tl_logits = _tl_logits(state, tokens)
+    # Nanda's layout has no attention or unembedding biases: its reference is TransformerLens's
+    # model with them zeroed (the model the file holds)
+    unbiased = {
+        k: torch.zeros_like(v) if k.rsplit(".", 1)[1] in ("b_Q", "b_K", "b_V", "b_O", "b_U") else v
+        for k, v in state.items()
+    }
+    references = {
+        "transformer-lens": _tl_logits(state, tokens),
+        "nanda": _tl_logits(unbiased, tokens),
+    }
     rows = []
     for layout, path in (("transformer-lens", tl_file), ("nanda", nanda_file)):
+        tl_logits = references[layout]
         out = root / f"run-{layout}"
         start = time.perf_counter()
         result = import_model(path, TASK, out, overwrite=True)
