@@ -62,6 +62,35 @@ def parse_sweep(items: list[str]) -> list[dict[str, object]]:
     return grid
 
 
+def apply_overrides(base, overrides: dict[str, object]):
+    """`base` with `--set` overrides: recipe fields (`lr`), or model fields, named bare
+    (`n_layers`) or as `model.n_layers`, which go into the recipe's `model` overrides."""
+    import dataclasses
+
+    from circuitlab.models import ModelConfig
+    from circuitlab.training import RecipeError
+
+    recipe_fields = {f.name for f in dataclasses.fields(base)} - {"model"}
+    model_fields = set(ModelConfig.__dataclass_fields__)
+    recipe_changes: dict[str, object] = {}
+    model_changes: dict[str, object] = {}
+    for name, value in overrides.items():
+        field = name.removeprefix("model.")
+        if name == field and name in recipe_fields:
+            recipe_changes[name] = value
+        elif field in model_fields:
+            model_changes[field] = value
+        else:
+            raise RecipeError(
+                f"unknown recipe fields: [{name!r}]; --set takes recipe fields "
+                f"({', '.join(sorted(recipe_fields))}) and model fields, bare or as model.X "
+                f"({', '.join(sorted(model_fields))})"
+            )
+    if model_changes:
+        recipe_changes["model"] = {**base.model, **model_changes}
+    return base.replace(**recipe_changes) if recipe_changes else base
+
+
 def run_path(out: Path, task: str, recipe: str, overrides: dict[str, object], seed: int) -> Path:
     """OUT/TASK/RECIPE[-overrides]-seedN, each part one path component however the task spec
     or the override values are spelled (`a/b`, `..`), so a run never lands outside OUT."""
@@ -96,7 +125,10 @@ def register(app: typer.Typer) -> None:
             "0", "--seeds", "-s", help="Seeds: 0-31, 3 or 0,2,5-7. One run per seed."
         ),
         sets: list[str] = typer.Option(
-            [], "--set", help="Override recipe fields; commas make a sweep: --set lr=0.01,0.003"
+            [],
+            "--set",
+            help="Override recipe or model fields; commas make a sweep: --set lr=0.01,0.003 "
+            "--set n_layers=1,2 (model fields may also be written model.n_layers)",
         ),
         out: Path = typer.Option(
             Path("runs"), "--out", "-o", help="Root directory for run directories."
@@ -143,7 +175,7 @@ def register(app: typer.Typer) -> None:
                 )
             specs = []
             for overrides in sweep:
-                r = base.replace(**overrides) if overrides else base
+                r = apply_overrides(base, overrides)
                 for seed in seed_list:
                     specs.append(
                         RunSpec(task, r, seed, run_path(out, task, recipe, overrides, seed))

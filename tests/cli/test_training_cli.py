@@ -111,6 +111,21 @@ def test_train_refuses_bad_input_in_one_line(tmp_path, args, message):
     assert not list(tmp_path.rglob("*.partial"))
 
 
+def test_set_reaches_model_fields(tmp_path):
+    out = tmp_path / "runs"
+    res = circuitlab(
+        "train", "--task", "add_mod_7", "--set", "max_steps=5", "--set", "n_layers=1,2",
+        "--set", "model.d_mlp=32", "--out", str(out), "--workers", "1",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    runs = sorted((out / "add_mod_7").iterdir())
+    assert len(runs) == 2
+    layers = sorted(read_run(r).model_config.n_layers for r in runs)
+    assert layers == [1, 2] and {read_run(r).model_config.d_mlp for r in runs} == {32}
+    bad = circuitlab("train", "--task", "add_mod_7", "--set", "model.depth=2", "--out", str(out))
+    assert bad.returncode == 2 and "model fields" in bad.stderr and "n_layers" in bad.stderr
+
+
 def test_train_refuses_an_out_that_is_a_file(tmp_path):
     (tmp_path / "file").write_text("")
     res = circuitlab("train", "--task", "add_mod_7", "--out", str(tmp_path / "file"))
