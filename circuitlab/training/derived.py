@@ -91,6 +91,38 @@ def evaluate(
     return out
 
 
+def untrained_record(
+    scores: Mapping[str, float],
+    params: Mapping[str, torch.Tensor],
+    task: str,
+    recipe: str,
+    seed: int,
+    cfg: ModelConfig,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one metrics row (step 0) and the summary of a run made without training (pruned
+    without fine-tuning, imported), from `evaluate`'s scores."""
+    row = {
+        "step": 0,
+        **{k: scores[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+        "weight_norm": float(sum(p.pow(2).sum() for p in params.values()).sqrt()),
+        "lr": 0.0,
+        "time_s": 0.0,
+    }
+    summary = {
+        "task": task,
+        "recipe": recipe,
+        "seed": seed,
+        "steps": 0,
+        "grokked_at": None,
+        "grok_threshold": rundir.GROK_THRESHOLD,
+        "final": {k: v for k, v in row.items() if k != "step"},
+        "acc_all": scores["acc_all"],
+        "n_params": cfg.n_params,
+        "wall_time_s": 0.0,
+    }
+    return row, summary
+
+
 def write_run(
     run_dir: Path,
     config: dict[str, Any],

@@ -32,7 +32,7 @@ from circuitlab.models.tl_import import (
 )
 from circuitlab.tasks import TaskError, get_task
 from circuitlab.training import rundir
-from circuitlab.training.derived import evaluate, write_run
+from circuitlab.training.derived import evaluate, untrained_record, write_run
 from circuitlab.training.recipe import Recipe
 
 MIN_ACCURACY = 0.99  # an import below this accuracy on the task is refused unless forced
@@ -144,13 +144,8 @@ def import_model(
             f"{min_accuracy:.0%}: is it the task it was trained on (token order, answer "
             "position, act_fn, causal)? Pass --force to import it anyway"
         )
-    row = {
-        "step": 0,
-        **{k: scores[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
-        "weight_norm": float(sum(p.pow(2).sum() for p in params.values()).sqrt()),
-        "lr": 0.0,
-        "time_s": 0.0,
-    }
+    row, summary = untrained_record(scores, params, spec.spec, recipe.name, seed, cfg)
+    summary["loss_all"] = scores["loss_all"]
     config = {
         "task": spec.spec,
         "seed": seed,
@@ -163,19 +158,6 @@ def import_model(
             "notes": list(converted.notes),
         },
         "versions": rundir.versions(),
-    }
-    summary = {
-        "task": spec.spec,
-        "recipe": recipe.name,
-        "seed": seed,
-        "steps": 0,
-        "grokked_at": None,
-        "grok_threshold": rundir.GROK_THRESHOLD,
-        "final": {k: v for k, v in row.items() if k != "step"},
-        "acc_all": scores["acc_all"],
-        "loss_all": scores["loss_all"],
-        "n_params": cfg.n_params,
-        "wall_time_s": 0.0,
     }
     write_run(out, config, params, cfg, [row], summary, overwrite=overwrite)
     return ImportResult(

@@ -41,6 +41,7 @@ from circuitlab.training.derived import (
     check_free,
     evaluate,
     parent_record,
+    untrained_record,
     write_run,
 )
 from circuitlab.training.structured import (
@@ -335,27 +336,9 @@ def _write_pruned(info, pruned, masks, cfg, target, method, overwrite, sparsity)
         parent=parent_record(info, "prune", method),
         versions=rundir.versions(),
     )
-    row = {
-        "step": 0,
-        **{k: scores[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
-        "weight_norm": float(sum(p.pow(2).sum() for p in pruned.values()).sqrt()),
-        "lr": 0.0,
-        "time_s": 0.0,
-    }
-    summary = {
-        "task": info.task,
-        "recipe": info.recipe.name,
-        "seed": info.seed,
-        "steps": 0,
-        "grokked_at": None,
-        "grok_threshold": rundir.GROK_THRESHOLD,
-        "final": {k: v for k, v in row.items() if k != "step"},
-        "acc_all": scores["acc_all"],
-        "masked_fraction": masked_fraction(masks),
-        "weight_sparsity": weight_sparsity(pruned, cfg),
-        "n_params": cfg.n_params,
-        "wall_time_s": 0.0,
-    }
+    row, summary = untrained_record(scores, pruned, info.task, info.recipe.name, info.seed, cfg)
+    summary["masked_fraction"] = masked_fraction(masks)
+    summary["weight_sparsity"] = weight_sparsity(pruned, cfg)
     write_run(
         target,
         config,
