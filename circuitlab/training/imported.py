@@ -92,6 +92,18 @@ def fit_to_task(converted: Converted, task: Any) -> tuple[ModelConfig, dict[str,
         raise ImportModelError(str(exc)) from None
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ImportFormatError(f"{path} is not a readable JSON config: {exc}") from None
+    if not isinstance(data, dict):
+        raise ImportFormatError(f"{path} must hold a JSON object (HookedTransformerConfig fields)")
+    return data
+
+
 def import_model(
     source: Any,
     task: str,
@@ -106,10 +118,12 @@ def import_model(
     force: bool = False,
     overwrite: bool = False,
 ) -> ImportResult:
-    """Import `source` (a checkpoint path, a state dict, or a `HookedTransformer`) as a run
-    directory `out` for `task`. act_fn and causal say what shapes cannot (a HookedTransformer
-    or `tl_config` carries them). Refused, with nothing written, when the accuracy on all of the
-    task's inputs is below `min_accuracy` unless `force`."""
+    """Import `source` as a run directory `out` for `task`. `source` is a checkpoint path, a
+    directory with model.safetensors and config.json (as `circuitlab export --to
+    transformer-lens` writes it), a state dict, or a `HookedTransformer`. act_fn and causal say
+    what shapes cannot (a HookedTransformer or `tl_config` carries them). Refused, with nothing
+    written, when the accuracy on all of the task's inputs is below `min_accuracy` unless
+    `force`."""
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -124,7 +138,22 @@ def import_model(
         raise ImportModelError(str(exc)) from None
     sha256, where = None, "object"
     try:
-        if isinstance(source, str | Path):
+        if isinstance(source, str | Path) and Path(source).is_dir():
+            # a directory `circuitlab export --to transformer-lens` wrote (or laid out alike)
+            where = str(Path(source).resolve())
+            weights, config = Path(source) / "model.safetensors", Path(source) / "config.json"
+            if not weights.is_file():
+                raise ImportFormatError(
+                    f"{source} is a directory without model.safetensors; give a checkpoint file "
+                    "or a directory written by `circuitlab export --to transformer-lens`"
+                )
+            if tl_config is None and config.is_file():
+                tl_config = _read_config(config)
+            converted = convert(
+                read_weights(weights), act_fn=act_fn, causal=causal, tl_config=tl_config
+            )
+            sha256 = rundir.sha256_file(weights)
+        elif isinstance(source, str | Path):
             where = str(Path(source).resolve())
             converted = convert(
                 read_weights(source), act_fn=act_fn, causal=causal, tl_config=tl_config

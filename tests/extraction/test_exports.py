@@ -54,6 +54,22 @@ def test_transformer_lens_export_loads_and_agrees_within_the_stated_bound(extrac
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
 
 
+def test_an_exported_model_imports_back_as_the_same_model(extracted, tmp_path):
+    pytest.importorskip("transformer_lens")
+    exported = circuitlab("export", extracted, "--to", "transformer-lens", "--out", tmp_path / "tl")
+    assert exported.returncode == 0, exported.stderr
+    back = circuitlab(
+        "import", tmp_path / "tl", "--task", "add_mod_13", "--out", tmp_path / "r",
+        "--min-accuracy", "0",  # the test's model is small and not fully grokked
+    )  # fmt: skip
+    assert back.returncode == 0, back.stderr
+    assert "transformer-lens layout" in " ".join(back.stdout.split())
+    _, model = load_run(extracted)
+    _, again = load_run(tmp_path / "r")
+    for name, tensor in model.tl_state_dict().items():
+        assert torch.equal(again.tl_state_dict()[name], tensor), name
+
+
 def test_saelens_run_with_saes_reproduces_the_replacement_model(extracted, tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
     result = circuitlab("export", extracted, "--to", "sae-lens", "--out", tmp_path / "sl")
