@@ -276,12 +276,20 @@ def test_memory_estimate_grows_with_the_task_and_refuses_past_the_limit(tmp_path
 # --- processes: Ctrl-C, parent killed ---------------------------------------------------------
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C as a terminal delivers it. A shell without job control starts
+    background jobs (`make test &`, CI wrappers) with SIGINT ignored, which children inherit,
+    and a process started so rightly ignores Ctrl-C; these tests are about the other case."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def circuitlab(*args, **kwargs):
     return subprocess.Popen(
         [sys.executable, "-m", "circuitlab", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
         **kwargs,
     )
 
