@@ -28,7 +28,9 @@ def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_cmd(
         source: Path = typer.Argument(
-            ..., help="A checkpoint: .safetensors, or a torch file (.pt/.pth) of a state dict."
+            ...,
+            help="A checkpoint (.safetensors, or a torch file of a state dict), a directory "
+            "`export --to transformer-lens` wrote, or tracr:PROGRAM (with --task tracr_PROGRAM).",
         ),
         task: str = typer.Option(..., "--task", "-t", help="The task it was trained on."),
         out: Path = typer.Option(..., "--out", "-o", help="The run directory to write."),

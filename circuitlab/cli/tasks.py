@@ -38,11 +38,15 @@ def register(app: typer.Typer) -> None:
         known = families()
         names = list(spec) if spec else [f.example for f in known]
         records, samples = [], {}
+        unavailable = []
         for name in names:
             try:
                 task = get_task(name)
             except TaskError as exc:
-                raise CliError(str(exc)) from None
+                if spec:
+                    raise CliError(str(exc)) from None
+                unavailable.append(str(exc))  # a family whose optional extra is missing
+                continue
             family = next((f.name for f in known if f.pattern.fullmatch(name)), "")
             data = task.dataset()
             records.append(
@@ -94,3 +98,5 @@ def register(app: typer.Typer) -> None:
             console.print("Spec forms (try `circuitlab tasks SPEC --show 5`):")
             for f in known:
                 console.print(f"  [bold]{f.name}[/]: {escape(f.summary)}", highlight=False)
+            for reason in unavailable:
+                console.print(f"  (not listed: {escape(reason)})", highlight=False)

@@ -10,6 +10,7 @@ from circuitlab.tasks import modular  # noqa: F401
 from circuitlab.tasks import permutation  # noqa: F401
 from circuitlab.tasks import grid  # noqa: F401
 from circuitlab.tasks import synthesis  # noqa: F401
+from circuitlab.tasks import tracr  # noqa: F401
 
 # isort: on
 from circuitlab.tasks.base import Dataset, Split, Task, TaskError, families, get_task

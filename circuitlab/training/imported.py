@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from circuitlab.models import ModelConfig, ModelConfigError
+from circuitlab.models import ModelConfig, ModelConfigError, Transformer
 from circuitlab.models.tl_import import (
     Converted,
     ImportFormatError,
@@ -92,6 +92,21 @@ def fit_to_task(converted: Converted, task: Any) -> tuple[ModelConfig, dict[str,
         raise ImportModelError(str(exc)) from None
 
 
+def _tracr_source(program: str) -> Converted:
+    """tracr's compiled model of a suite program (`tracr:sort`), converted exactly."""
+    from circuitlab.tasks.tracr import compiled
+
+    try:
+        comp = compiled(program)
+    except TaskError as exc:
+        raise ImportModelError(str(exc)) from None
+    from circuitlab.models.tracr_import import load_tracr
+
+    model = load_tracr(comp.assembled)
+    state = {k: v.detach().to(torch.float32) for k, v in model.tl_state_dict().items()}
+    return Converted("tracr", model.cfg, state, [f"compiled by tracr from RASP program {program}"])
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     import json
 
@@ -123,7 +138,8 @@ def import_model(
     transformer-lens` writes it), a state dict, or a `HookedTransformer`. act_fn and causal say
     what shapes cannot (a HookedTransformer or `tl_config` carries them). Refused, with nothing
     written, when the accuracy on all of the task's inputs is below `min_accuracy` unless
-    `force`."""
+    `force`. `tracr:PROGRAM` imports tracr's compilation of a suite program (task
+    `tracr_PROGRAM`)."""
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -138,7 +154,13 @@ def import_model(
         raise ImportModelError(str(exc)) from None
     sha256, where = None, "object"
     try:
-        if isinstance(source, str | Path) and Path(source).is_dir():
+        if isinstance(source, str | Path) and str(source).startswith("tracr:"):
+            converted = _tracr_source(str(source).removeprefix("tracr:"))
+            where = str(source)
+        elif isinstance(source, Transformer):
+            state = {k: v.detach() for k, v in source.tl_state_dict().items()}
+            converted = Converted("circuitlab", source.cfg, state)
+        elif isinstance(source, str | Path) and Path(source).is_dir():
             # a directory `circuitlab export --to transformer-lens` wrote (or laid out alike)
             where = str(Path(source).resolve())
             weights, config = Path(source) / "model.safetensors", Path(source) / "config.json"

@@ -67,8 +67,9 @@ def test_family_examples_satisfy_the_contract(spec: str) -> None:
     assert len(np.unique(data.inputs, axis=0)) == len(data)  # no duplicate examples
 
 
-def test_families_cover_all_four_kinds() -> None:
-    assert [f.name for f in families()] == ["modular", "permutation", "grid", "synthesis"]
+def test_families_cover_all_five_kinds() -> None:
+    names = ["modular", "permutation", "grid", "synthesis", "tracr"]
+    assert [f.name for f in families()] == names
 
 
 def test_dataset_is_a_fresh_copy() -> None:
