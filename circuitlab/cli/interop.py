@@ -4,24 +4,11 @@ circuit-tracer's formats."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from circuitlab.cli.common import CliError, console, plain
-
-
-def _tl_config(path: Path | None) -> dict | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CliError(f"--config {path}: not a readable JSON file ({exc})") from None
-    if not isinstance(data, dict):
-        raise CliError(f"--config {path} must hold a JSON object (HookedTransformerConfig fields)")
-    return data
 
 
 def register(app: typer.Typer) -> None:
@@ -69,7 +56,7 @@ def register(app: typer.Typer) -> None:
                 out,
                 act_fn=act_fn,
                 causal=not bidirectional,
-                tl_config=_tl_config(config),
+                tl_config=config,
                 train_fraction=train_fraction,
                 seed=seed,
                 min_accuracy=min_accuracy,

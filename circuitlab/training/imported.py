@@ -126,7 +126,7 @@ def import_model(
     *,
     act_fn: str = "relu",
     causal: bool = True,
-    tl_config: dict[str, Any] | None = None,
+    tl_config: dict[str, Any] | str | Path | None = None,
     train_fraction: float = 1.0,
     seed: int = 0,
     min_accuracy: float = MIN_ACCURACY,
@@ -138,8 +138,8 @@ def import_model(
     transformer-lens` writes it), a state dict, or a `HookedTransformer`. act_fn and causal say
     what shapes cannot (a HookedTransformer or `tl_config` carries them). Refused, with nothing
     written, when the accuracy on all of the task's inputs is below `min_accuracy` unless
-    `force`. `tracr:PROGRAM` imports tracr's compilation of a suite program (task
-    `tracr_PROGRAM`)."""
+    `force`. `tl_config` may be a path to its JSON. `tracr:PROGRAM` imports tracr's
+    compilation of a suite program (task `tracr_PROGRAM`)."""
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -154,6 +154,8 @@ def import_model(
         raise ImportModelError(str(exc)) from None
     sha256, where = None, "object"
     try:
+        if isinstance(tl_config, str | Path):
+            tl_config = _read_config(Path(tl_config))
         if isinstance(source, str | Path) and str(source).startswith("tracr:"):
             converted = _tracr_source(str(source).removeprefix("tracr:"))
             where = str(source)

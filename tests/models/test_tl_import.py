@@ -220,7 +220,7 @@ def test_cli_bad_inputs_are_one_line(tmp_path):
     cases = [
         (["--task", "add_mod_13"], "reads 8 tokens but add_mod_13 uses 14"),
         (["--task", "nope_99"], "task"),
-        (["--task", "add_mod_7", "--config", str(tmp_path / "none.json")], "--config"),
+        (["--task", "add_mod_7", "--config", str(tmp_path / "none.json")], "readable JSON config"),
     ]
     (tmp_path / "cfg.json").write_text(json.dumps({"act_fn": "solu"}))
     cases.append((["--task", "add_mod_7", "--config", str(tmp_path / "cfg.json")], "solu"))
