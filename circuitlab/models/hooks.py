@@ -103,9 +103,9 @@ class ActivationCache(dict):
 
     def __getitem__(self, key: str | tuple) -> torch.Tensor:
         if isinstance(key, tuple):
-            return super().__getitem__(act_name(*key))
-        if not super().__contains__(key) and "." not in key and not key.startswith("hook_"):
-            return super().__getitem__(act_name(key))
+            key = act_name(*key)
+        elif not super().__contains__(key):
+            key = act_name(key)  # a full name comes back unchanged, and stays missing
         return super().__getitem__(key)
 
     def __contains__(self, key: object) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from circuitlab.models import functional
-from circuitlab.models.config import ModelConfig, ModelConfigError
+from circuitlab.models.config import ACTIVATIONS, ModelConfig, ModelConfigError
 
 # buffers TransformerLens keeps in its state dict; recomputed here, never weights
 BUFFER_SUFFIXES = (".IGNORE", ".mask")
@@ -148,8 +148,8 @@ def convert(
                 f"positional_embedding_type {tl_config['positional_embedding_type']!r} is not "
                 "supported (only learned absolute positions, 'standard')"
             )
-    if act_fn not in ("relu", "gelu"):
-        raise ImportFormatError(f"act_fn {act_fn!r} is not supported (relu or gelu)")
+    if act_fn not in ACTIVATIONS:
+        raise ImportFormatError(f"act_fn {act_fn!r} is not supported ({' or '.join(ACTIVATIONS)})")
     n_layers = _layers(state)
     w_pos = _need(state, "pos_embed.W_pos", 2)
     n_ctx, d_model = w_pos.shape
@@ -248,6 +248,4 @@ def from_hooked_transformer(model: Any) -> Converted:
         "normalization_type": cfg.normalization_type,
         "positional_embedding_type": cfg.positional_embedding_type,
     }
-    if cfg.act_fn not in ("relu", "gelu"):
-        raise ImportFormatError(f"act_fn {cfg.act_fn!r} is not supported (relu or gelu)")
-    return convert(model.state_dict(), tl_config=tl_config)
+    return convert(model.state_dict(), tl_config=tl_config)  # convert checks act_fn

@@ -92,6 +92,12 @@ def fit_to_task(converted: Converted, task: Any) -> tuple[ModelConfig, dict[str,
         raise ImportModelError(str(exc)) from None
 
 
+def _from_model(model: Transformer, layout: str, notes: list[str] | None = None) -> Converted:
+    """A circuitlab `Transformer` as it stands (float32 weights, its own config)."""
+    state = {k: v.detach().to(torch.float32) for k, v in model.tl_state_dict().items()}
+    return Converted(layout, model.cfg, state, notes or [])
+
+
 def _tracr_source(program: str) -> Converted:
     """tracr's compiled model of a suite program (`tracr:sort`), converted exactly."""
     from circuitlab.tasks.tracr import compiled
@@ -102,9 +108,8 @@ def _tracr_source(program: str) -> Converted:
         raise ImportModelError(str(exc)) from None
     from circuitlab.models.tracr_import import load_tracr
 
-    model = load_tracr(comp.assembled)
-    state = {k: v.detach().to(torch.float32) for k, v in model.tl_state_dict().items()}
-    return Converted("tracr", model.cfg, state, [f"compiled by tracr from RASP program {program}"])
+    notes = [f"compiled by tracr from RASP program {program}"]
+    return _from_model(load_tracr(comp.assembled), "tracr", notes)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -160,29 +165,22 @@ def import_model(
             converted = _tracr_source(str(source).removeprefix("tracr:"))
             where = str(source)
         elif isinstance(source, Transformer):
-            state = {k: v.detach() for k, v in source.tl_state_dict().items()}
-            converted = Converted("circuitlab", source.cfg, state)
-        elif isinstance(source, str | Path) and Path(source).is_dir():
-            # a directory `circuitlab export --to transformer-lens` wrote (or laid out alike)
-            where = str(Path(source).resolve())
-            weights, config = Path(source) / "model.safetensors", Path(source) / "config.json"
-            if not weights.is_file():
-                raise ImportFormatError(
-                    f"{source} is a directory without model.safetensors; give a checkpoint file "
-                    "or a directory written by `circuitlab export --to transformer-lens`"
-                )
-            if tl_config is None and config.is_file():
-                tl_config = _read_config(config)
-            converted = convert(
-                read_weights(weights), act_fn=act_fn, causal=causal, tl_config=tl_config
-            )
-            sha256 = rundir.sha256_file(weights)
+            converted = _from_model(source, "circuitlab")
         elif isinstance(source, str | Path):
-            where = str(Path(source).resolve())
+            where, path = str(Path(source).resolve()), Path(source)
+            if path.is_dir():  # as `circuitlab export --to transformer-lens` writes it
+                if tl_config is None and (path / "config.json").is_file():
+                    tl_config = _read_config(path / "config.json")
+                path = path / "model.safetensors"
+                if not path.is_file():
+                    raise ImportFormatError(
+                        f"{source} is a directory without model.safetensors; give a checkpoint "
+                        "file or a directory written by `circuitlab export --to transformer-lens`"
+                    )
             converted = convert(
-                read_weights(source), act_fn=act_fn, causal=causal, tl_config=tl_config
+                read_weights(path), act_fn=act_fn, causal=causal, tl_config=tl_config
             )
-            sha256 = rundir.sha256_file(source)
+            sha256 = rundir.sha256_file(path)
         elif hasattr(source, "cfg") and hasattr(source, "state_dict"):
             converted = from_hooked_transformer(source)
         else:
