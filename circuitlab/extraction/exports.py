@@ -80,7 +80,16 @@ def export_run(run_dir: str | Path, to: str, out: str | Path, *, overwrite: bool
                 tc = Transcoder.load(_extraction(run_dir, "the transcoder") / "transcoder")
                 positions = list(model.cfg.answer_positions)
                 export_saelens(
-                    tc, tmp / "transcoders", model_name=run_dir.name, positions=positions
+                    tc,
+                    tmp / "transcoders",
+                    model_name=run_dir.name,
+                    positions=positions,
+                    ln2=[
+                        tuple(model.param(f"blocks.{l}.ln2.{x}").detach() for x in "wb")
+                        for l in range(model.cfg.n_layers)
+                    ]
+                    if model.cfg.normalization
+                    else None,
                 )
                 how = (
                     "HookedSAETransformer from model/ (load_hooked_transformer's config and "

@@ -102,6 +102,40 @@ def test_saelens_run_with_saes_reproduces_the_replacement_model(extracted, tmp_p
     assert theirs_acc == ours_acc
 
 
+def test_saelens_export_of_a_layernorm_model_reads_what_the_mlp_reads(tmp_path):
+    """With LayerNorm, TransformerLens's hook_mlp_in is the residual before ln2; the transcoder
+    reads after it (`ln2.hook_normalized`), and run_with_saes must splice in there."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformerConfig
+
+    from circuitlab.training import RunSpec, get_recipe, train_stack
+
+    run = tmp_path / "ln"
+    model = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64, normalization="LN")
+    recipe = get_recipe("fast").replace(train_fraction=0.6, max_steps=60, model=model)
+    train_stack([RunSpec("add_mod_13", recipe, 0, run)], threads=1)
+    extract(run, None, CONFIG)
+    result = circuitlab("export", run, "--to", "sae-lens", "--out", tmp_path / "sl")
+    assert result.returncode == 0, result.stderr
+    sae_dir = tmp_path / "sl" / "transcoders" / "layer_0"
+    hook = json.loads((sae_dir / "cfg.json").read_text())["metadata"]["hook_name"]
+    assert hook == "blocks.0.ln2.hook_normalized"
+    config = json.loads((tmp_path / "sl" / "model" / "config.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        hooked = sae_lens.HookedSAETransformer(HookedTransformerConfig(**config))
+    hooked.load_state_dict(load_file(str(tmp_path / "sl" / "model" / "model.safetensors")))
+    tokens, _ = _all_inputs()
+    with torch.no_grad():
+        spliced = hooked.run_with_saes(tokens, saes=[sae_lens.SAE.load_from_disk(sae_dir)])
+        _, ours = load_run(run)
+        tc = Transcoder.load(run / "extraction" / "transcoder")
+        with replacement_hooks(ours, tc):
+            replaced = ours(tokens)[:, 0]
+    torch.testing.assert_close(spliced[:, -1], replaced, atol=1e-4, rtol=1e-4)
+
+
 def test_circuit_tracer_export_is_the_graph_directory(extracted, tmp_path):
     result = circuitlab("export", extracted, "--to", "circuit-tracer", "--out", tmp_path / "ct")
     assert result.returncode == 0, result.stderr

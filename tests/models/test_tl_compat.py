@@ -16,7 +16,12 @@ def _model(**overrides) -> Transformer:
         d_vocab=14, d_vocab_out=13, n_ctx=3, answer_positions=(2,), d_model=32, n_heads=4,
         d_head=8, d_mlp=64, n_layers=2,
     )  # fmt: skip
-    return Transformer(ModelConfig(**(base | overrides)), seed=5)
+    model = Transformer(ModelConfig(**(base | overrides)), seed=5)
+    with torch.no_grad():  # LayerNorm gains and biases away from 1 and 0, as after training
+        for name, p in model.tl_state_dict().items():
+            if name.rsplit(".", 1)[1] in ("w", "b"):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.3)
+    return model
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(normalization="LN", act_fn="gelu")])
@@ -36,10 +41,15 @@ def test_every_shared_hook_name_holds_the_same_activation(overrides):
     assert set(theirs.keys()) <= set(ours), sorted(set(theirs.keys()) - set(ours))
     for name in sorted(shared):
         if name.endswith("hook_mlp_in") and model.cfg.normalization:
-            # the one documented difference: ours is what the MLP reads (after ln2, what a
-            # transcoder reads), TransformerLens's the residual before ln2
+            # the one documented difference: ours is what the MLP reads (after ln2 and its
+            # gain and bias, what a transcoder reads), TransformerLens's the residual before
+            # ln2; TransformerLens has no hook on the MLP's input, only on the normalized
+            # residual before the gain and bias
             layer = name.split(".")[1]
-            torch.testing.assert_close(ours[name], theirs[f"blocks.{layer}.ln2.hook_normalized"])
+            gain, bias = (model.param(f"blocks.{layer}.ln2.{x}") for x in "wb")
+            normalized = theirs[f"blocks.{layer}.ln2.hook_normalized"]
+            torch.testing.assert_close(ours[name], normalized * gain + bias, atol=1e-5, rtol=0)
+            assert not torch.allclose(ours[name], normalized, atol=1e-3)
             continue
         torch.testing.assert_close(ours[name], theirs[name], atol=1e-5, rtol=0, msg=name)
 
