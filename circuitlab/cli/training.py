@@ -5,12 +5,16 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from circuitlab.cli.common import CliError, console, err_console
+
+if TYPE_CHECKING:
+    from circuitlab.training import Recipe
 
 MAX_RUNS = 10_000  # runs one command may start; a typo like --seeds 0-100000000 is refused
 
@@ -62,7 +66,7 @@ def parse_sweep(items: list[str]) -> list[dict[str, object]]:
     return grid
 
 
-def apply_overrides(base, overrides: dict[str, object]):
+def apply_overrides(base: Recipe, overrides: dict[str, object]) -> Recipe:
     """`base` with `--set` overrides: recipe fields (`lr`), or model fields, named bare
     (`n_layers`) or as `model.n_layers`, which go into the recipe's `model` overrides."""
     import dataclasses

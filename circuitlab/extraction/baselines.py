@@ -39,7 +39,6 @@ from circuitlab.extraction.component_patching import (
     component_graph,
     divergence_from_clean,
     ln_backward,
-    param,
     run_components,
     task_metric,
 )
@@ -79,18 +78,18 @@ def _dst_grads(
         for x in "qkv":
             g = grads[f"{b}.attn.hook_{x}"]
             if g is not None:
-                w = param(model, f"{b}.attn.W_{x.upper()}")
+                w = model.param(f"{b}.attn.W_{x.upper()}")
                 total = total + torch.einsum("bshe,hde->bshd", g, w)
         for h in range(cfg.n_heads):
             g = total[:, :, h] if torch.is_tensor(total) else torch.zeros_like(run.outs[INPUT])
             if cfg.normalization:
-                g = ln_backward(run.acts[f"{b}.hook_resid_pre"], g, param(model, f"{b}.ln1.w"))
+                g = ln_backward(run.acts[f"{b}.hook_resid_pre"], g, model.param(f"{b}.ln1.w"))
             out[("attn", layer, h)] = g
         if cfg.d_mlp:
             g = grads[f"{b}.hook_mlp_in"]
             g = torch.zeros_like(run.outs[INPUT]) if g is None else g
             if cfg.normalization:
-                g = ln_backward(run.acts[f"{b}.hook_resid_mid"], g, param(model, f"{b}.ln2.w"))
+                g = ln_backward(run.acts[f"{b}.hook_resid_mid"], g, model.param(f"{b}.ln2.w"))
             out[("mlp", layer)] = g
     out[LOGITS] = grads["final"]
     return out

@@ -103,10 +103,6 @@ class ComponentRun:
     acts: dict[str, torch.Tensor]  # hook name -> activation (q/k/v, mlp_in, residuals)
 
 
-def param(model: Transformer, name: str) -> torch.Tensor:
-    return model.param(name)
-
-
 def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     x = x - x.mean(-1, keepdim=True)
     return x / (x.pow(2).mean(-1, keepdim=True) + LN_EPS).sqrt() * w + b
@@ -169,12 +165,12 @@ def run_components(
             if ln:
                 resid = layer_norm(
                     resid,
-                    param(model, f"blocks.{layer}.ln1.w"),
-                    param(model, f"blocks.{layer}.ln1.b"),
+                    model.param(f"blocks.{layer}.ln1.w"),
+                    model.param(f"blocks.{layer}.ln1.b"),
                 )
             w, b = (
-                param(model, f"blocks.{layer}.attn.W_{which}"),
-                param(model, f"blocks.{layer}.attn.b_{which}"),
+                model.param(f"blocks.{layer}.attn.W_{which}"),
+                model.param(f"blocks.{layer}.attn.b_{which}"),
             )
             edited = x.clone() if edited is None else edited
             edited[:, :, h] = resid @ w[h] + b[h]
@@ -184,7 +180,7 @@ def run_components(
 
     def hook_z(z: torch.Tensor, name: HookName) -> None:
         layer = name.layer()
-        per_head = torch.einsum("bshe,hed->bshd", z, param(model, f"blocks.{layer}.attn.W_O"))
+        per_head = torch.einsum("bshe,hed->bshd", z, model.param(f"blocks.{layer}.attn.W_O"))
         for h in range(cfg.n_heads):
             outs[("attn", layer, h)] = per_head[:, :, h]
 
@@ -196,8 +192,8 @@ def run_components(
             if ln:
                 x = layer_norm(
                     resid,
-                    param(model, f"blocks.{layer}.ln2.w"),
-                    param(model, f"blocks.{layer}.ln2.b"),
+                    model.param(f"blocks.{layer}.ln2.w"),
+                    model.param(f"blocks.{layer}.ln2.b"),
                 )
             else:
                 x = resid

@@ -279,11 +279,9 @@ def logit_fourier_fit(
 ) -> LogitFit:
     """Fit logits (n, m) by sum_k alpha_k cos(w_k (answer - c)) over all n*m entries, w_k =
     2 pi k / m: the columns and answers are coordinates on Z_m (the residues for addition).
-    Offsets per input and per output are fitted too (`streamed_fit`).
-
-    Least squares through the normal equations, accumulated over chunks of rows (the design has
-    n*p rows and one column per key, so its Gram matrix is tiny), then the residual in a
-    second pass."""
+    Offsets per input and per output are fitted too. Least squares through the normal
+    equations, accumulated over chunks of rows by `streamed_fit` (the design has n*p rows and
+    one column per key, so its Gram matrix is tiny)."""
     if logits.dim() != 2 or logits.shape[0] != answers.shape[0]:
         raise FourierError(
             f"logits must be (n, p) matching answers (n,), got {tuple(logits.shape)}"

@@ -123,8 +123,7 @@ def logit_character_fit(
     tr(rho(c*) rho(c)^T) = chi_rho(c* c^-1), the counterpart of cos(w_k (c* - c))).
 
     Offsets per input and per output are fitted too (`fourier_fits.streamed_fit`, which
-    streams the normal equations over chunks of rows). `LogitFit.keys` are
-    irrep indices."""
+    streams the normal equations over chunks of rows). `LogitFit.keys` are irrep indices."""
     if logits.dim() != 2 or logits.shape != (answers.shape[0], group.order):
         raise GroupFitError(
             f"logits must be (n, {group.order}) matching answers (n,), got {tuple(logits.shape)}"
