@@ -9,11 +9,20 @@ For every program of the tracr suite (`circuitlab.models.tracr_programs.SUITE`),
 its default vocabulary and length and loaded in float64, the data is every input of the
 program's domain, run one batch per length (the compiled models have no pad mask). For each
 ablation (zero, per-position mean, resample = seeded permutation of each batch) and each method
-(EAP, EAP-IG with 5 steps, ACDC with tau), it reports node and edge ROC AUC against the
-compiled circuit (`baselines.truth_nodes` / `truth_edges`: tracr's edges plus input -> reader
-and writer -> logits edges) and the seconds taken. Positions a program leaves undefined
-(`undefined_prefix`) are left out of every metric. The ACDC paper's anchor on tracr programs:
-edge AUC near 1.0 with zero ablation, 0.2-0.6 with random-input (resample) ablation.
+(EAP, EAP-IG with 5 steps, ACDC with tau, and circuitlab's own circuit), it reports node and
+edge ROC AUC against the compiled circuit (`baselines.truth_nodes` / `truth_edges`: tracr's
+edges plus input -> reader and writer -> logits edges) and the seconds taken. Positions a
+program leaves undefined (`undefined_prefix`) are left out of every metric. The ACDC paper's
+anchor on tracr programs: edge AUC near 1.0 with zero ablation, 0.2-0.6 with random-input
+(resample) ablation.
+
+circuitlab's row ("circuit"): the program is imported as a run (`circuitlab import
+tracr:PROGRAM`), extracted with that ablation (transcoder, attribution, the smallest circuit of
+features meeting the sufficiency target on the task's full-length inputs), and the circuit is
+read on the component graph over the same inputs as the baselines
+(`circuit_components.circuit_components`). Its seconds are the whole extraction plus the
+reading. Numerical programs have no row: extraction selects circuits by accuracy, which a
+numerical output does not have.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ import json
 import math
 import os
 import platform
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -31,10 +43,16 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from circuitlab.extraction import ExtractConfig, extract  # noqa: E402
 from circuitlab.extraction import baselines as bl  # noqa: E402
+from circuitlab.extraction.artifact import circuit_record, feature_mask  # noqa: E402
+from circuitlab.extraction.circuit_components import circuit_components  # noqa: E402
+from circuitlab.extraction.transcoder import Transcoder  # noqa: E402
 from circuitlab.models.tracr_import import TracrCircuit, encode, load_tracr  # noqa: E402
 from circuitlab.models.tracr_programs import PROGRAMS, SUITE, all_inputs, compile_program  # noqa: E402
 from circuitlab.models.transformer import Transformer  # noqa: E402
+from circuitlab.training import load_run  # noqa: E402
+from circuitlab.training.imported import import_model  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "groundtruth.json"
 
@@ -54,8 +72,43 @@ def program_data(
     return model, batches, circuit, positions
 
 
+CIRCUIT = "circuit"  # circuitlab's own method in the rows
+
+
+def our_circuit(
+    name: str, ablation: str, batches: list[torch.Tensor], positions: list[int], workdir: Path
+) -> tuple[bl.MethodScore, dict]:
+    """Extract the imported program with `ablation` and read its circuit on the components."""
+    assembled_circuit = compile_program(name)[1]
+    run_dir = workdir / name
+    start = time.perf_counter()
+    if not run_dir.exists():
+        import_model(f"tracr:{name}", f"tracr_{name}", run_dir)
+    result = extract(run_dir, config=ExtractConfig(ablation=ablation), write_catalog=False)
+    _, model = load_run(run_dir)
+    transcoder = Transcoder.load(result.out_dir / "transcoder")
+    keep = feature_mask(circuit_record(result.out_dir), transcoder.n_layers, transcoder.n_features)
+    scores = circuit_components(model, transcoder, keep, batches, ablation, positions)
+    seconds = time.perf_counter() - start
+    found = bl.MethodScore(
+        CIRCUIT,
+        ablation,
+        bl.roc_auc(scores.nodes, bl.truth_nodes(assembled_circuit)),
+        bl.roc_auc(scores.edges, bl.truth_edges(assembled_circuit)),
+        seconds,
+    )
+    summary = result.summary["circuit"]
+    return found, {
+        "n_features": summary["n_features"],
+        "n_features_total": summary["n_features_total"],
+        "sufficiency": summary["sufficiency"],
+        "extract_inputs": summary["n_inputs"],
+    }
+
+
 def run(programs: list[str], tau: float, steps: int, numeric_metric: str) -> dict:
     rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="bench_groundtruth_"))
     for name in programs:
         model, batches, circuit, positions = program_data(name)
         numeric = model.cfg.d_vocab_out == 1
@@ -84,14 +137,34 @@ def run(programs: list[str], tau: float, steps: int, numeric_metric: str) -> dic
                 )
                 print(f"{name:16s} {ablation:9s} {method:7s} node {s.node_auc:.3f} "
                       f"edge {s.edge_auc:.3f} {s.seconds:.2f}s", flush=True)  # fmt: skip
+            if numeric:
+                continue
+            s, extra = our_circuit(name, ablation, batches, positions, workdir)
+            rows.append(
+                {
+                    "program": name,
+                    "ablation": ablation,
+                    "method": CIRCUIT,
+                    "node_auc": s.node_auc,
+                    "edge_auc": s.edge_auc,
+                    "seconds": s.seconds,
+                    "n_inputs": sum(len(b) for b in batches),
+                    **extra,
+                }
+            )
+            print(f"{name:16s} {ablation:9s} {CIRCUIT:7s} node {s.node_auc:.3f} "
+                  f"edge {s.edge_auc:.3f} {s.seconds:.2f}s ({extra['n_features']} features, "
+                  f"sufficiency {extra['sufficiency']:.3f})", flush=True)  # fmt: skip
+    shutil.rmtree(workdir, ignore_errors=True)
     summary = {}
     for ablation in bl.ABLATIONS:
-        for method in bl.METHODS:
+        for method in (*bl.METHODS, CIRCUIT):
             sel = [r for r in rows if r["ablation"] == ablation and r["method"] == method]
             summary[f"{method}/{ablation}"] = {
                 key: _nanmean([r[key] for r in sel]) for key in ("node_auc", "edge_auc", "seconds")
             }
     return {
+        "targets": targets(rows),
         "settings": {
             "tau": tau,
             "eap_ig_steps": steps,
@@ -102,6 +175,43 @@ def run(programs: list[str], tau: float, steps: int, numeric_metric: str) -> dic
         "rows": rows,
         "mean": summary,
     }
+
+
+def targets(rows: list[dict]) -> dict:
+    """Per ablation, over the programs circuitlab extracts: the mean AUCs of every method on
+    those programs, where our node AUC is >= 0.95, and where it is >= the best baseline's
+    (programs whose every component is in the circuit have no node AUC and are left out)."""
+    out = {}
+    for ablation in bl.ABLATIONS:
+        ours = {
+            r["program"]: r for r in rows if r["ablation"] == ablation and r["method"] == CIRCUIT
+        }
+        base = [r for r in rows if r["ablation"] == ablation and r["program"] in ours]
+        entry: dict = {"programs": len(ours), "mean_on_these_programs": {}}
+        for method in (*bl.METHODS, CIRCUIT):
+            sel = [r for r in base if r["method"] == method]
+            entry["mean_on_these_programs"][method] = {
+                key: _nanmean([r[key] for r in sel]) for key in ("node_auc", "edge_auc")
+            }
+        for key in ("node_auc", "edge_auc"):
+            scored = [p for p, r in ours.items() if not math.isnan(r[key])]
+            best = {
+                p: max(r[key] for r in base if r["program"] == p and r["method"] != CIRCUIT)
+                for p in scored
+            }
+            entry[key] = {
+                "scored": len(scored),
+                "at_least_0.95": [p for p in scored if ours[p][key] >= 0.95],
+                "below_0.95": [p for p in scored if ours[p][key] < 0.95],
+                "at_least_best_baseline": [p for p in scored if ours[p][key] >= best[p] - 1e-12],
+                "below_best_baseline": {
+                    p: [round(ours[p][key], 3), round(best[p], 3)]
+                    for p in scored
+                    if ours[p][key] < best[p] - 1e-12
+                },
+            }
+        out[ablation] = entry
+    return out
 
 
 def _nanmean(values: list[float]) -> float:
@@ -127,6 +237,21 @@ def show(result: dict) -> None:
             f"{m['node_auc']:.3f}", f"{m['edge_auc']:.3f}", f"{m['seconds']:.2f}",
         )  # fmt: skip
     Console().print(table)
+    summary = Table(title="circuitlab's circuits on the programs it extracts (categorical)")
+    for col in ("ablation", "AUC", "mean: EAP", "EAP-IG", "ACDC", "circuit", ">= 0.95",
+                ">= best baseline", "below best (ours, best)"):  # fmt: skip
+        summary.add_column(col, justify="left" if col in ("ablation", "AUC") else "right")
+    for ablation, entry in result.get("targets", {}).items():
+        for key in ("node_auc", "edge_auc"):
+            t, means = entry[key], entry["mean_on_these_programs"]
+            summary.add_row(
+                ablation, key.split("_")[0],
+                *(f"{means[m][key]:.3f}" for m in (*bl.METHODS, CIRCUIT)),
+                f"{len(t['at_least_0.95'])}/{t['scored']}",
+                f"{len(t['at_least_best_baseline'])}/{t['scored']}",
+                ", ".join(f"{p} {a:.2f}<{b:.2f}" for p, (a, b) in t["below_best_baseline"].items()),
+            )  # fmt: skip
+    Console().print(summary)
 
 
 def main() -> None:

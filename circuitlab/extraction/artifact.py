@@ -72,6 +72,22 @@ def _read_record(path: Path) -> rec.Circuit:
         ) from None
 
 
+def circuit_record(source: str | Path) -> rec.Circuit:
+    """The record of a circuit.json, an extraction directory or a run directory, runnable or
+    not (a circuit selected under resample ablation has no ablation statistics to run with,
+    but its features and transcoder are there)."""
+    return _read_record(_circuit_file(Path(source)))
+
+
+def feature_mask(record: rec.Circuit, n_layers: int, n_features: int) -> list[Tensor]:
+    """The circuit's features as one (n_features,) bool mask per layer."""
+    keep = torch.zeros(n_layers, n_features, dtype=torch.bool)
+    for n in record.nodes:
+        if n.feature.node_type == "feature":
+            keep[n.feature.layer, n.feature.index] = True
+    return list(keep.unbind(0))
+
+
 def _circuit_file(path: Path) -> Path:
     """circuit.json given itself, an extraction directory or a run directory."""
     for candidate in (path, path / CIRCUIT_FILE, path / OUT_DIR / CIRCUIT_FILE):
@@ -125,10 +141,7 @@ class Circuit:
             for n in record.nodes
             if n.feature.node_type == "feature"
         }
-        keep = torch.zeros(transcoder.n_layers, transcoder.n_features, dtype=torch.bool)
-        for layer, index in self.labels:
-            keep[layer, index] = True
-        self.keep: list[Tensor] = list(keep.unbind(0))
+        self.keep = feature_mask(record, transcoder.n_layers, transcoder.n_features)
         # the tokens at positions no port writes (`=`, query tokens), from the task's data
         self._template = task.dataset().inputs[0].copy()
 
@@ -142,7 +155,7 @@ class Circuit:
             record, run_dir = source, None
         elif Path(source).exists():
             path = _circuit_file(Path(source))
-            record, run_dir = _read_record(path), path.parent.parent
+            record, run_dir = circuit_record(path), path.parent.parent
         elif catalog is not None:
             record, run_dir = cls._from_catalog(str(source), catalog), None
         else:

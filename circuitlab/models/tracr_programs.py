@@ -175,7 +175,9 @@ SUITE: dict[str, TracrProgram] = {
             description="(opens - closes) / length so far (numerical)",
         ),
         TracrProgram(
-            "shuffle_dyck", _shuffle_dyck, _PARENS, 5, True, description="balanced parentheses"
+            # an even length: at an odd one no full-length input is balanced and the task's
+            # answer would be constant
+            "shuffle_dyck", _shuffle_dyck, _PARENS, 6, True, description="balanced parentheses"
         ),
         TracrProgram(
             "count_less_freq",
