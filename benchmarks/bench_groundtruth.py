@@ -88,6 +88,7 @@ def our_circuit(
     _, model = load_run(run_dir)
     transcoder = Transcoder.load(result.out_dir / "transcoder")
     keep = feature_mask(circuit_record(result.out_dir), transcoder.n_layers, transcoder.n_features)
+    read_start = time.perf_counter()
     scores = circuit_components(model, transcoder, keep, batches, ablation, positions)
     seconds = time.perf_counter() - start
     found = bl.MethodScore(
@@ -103,10 +104,82 @@ def our_circuit(
         "n_features_total": summary["n_features_total"],
         "sufficiency": summary["sufficiency"],
         "extract_inputs": summary["n_inputs"],
+        "read_seconds": seconds - (read_start - start),
     }
 
 
-def run(programs: list[str], tau: float, steps: int, numeric_metric: str) -> dict:
+def nanda_circuit(cfg) -> TracrCircuit:
+    """The circuit of a grokked 1-layer modular-addition model (Nanda et al. 2023): every head
+    moves a and b to the `=` position, the MLP reads them and computes the logits (their
+    logits ~ W_U W_out times the neuron activations). Not in it: the MLP's read of the
+    residual at `=` (a constant token) and the direct paths from the heads and the embedding
+    to the logits."""
+    heads = frozenset(("attn", 0, h) for h in range(cfg.n_heads))
+    mlp = ("mlp", 0)
+    return TracrCircuit(
+        nodes=heads | {mlp},
+        edges=frozenset((h, mlp) for h in heads),
+        input_nodes=heads,
+        output_nodes=frozenset({mlp}),
+    )
+
+
+def grokked_rows(tau: float, steps: int, workdir: Path) -> list[dict]:
+    """Every method on the grokked add_mod_113 model the other benchmarks share (all 12,769
+    inputs), scored against `nanda_circuit`."""
+    from _shared import shared_run
+
+    from circuitlab.extraction.activations import task_tokens
+    from circuitlab.tasks import get_task
+
+    run_dir = workdir / "add_mod_113"
+    shutil.copytree(shared_run(), run_dir)  # extraction writes into the run: use a copy
+    _, model = load_run(run_dir)
+    model = model.eval()
+    tokens = task_tokens(get_task("add_mod_113"))[0]
+    truth = nanda_circuit(model.cfg)
+    rows = []
+    for ablation in bl.ABLATIONS:
+        for method in bl.METHODS:
+            s = bl.score_method(method, model, tokens, truth, ablation, tau=tau, steps=steps)
+            rows.append(_row("add_mod_113", s, len(tokens), model.cfg))
+        start = time.perf_counter()
+        result = extract(run_dir, config=ExtractConfig(ablation=ablation), write_catalog=False)
+        transcoder = Transcoder.load(result.out_dir / "transcoder")
+        keep = feature_mask(
+            circuit_record(result.out_dir), transcoder.n_layers, transcoder.n_features
+        )
+        scores = circuit_components(model, transcoder, keep, tokens, ablation)
+        s = bl.MethodScore(
+            CIRCUIT,
+            ablation,
+            bl.roc_auc(scores.nodes, bl.truth_nodes(truth)),
+            bl.roc_auc(scores.edges, bl.truth_edges(truth)),
+            time.perf_counter() - start,
+        )
+        rows.append(_row("add_mod_113", s, len(tokens), model.cfg))
+        for r in rows[-4:]:
+            print(f"add_mod_113      {ablation:9s} {r['method']:7s} node {r['node_auc']:.3f} "
+                  f"edge {r['edge_auc']:.3f} {r['seconds']:.2f}s", flush=True)  # fmt: skip
+    return rows
+
+
+def _row(program: str, s: bl.MethodScore, n_inputs: int, cfg) -> dict:
+    return {
+        "program": program,
+        "ablation": s.ablation,
+        "method": s.method,
+        "node_auc": s.node_auc,
+        "edge_auc": s.edge_auc,
+        "seconds": s.seconds,
+        "n_inputs": n_inputs,
+        "n_edges": len(bl.component_graph(cfg).edges),
+    }
+
+
+def run(
+    programs: list[str], tau: float, steps: int, numeric_metric: str, grokked_too: bool = True
+) -> dict:
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="bench_groundtruth_"))
     for name in programs:
@@ -155,6 +228,7 @@ def run(programs: list[str], tau: float, steps: int, numeric_metric: str) -> dic
             print(f"{name:16s} {ablation:9s} {CIRCUIT:7s} node {s.node_auc:.3f} "
                   f"edge {s.edge_auc:.3f} {s.seconds:.2f}s ({extra['n_features']} features, "
                   f"sufficiency {extra['sufficiency']:.3f})", flush=True)  # fmt: skip
+    grokked = grokked_rows(tau, steps, workdir) if grokked_too else []
     shutil.rmtree(workdir, ignore_errors=True)
     summary = {}
     for ablation in bl.ABLATIONS:
@@ -174,6 +248,7 @@ def run(programs: list[str], tau: float, steps: int, numeric_metric: str) -> dic
         },
         "rows": rows,
         "mean": summary,
+        "add_mod_113": grokked,
     }
 
 
@@ -252,6 +327,15 @@ def show(result: dict) -> None:
                 ", ".join(f"{p} {a:.2f}<{b:.2f}" for p, (a, b) in t["below_best_baseline"].items()),
             )  # fmt: skip
     Console().print(summary)
+    if result.get("add_mod_113"):
+        grokked = Table(title="grokked add_mod_113 against Nanda et al.'s circuit (edge AUC)")
+        for col in ("ablation", "method", "edge AUC", "s"):
+            grokked.add_column(col, justify="left" if col in ("ablation", "method") else "right")
+        for r in result["add_mod_113"]:
+            grokked.add_row(
+                r["ablation"], r["method"], f"{r['edge_auc']:.3f}", f"{r['seconds']:.2f}"
+            )
+        Console().print(grokked)
 
 
 def main() -> None:
@@ -265,6 +349,9 @@ def main() -> None:
         choices=("neg_mse", "output"),
         help="EAP metric for numeric programs (neg_mse has zero gradient at the clean point)",
     )
+    parser.add_argument(
+        "--no-grokked", action="store_true", help="skip the grokked add_mod_113 model"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--show", action="store_true", help="print the saved table")
     args = parser.parse_args()
@@ -272,7 +359,7 @@ def main() -> None:
         show(json.loads(args.out.read_text()))
         return
     torch.set_num_threads(1)
-    result = run(args.programs, args.tau, args.steps, args.numeric_metric)
+    result = run(args.programs, args.tau, args.steps, args.numeric_metric, not args.no_grokked)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     show(result)

@@ -27,6 +27,9 @@ the same local replacement model the attribution graphs use:
 - Targets are read one answer position at a time: a categorical output's demeaned logit of the
   clean prediction, or a numeric output's value. Scores are summed over prompts and positions
   of |score| per (prompt, position), as attribution graphs take |edge| per prompt.
+- A cross-layer transcoder runs part of MLP s's computation straight into MLP t's output
+  (s < t): that write, dotted with the gradient after MLP t, is added to the edge MLP s ->
+  MLP t, which no residual read would show.
 - A node's score is its total effect (delta . d target / d output, all paths of the linear
   model) plus its QK edges: what it does through the heads' patterns, which the frozen model
   does not carry. An edge's score is its OV part plus its QK part.
@@ -99,6 +102,9 @@ class _Pass:
         self.acts: dict[str, Tensor] = {}  # tensors the gradients are taken at
         self.resid: dict[str, Tensor] = {}  # clean residuals and LayerNorm scales (detached)
         self.deltas: dict[Node, Tensor] = {}  # (B, S, D) per source
+        # (s, t), s < t: what layer s's circuit features write into layer t (cross-layer
+        # decoders), the part of MLP t's delta that MLP s computed
+        self.cross: dict[tuple[int, int], Tensor] = {}
         self.z: dict[int, Tensor] = {}
         feats: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (linearized acts, clean acts)
 
@@ -143,7 +149,10 @@ class _Pass:
                     w = transcoder.W_dec[s][t - s].detach()
                     lin, a = feats[s]
                     grad_part = grad_part + lin @ w
-                    write = write + (a - _ablate(a, ablation, perm)) @ w
+                    part = (a - _ablate(a, ablation, perm)) @ w
+                    write = write + part
+                    if s < t:
+                        self.cross[(s, t)] = part
             self.deltas[("mlp", t)] = write
             out = y.detach() + grad_part
             self.acts[name] = out
@@ -293,14 +302,21 @@ def circuit_components(
             ov = {  # signed per prompt (B,)
                 (s, d): (run.deltas[s] * reads[d]).sum((1, 2)).detach() for s, d in graph.edges
             }
+            cross_ov: dict[Edge, Tensor] = {}
             qk_eff = {
                 (s, d): (change * z_grads[d[1]][:, :, d[2]]).sum((1, 2)).detach()
                 for (s, d), change in qk.items()
             }
+            for (s, t), part in run.cross.items():
+                # a cross-layer feature runs MLP s's computation into MLP t's output: the path
+                # MLP s -> MLP t, which no residual read shows
+                later = [d for (src, d) in graph.edges if src == ("mlp", t)]
+                downstream = sum(reads[d] for d in later)
+                cross_ov[(("mlp", s), ("mlp", t))] = (part * downstream).sum((1, 2)).detach()
             for edge, value in qk_eff.items():
                 qk_scores[edge] = qk_scores.get(edge, 0.0) + float(value.abs().sum())
             for edge in graph.edges:
-                value = ov[edge] + qk_eff.get(edge, 0.0)
+                value = ov[edge] + qk_eff.get(edge, 0.0) + cross_ov.get(edge, 0.0)
                 edge_scores[edge] += float(value.abs().sum())
             for src in sources:
                 if src not in node_scores:

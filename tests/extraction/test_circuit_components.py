@@ -154,3 +154,16 @@ def test_tracr_sort_circuit_names_the_compiled_components(tmp_path) -> None:
     # the MLP that computes sort's keys reaches the moving head only through its pattern
     edge = (("mlp", 0), ("attn", 1, 0))
     assert edge in bl.truth_edges(truth) and scores.qk[edge] > 0
+
+
+def test_cross_layer_writes_are_the_edge_between_their_mlps() -> None:
+    model, tc, tokens = tiny()
+    keep = [torch.ones(24, dtype=torch.bool), torch.zeros(24, dtype=torch.bool)]
+    # no circuit feature reads at layer 1: only layer 0's decoders into layer 1 join the MLPs
+    crossed = circuit_components(model, tc, keep, tokens, "zero")
+    assert crossed.edges[(("mlp", 0), ("mlp", 1))] > 0
+    per_layer = Transcoder(
+        TranscoderConfig(n_features=24, activation="relu", kind="per_layer", seed=2), 2, 12
+    )
+    plain = circuit_components(model, per_layer.double(), keep, tokens, "zero")
+    assert plain.edges[(("mlp", 0), ("mlp", 1))] == 0
