@@ -56,6 +56,19 @@ def register(app: typer.Typer) -> None:
         max_steps: int = typer.Option(
             0, "--max-steps", help="lottery: training budget per round (0 = the run's recipe)."
         ),
+        finetune_lr: float = typer.Option(
+            0.0,
+            "--finetune-lr",
+            help="Learning rate of the masked fine-tuning (0 = the run's recipe's). Pruned "
+            "weights fine-tune best well below a grokking recipe's rate (e.g. 1e-3 after fast).",
+        ),
+        basis: str = typer.Option(
+            "standard",
+            "--basis",
+            help="magnitude: standard (the trained weights) or principal (first rewrite them, "
+            "exactly, in the principal axes of the residual stream and heads, scales balanced; "
+            "models without LayerNorm).",
+        ),
         out: Path = typer.Option(
             None, "--out", "-o", help="Where the sweep directory goes (default: beside RUN)."
         ),
@@ -73,7 +86,16 @@ def register(app: typer.Typer) -> None:
 
         values = parse_sparsities(sparsity)
         try:
-            config = PruneConfig(method, tuple(values), scope, rounds, finetune, max_steps or None)
+            config = PruneConfig(
+                method,
+                tuple(values),
+                scope,
+                rounds,
+                finetune,
+                max_steps or None,
+                basis,
+                finetune_lr or None,
+            )
             root, points = prune(
                 run, config, out, overwrite=overwrite, progress=lambda m: console.print(plain(m))
             )

@@ -5,7 +5,10 @@ Methods (`prune(run, method, sparsities)`), each a sweep over sparsities:
 1. `magnitude`: zero the smallest-|w| entries of the weight matrices (every `W_*`: embeddings,
    Q/K/V/O, MLP in/out, unembedding; biases are kept), one threshold over all matrices
    (`scope="global"`) or the same fraction in each (`scope="layer"`); optionally fine-tune
-   with the mask fixed.
+   with the mask fixed. With `basis="principal"` the weights are first rewritten, exactly, in
+   the principal and balanced basis of their activations (reparam.py): the same model, whose
+   weights magnitude pruning can tell apart (one-shot on grokked add_mod_113: 99.6% accuracy
+   at 90% sparsity, against 1.7% in the trained basis).
 2. `lottery`: iterative magnitude pruning with rewinding (Frankle & Carbin 2019): in each of
    `rounds` rounds, prune by magnitude to the round's cumulative sparsity 1-(1-s)^(k/R), rewind
    the surviving weights to the run's seeded init and retrain with the mask fixed. With one
@@ -44,6 +47,7 @@ from circuitlab.training.derived import (
     untrained_record,
     write_run,
 )
+from circuitlab.training.reparam import ReparamError, principal_basis
 from circuitlab.training.structured import (
     ablation_importance,
     fold_means,
@@ -54,6 +58,7 @@ from circuitlab.training.structured import (
 
 METHODS = ("magnitude", "lottery", "neurons", "heads")
 SCOPES = ("global", "layer")
+BASES = ("standard", "principal")
 Masks = dict[str, torch.Tensor]  # name -> bool tensor, True = kept
 
 
@@ -135,8 +140,17 @@ class PruneConfig:
     rounds: int = 1
     finetune: int = 0
     max_steps: int | None = None
+    basis: str = "standard"  # principal: rewrite the weights in reparam.principal_basis first
+    finetune_lr: float | None = None  # None = the parent recipe's learning rate
 
     def __post_init__(self) -> None:
+        if self.basis not in BASES:
+            raise PruneError(f"basis must be one of {BASES}, got {self.basis!r}")
+        if self.basis != "standard" and self.method != "magnitude":
+            raise PruneError(
+                f"basis {self.basis!r} applies to magnitude pruning only (lottery tickets rewind "
+                "to the init's basis; structured pruning removes whole units)"
+            )
         if self.method not in METHODS:
             raise PruneError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.scope not in SCOPES:
@@ -148,6 +162,10 @@ class PruneConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < lo:
                 raise PruneError(f"{name} must be an integer >= {lo}, got {value!r}")
+        if self.finetune_lr is not None and not (
+            isinstance(self.finetune_lr, int | float) and 0 < self.finetune_lr < math.inf
+        ):
+            raise PruneError(f"finetune_lr must be a positive number, got {self.finetune_lr!r}")
         if self.max_steps is not None and (
             not isinstance(self.max_steps, int) or self.max_steps < 1
         ):
@@ -155,7 +173,8 @@ class PruneConfig:
 
     @property
     def label(self) -> str:
-        return self.method + ("-layer" if self.scope == "layer" else "")
+        scope = "-layer" if self.scope == "layer" else ""
+        return self.method + scope + ("-principal" if self.basis == "principal" else "")
 
 
 @dataclass
@@ -215,13 +234,21 @@ def prune(
         units["importance"] = ablation_importance(params, cfg, x, y, config.method)
         if config.method == "neurons":
             units["means"] = neuron_means(params, cfg, x)
+    if config.basis == "principal":
+        say("rewriting the weights in their principal basis")
+        split = get_task(info.task).split(info.recipe.train_fraction, info.seed)
+        try:
+            params = principal_basis(params, cfg, torch.as_tensor(split.train.inputs))
+        except ReparamError as exc:
+            raise PruneError(str(exc)) from None
     points: list[CurvePoint] = []
     source, masks, previous = info, None, 0.0
+    weights: dict[str, torch.Tensor] | None = params
     for sparsity, target in zip(sparsities, targets, strict=True):
         say(f"{config.label} at sparsity {sparsity:g} -> {target}")
         if config.method == "magnitude" and config.finetune:
-            point = _gradual(source, config, previous, sparsity, target, masks, overwrite)
-            source, previous = rundir.read_run(target), sparsity
+            point = _gradual(source, config, previous, sparsity, target, masks, overwrite, weights)
+            source, previous, weights = rundir.read_run(target), sparsity, None
             masks = {n: m != 0 for n, m in _read_masks(target).items()}
         else:
             point = _one(info, params, cfg, config, sparsity, target, units, overwrite)
@@ -243,21 +270,30 @@ def _read_masks(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / rundir.MASK_FILE))
 
 
-def _gradual(source, config: PruneConfig, previous, sparsity, target, masks, overwrite):
-    """Rounds of (magnitude prune, masked fine-tune) from `source` to `sparsity`."""
+def _finetune_recipe(recipe, config: PruneConfig):
+    """The parent's recipe for `config.finetune` steps, at `config.finetune_lr` if given."""
+    recipe = recipe.replace(max_steps=config.finetune)
+    return recipe if config.finetune_lr is None else recipe.replace(lr=config.finetune_lr)
+
+
+def _gradual(source, config: PruneConfig, previous, sparsity, target, masks, overwrite, weights):
+    """Rounds of (magnitude prune, masked fine-tune) from `source` (its weights, or `weights`
+    when given) to `sparsity`."""
     cfg = source.model_config
     names = weight_names(cfg)
-    recipe = source.recipe.replace(max_steps=config.finetune)
+    recipe = _finetune_recipe(source.recipe, config)
     method = {
         "method": "magnitude",
         "sparsity": sparsity,
         "scope": config.scope,
         "targets": names,
         "finetune_steps": config.finetune,
+        "finetune_lr": recipe.lr,
         "rounds": config.rounds,
         "from_sparsity": previous,
+        "basis": config.basis,
     }
-    weights = _load_params(source)
+    weights = _load_params(source) if weights is None else weights
     work = target.parent
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -286,7 +322,7 @@ def _one(info, params, cfg, config: PruneConfig, sparsity, target, units, overwr
     names = weight_names(cfg)
     method: dict[str, Any] = {"method": config.method, "sparsity": sparsity}
     if config.method in ("magnitude", "lottery"):
-        method |= {"scope": config.scope, "targets": names}
+        method |= {"scope": config.scope, "targets": names, "basis": config.basis}
     if config.method == "lottery":
         return _lottery(info, params, cfg, config, sparsity, target, method, overwrite)
     pruned_params = params
@@ -310,7 +346,7 @@ def _one(info, params, cfg, config: PruneConfig, sparsity, target, units, overwr
     pruned = apply_masks(pruned_params, masks)
     if config.finetune:
         method["finetune_steps"] = config.finetune
-        recipe = info.recipe.replace(max_steps=config.finetune)
+        recipe = _finetune_recipe(info.recipe, config)
         point = _train_masked(info, pruned, masks, recipe, target, method, overwrite, sparsity)
     else:
         point = _write_pruned(info, pruned, masks, cfg, target, method, overwrite, sparsity)
