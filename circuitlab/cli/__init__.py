@@ -21,6 +21,7 @@ from circuitlab.cli import registry as _registry_cmd
 from circuitlab.cli import solve as _solve_cmd
 from circuitlab.cli import tasks as _tasks_cmd
 from circuitlab.cli import training as _training_cmd
+from circuitlab.cli import tune as _tune_cmd
 from circuitlab.cli.common import CliError, console, print_error
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ _tasks_cmd.register(app)
 _discover_cmd.register(app)
 _registry_cmd.register(app)
 _training_cmd.register(app)
+_tune_cmd.register(app)
 _extract_cmd.register(app)
 _catalog_cmd.register(app)
 _compose_cmd.register(app)

@@ -121,13 +121,24 @@ def register_recipe(recipe: Recipe) -> Recipe:
 
 
 def get_recipe(name: str) -> Recipe:
-    if name not in _RECIPES:
-        raise RecipeError(f"unknown recipe {name!r}; known: {', '.join(_RECIPES)}")
-    return _RECIPES[name]
+    """A built-in recipe, else one saved by `circuitlab tune --save-recipe` (saved_recipes.py,
+    read lazily from the user recipe directory)."""
+    if name in _RECIPES:
+        return _RECIPES[name]
+    from circuitlab.training.saved_recipes import find_saved, saved_names
+
+    saved = find_saved(name)
+    if saved is None:
+        known = ", ".join([*_RECIPES, *saved_names()])
+        raise RecipeError(f"unknown recipe {name!r}; known: {known}")
+    return saved.recipe
 
 
 def recipes() -> dict[str, Recipe]:
-    return dict(_RECIPES)
+    """Built-in recipes, then saved ones (a damaged saved file is a RecipeError naming it)."""
+    from circuitlab.training.saved_recipes import saved_recipes
+
+    return dict(_RECIPES) | {name: s.recipe for name, s in saved_recipes().items()}
 
 
 # Nanda et al. 2023 exactly: 1 layer, d_model 128, 4 heads, d_mlp 512, no LayerNorm (the
