@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -156,6 +157,12 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(
             0, "--threads", help="Torch threads for a single-process run (0 = torch's default)."
         ),
+        tensorboard: bool = typer.Option(
+            False,
+            "--tensorboard",
+            help="Also write TensorBoard events to OUT/tensorboard/TASK/RUN as runs train "
+            "(metrics.jsonl stays the record; `tensorboard --logdir OUT/tensorboard`).",
+        ),
     ) -> None:
         """Train models on a task; each seed/variation becomes its own run directory.
 
@@ -188,7 +195,8 @@ def register(app: typer.Typer) -> None:
         except (TaskError, RecipeError, RunDirError, ValueError, TypeError) as exc:
             raise CliError(str(exc)) from None  # ModelConfigError is a ValueError too
         check_out_dir(out)
-        _run_with_progress(specs, workers, strategy, resume, overwrite, threads)
+        logdir = out / "tensorboard" if tensorboard else None
+        _run_with_progress(specs, workers, strategy, resume, overwrite, threads, logdir)
 
     @app.command("runs")
     def runs_cmd(
@@ -245,13 +253,34 @@ def _fmt(value: object) -> str:
 
 
 def _run_with_progress(
-    specs, workers: int, strategy: str, resume: bool, overwrite: bool, threads: int = 0
+    specs,
+    workers: int,
+    strategy: str,
+    resume: bool,
+    overwrite: bool,
+    threads: int = 0,
+    tensorboard: Path | None = None,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from circuitlab._memory import MemoryBudgetError
     from circuitlab.training import RecipeError, RunDirError
     from circuitlab.training.parallel import train_many
+
+    mirror = None
+    if tensorboard is not None:
+        from circuitlab.training.tensorboard import TensorBoardError, TensorBoardMirror
+
+        try:
+            mirror = TensorBoardMirror(tensorboard, [s.run_dir for s in specs])
+        except TensorBoardError as exc:
+            raise CliError(str(exc)) from None
+    polled = [0.0]
+
+    def mirror_poll(force: bool = False) -> None:
+        if mirror is not None and (force or time.monotonic() - polled[0] >= 1.0):
+            mirror.poll()
+            polled[0] = time.monotonic()
 
     with Progress(
         TextColumn("{task.description}"),
@@ -279,6 +308,7 @@ def _run_with_progress(
                 label = escape(Path(name).name) + (" (+stack)" if len(specs) > 1 else "")
                 bars[name] = progress.add_task(label, total=max_steps, val=0.0)
             progress.update(bars[name], completed=step, val=val)
+            mirror_poll()
 
         def on_result(res) -> None:
             grok = (
@@ -289,6 +319,8 @@ def _run_with_progress(
                 f"val acc {res.final['val_acc']:.4f}, "
                 f"{res.steps:,} steps in {res.wall_time:.1f}s"
             )
+
+            mirror_poll(force=True)
 
         def on_skip(spec) -> None:
             progress.console.print(f"[dim]skip[/] {escape(str(spec.run_dir))}: already finished")
@@ -322,6 +354,11 @@ def _run_with_progress(
                 markup=False,
             )
             raise SystemExit(130) from None
+        finally:
+            if mirror is not None:
+                mirror.close()
+    if mirror is not None:
+        console.print(f"TensorBoard: tensorboard --logdir {tensorboard}", markup=False)
     if not results:
         console.print(f"nothing to train: all {len(specs)} run(s) are finished")
     elif len(results) == 1:
