@@ -11,6 +11,7 @@ from circuitlab.extraction.activations import collect, mlp_activations, task_tok
 from circuitlab.extraction.artifact import Circuit, CircuitLoadError
 from circuitlab.extraction.attribution import AttributionConfig, attribute
 from circuitlab.extraction.circuit import Faithfulness, measure, select_circuit
+from circuitlab.extraction.circuit_components import ComponentScores, circuit_components
 from circuitlab.extraction.fourier import FourierReport, key_frequencies, unit_frequencies
 from circuitlab.extraction.fourier_fits import analyze as fourier_analysis
 from circuitlab.extraction.graph import AttributionGraph, node_influence, prune_graph, scores_of
@@ -26,6 +27,7 @@ __all__ = [
     "AttributionGraph",
     "Circuit",
     "CircuitLoadError",
+    "ComponentScores",
     "ExtractConfig",
     "ExtractResult",
     "ExtractionError",
@@ -36,6 +38,7 @@ __all__ = [
     "Transcoder",
     "TranscoderConfig",
     "attribute",
+    "circuit_components",
     "collect",
     "evaluate",
     "extract",

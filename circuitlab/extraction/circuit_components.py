@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,7 +57,7 @@ from circuitlab.extraction.component_patching import (
 from circuitlab.extraction.transcoder import Transcoder
 from circuitlab.models.transformer import Transformer
 
-__all__ = ["ComponentScores", "circuit_components"]
+__all__ = ["ComponentScores", "circuit_components", "node_name"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,46 @@ class ComponentScores:
     nodes: dict[Node, float]
     edges: dict[Edge, float]
     qk: dict[Edge, float]
+
+    def to_dict(self, top_edges: int = 12) -> dict[str, Any]:
+        """Shares of the total: every head and MLP, and the strongest edges (JSON-ready)."""
+        node_total = sum(self.nodes.values()) or 1.0
+        edge_total = sum(self.edges.values()) or 1.0
+        edges = sorted(self.edges.items(), key=lambda kv: -kv[1])[:top_edges]
+        return {
+            "nodes": {
+                node_name(n): round(v / node_total, 4)
+                for n, v in sorted(self.nodes.items(), key=lambda kv: -kv[1])
+            },
+            "edges": [
+                {
+                    "src": node_name(s),
+                    "dst": node_name(d),
+                    "share": round(v / edge_total, 4),
+                    "qk_share": round(self.qk.get((s, d), 0.0) / edge_total, 4),
+                }
+                for (s, d), v in edges
+            ],
+        }
+
+    def headline(self, share: float = 0.05) -> str:
+        """The heads and MLPs that carry at least `share` of the circuit, strongest first."""
+        total = sum(self.nodes.values()) or 1.0
+        parts = [
+            f"{node_name(n)} {v / total:.0%}"
+            for n, v in sorted(self.nodes.items(), key=lambda kv: -kv[1])
+            if v / total >= share
+        ]
+        return ", ".join(parts) or "no head or MLP"
+
+
+def node_name(node: Node) -> str:
+    """TransformerLens's short names: L0H1 for a head, MLP0, input, logits."""
+    if node[0] == "attn":
+        return f"L{node[1]}H{node[2]}"
+    if node[0] == "mlp":
+        return f"MLP{node[1]}"
+    return str(node[0])
 
 
 def _ablate(values: Tensor, ablation: Ablation, perm: Tensor | None) -> Tensor:

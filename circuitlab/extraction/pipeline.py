@@ -214,13 +214,15 @@ def extract(
             batch_size=batch,
         )
         edges = totals.task_edges(keep)
-        phase_done("circuit")
         say(
             "circuit",
             f"{faith.n_features}/{faith.n_features_total} features: sufficiency "
             f"{faith.sufficiency_accuracy:.4f}, necessity drop {faith.necessity_drop:.4f} "
             f"(accuracy {faith.necessity_accuracy:.4f} ablated)",
         )
+        components = _components(model, tc, keep, tokens, config)
+        say("circuit", f"runs through {components.headline()}")
+        phase_done("circuit")
 
         say("interpret", "interpreting the circuit")
         stats = None  # resample ablation has no summary to run new inputs with
@@ -256,6 +258,7 @@ def extract(
                 "n_prompts": totals.n_prompts,
             },
             "circuit": {k: v for k, v in faith.to_dict().items() if k != "curve"},
+            "components": components.to_dict(),
             "interpretation": interpretation,
             **found.reports,
             "interface": interface.to_dict(),
@@ -322,6 +325,19 @@ def extract(
     finally:
         if catalog is not None:
             catalog.close()
+
+
+COMPONENT_INPUTS = 4096  # inputs the component reading runs on at most (a seeded sample)
+
+
+def _components(model, tc, keep, tokens, config: ExtractConfig):
+    """The circuit read on heads and MLPs (circuit_components.py), on the task's inputs."""
+    from circuitlab.extraction.circuit_components import circuit_components
+
+    if len(tokens) > COMPONENT_INPUTS:
+        gen = torch.Generator().manual_seed(config.seed)
+        tokens = tokens[torch.randperm(len(tokens), generator=gen)[:COMPONENT_INPUTS]]
+    return circuit_components(model, tc, keep, tokens, config.ablation)
 
 
 def _examples(model, task, tc, tokens, keep, importance, ref, n_features: int = 8) -> list[dict]:

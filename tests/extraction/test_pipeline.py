@@ -157,6 +157,14 @@ def test_two_layer_models_extract(tmp_path, normalization):
     assert layers and layers <= {0, 1}
     assert summary["circuit"]["n_features_total"] == 2 * CONFIG.transcoder.n_features
     assert 0.0 <= summary["graph"]["replacement_score"] <= 1.0
+    # the circuit read on heads and MLPs: every one of both layers, shares of one whole
+    nodes = summary["components"]["nodes"]
+    assert set(nodes) == {f"L{l}H{h}" for l in (0, 1) for h in range(SMALL["n_heads"])} | {
+        "MLP0",
+        "MLP1",
+    }
+    assert sum(nodes.values()) == pytest.approx(1.0, abs=1e-3)
+    assert summary["components"]["edges"][0]["share"] > 0
 
 
 def test_brackets_and_slashes_in_names_are_data(tmp_path):
