@@ -58,7 +58,7 @@ def main() -> None:
     run("runs", OUT)
     run_dir = f"{OUT}/{TASK}/fast-seed0"
     run("extract", run_dir, "--catalog", CATALOG)
-    run("catalog", "--catalog", CATALOG, "list")
+    run("catalog", "list", "--catalog", CATALOG)
     compose()
     run(
         "run",

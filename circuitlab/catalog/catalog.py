@@ -7,7 +7,8 @@ plans and answer queries (see `backend.py`).
 Where the catalog lives: `open_catalog()` with no URL uses $CIRCUITLAB_CATALOG if set, else
 `~/.circuitlab/catalog.db` (SQLite). URLs: `sqlite:///abs/path.db`, `sqlite:rel/path.db`, a plain
 file path, `neo4j://host:7687` or `bolt://host:7687` (credentials from NEO4J_USER / NEO4J_PASSWORD,
-database from NEO4J_DATABASE).
+database from NEO4J_DATABASE). A plain path that is a directory (an existing one, or one ending in
+`/`) is refused: that is a registry's folder of JSON functions (`circuitlab._location`).
 """
 
 from __future__ import annotations
@@ -484,7 +485,15 @@ def open_catalog(url: str | os.PathLike[str] | None = None, *, create: bool = Tr
             "neo4j://host:7687 or bolt://host:7687"
         )
     else:
+        from circuitlab._location import path_kind
+
         path = url
+        if path_kind(path) == "directory":
+            raise CatalogError(
+                f"catalog path {path} is a directory: a catalog is a SQLite file or a URL "
+                "(sqlite:///path.db, neo4j://, bolt://); a folder of JSON function files is a "
+                "registry (--registry)"
+            )
     if not path:
         raise CatalogError(f"malformed SQLite URL {url!r}: no file path")
     from circuitlab.catalog.sqlite import SqliteBackend

@@ -25,8 +25,7 @@ from circuitlab.cli import tune as _tune_cmd
 from circuitlab.cli.common import CliError, console, print_error
 
 app = typer.Typer(
-    name="circuitlab",
-    help="Grok small algorithmic transformers, extract their circuits, catalog and compose them.",
+    name="circuitlab",  # its help is the docstring of _root below
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -36,7 +35,17 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Grok small algorithmic transformers, extract their circuits, catalog and compose them."""
+    """Grok small algorithmic transformers, extract their circuits, catalog and compose them.
+
+    Options go after the (sub)command: `circuitlab catalog list -c runs/catalog.db`. A short
+    flag means the same in every command: -c --catalog, -o --out, -r --recipe, -s --seeds,
+    -t --task.
+
+    -c/--catalog: a SQLite file, sqlite:///..., neo4j:// or bolt:// URL. A plain path given as
+    a store (--catalog, --registry) follows one rule: a file path (an existing file, or one
+    ending in .db or .sqlite) is a SQLite catalog; a directory (an existing one, or a path
+    ending in /) is a folder of JSON function files, which only --registry takes.
+    """
 
 
 # Command groups are attached here, one line each.

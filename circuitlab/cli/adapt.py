@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
             "magnitude", "--method", "-m", help="magnitude, lottery, neurons or heads."
         ),
         sparsity: str = typer.Option(
-            "0.5", "--sparsity", "-s", help="Fraction removed, in [0, 1); commas make a sweep."
+            "0.5", "--sparsity", help="Fraction removed, in [0, 1); commas make a sweep."
         ),
         scope: str = typer.Option(
             "global", "--scope", help="Magnitude threshold over all matrices or per matrix."
@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
     def adapt_cmd(
         run: Path = typer.Argument(..., help="The base run directory."),
         task: str = typer.Option(..., "--task", "-t", help="Target task (same vocabulary)."),
-        rank: int = typer.Option(4, "--rank", "-r", help="LoRA rank."),
+        rank: int = typer.Option(4, "--rank", help="LoRA rank."),
         alpha: float = typer.Option(0.0, "--alpha", help="LoRA alpha (0 = 2 x rank)."),
         targets: str = typer.Option(
             "",

@@ -4,9 +4,10 @@
     circuitlab catalog search --task add_mod_113 --min sufficiency=0.9 --order-by sufficiency
     circuitlab catalog show 3fa2c1 --json         # any record by id or unique prefix
     circuitlab catalog export all.jsonl
-    circuitlab catalog --catalog bolt://host:7687/neo4j import all.jsonl   # SQLite -> Neo4j
+    circuitlab catalog import all.jsonl --catalog bolt://host:7687/neo4j   # SQLite -> Neo4j
 
-The catalog is $CIRCUITLAB_CATALOG or ~/.circuitlab/catalog.db unless --catalog is given.
+The catalog is $CIRCUITLAB_CATALOG or ~/.circuitlab/catalog.db unless --catalog/-c is given,
+after the subcommand like every option; before it (`catalog -c X list`) is still accepted.
 
 Everything printed from the catalog or the command line is data, never markup: it goes to rich
 as `plain` Text, with control characters made visible and long text cut (`--json` has it all).
@@ -26,41 +27,47 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from circuitlab.cli.common import CliError, console, plain, visible
+from circuitlab.cli.common import CatalogOption, CliError, console, plain, visible
 
-catalog_app = typer.Typer(
-    help="Browse, search, export and import the circuit catalog.", no_args_is_help=True
-)
+catalog_app = typer.Typer(no_args_is_help=True)  # its help is the callback's docstring
 
 _CELL = 200  # characters of text in a table cell
 _TEXT = 10_000  # characters of a label or description that `show` prints (the catalog's limit)
 # What json.dumps leaves raw that a terminal may act on: DEL, C1 controls, bidi overrides.
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
-_CATALOG_HELP = (
-    "Catalog URL or path: sqlite:///path.db, a file path, neo4j://host:7687 or bolt://host:7687 "
-    "(credentials from NEO4J_USER / NEO4J_PASSWORD). Default: $CIRCUITLAB_CATALOG, else "
-    "~/.circuitlab/catalog.db."
-)
-
 
 @catalog_app.callback()
-def _catalog_options(
-    ctx: typer.Context,
-    catalog: str = typer.Option(None, "--catalog", "-c", help=_CATALOG_HELP),
-) -> None:
-    """Browse, search, export and import the circuit catalog."""
+def _catalog_options(ctx: typer.Context, catalog: CatalogOption = None) -> None:
+    """Browse, search, export and import the circuit catalog.
+
+    Give --catalog/-c after the subcommand (`circuitlab catalog list -c runs/catalog.db`);
+    before it is still accepted."""
     ctx.obj = {"catalog": catalog}
 
 
+def _catalog_url(ctx: typer.Context, catalog: str | None) -> str | None:
+    """--catalog after the subcommand, else before it (the older form); both must agree."""
+    before = (ctx.obj or {}).get("catalog")
+    if before is not None and catalog is not None and before != catalog:
+        raise CliError(
+            visible(
+                f"--catalog given twice: {before!r} before the subcommand and {catalog!r} "
+                "after it; give it once, after the subcommand"
+            )
+        )
+    return catalog if catalog is not None else before
+
+
 @contextmanager
-def _open(ctx: typer.Context, create: bool = False) -> Iterator[Any]:
+def _open(ctx: typer.Context, catalog: str | None, create: bool = False) -> Iterator[Any]:
     """The catalog of --catalog; any CatalogError, opening or inside the block, becomes a
     one-line CliError (exit 2)."""
     from circuitlab.catalog import CatalogError, open_catalog
 
+    url = _catalog_url(ctx, catalog)
     try:
-        with open_catalog(ctx.obj["catalog"], create=create) as cat:
+        with open_catalog(url, create=create) as cat:
             yield cat
     except CatalogError as exc:
         raise CliError(visible(str(exc))) from None
@@ -122,6 +129,7 @@ def _known_metrics(cat: Any, names: set[str]) -> None:
 @catalog_app.command("list")
 def list_cmd(
     ctx: typer.Context,
+    catalog: CatalogOption = None,
     kind: str = typer.Option(
         "circuit", help="task, model, circuit, feature, function, program, implements."
     ),
@@ -130,7 +138,7 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List records of one kind (circuits by default), by id."""
-    with _open(ctx) as cat:
+    with _open(ctx, catalog) as cat:
         if kind == "circuit":
             hits = cat.search(limit=limit, offset=offset)
             if as_json:
@@ -156,6 +164,7 @@ def list_cmd(
 @catalog_app.command("show")
 def show_cmd(
     ctx: typer.Context,
+    catalog: CatalogOption = None,
     record_id: str = typer.Argument(
         ..., metavar="ID", help="Record id or unique prefix (>= 4 chars)."
     ),
@@ -163,7 +172,7 @@ def show_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
 ) -> None:
     """Show one record: a circuit's interface, metrics and strongest edges; others as fields."""
-    with _open(ctx) as cat:
+    with _open(ctx, catalog) as cat:
         record = cat.get(record_id)
         graph = cat.graph(record.id, top_k=top) if record.kind == "circuit" else None
         data = record.to_dict()
@@ -235,6 +244,7 @@ def _show_circuit(circuit: Any, data: dict[str, Any], graph: Any) -> None:
 @catalog_app.command("search")
 def search_cmd(
     ctx: typer.Context,
+    catalog: CatalogOption = None,
     task: str = typer.Option(None, help="Task spec, e.g. add_mod_113."),
     model: str = typer.Option(None, help="Model id."),
     tag: Annotated[
@@ -263,7 +273,7 @@ def search_cmd(
 ) -> None:
     """Search circuits by task, tags, interface domain, metric thresholds and text."""
     low, high = _bounds(minimum, "--min"), _bounds(maximum, "--max")
-    with _open(ctx) as cat:
+    with _open(ctx, catalog) as cat:
         hits = cat.search(
             task=task,
             model=model,
@@ -287,10 +297,11 @@ def search_cmd(
 @catalog_app.command("stats")
 def stats_cmd(
     ctx: typer.Context,
+    catalog: CatalogOption = None,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Numbers of records and relationships in the catalog."""
-    with _open(ctx) as cat:
+    with _open(ctx, catalog) as cat:
         stats = cat.stats()
     if as_json:
         _echo_json(asdict(stats))
@@ -306,11 +317,12 @@ def stats_cmd(
 @catalog_app.command("lineage")
 def lineage_cmd(
     ctx: typer.Context,
+    catalog: CatalogOption = None,
     record_id: str = typer.Argument(..., metavar="ID", help="Record id or unique prefix."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Task -> models -> derived models -> circuits -> functions -> programs around a record."""
-    with _open(ctx) as cat:
+    with _open(ctx, catalog) as cat:
         lin = cat.lineage(record_id)
     if as_json:
         _echo_json(
@@ -335,11 +347,12 @@ def lineage_cmd(
 @catalog_app.command("delete")
 def delete_cmd(
     ctx: typer.Context,
+    catalog: CatalogOption = None,
     record_id: str = typer.Argument(..., metavar="ID", help="Record id or unique prefix."),
     cascade: bool = typer.Option(False, help="Also delete the records that depend on it."),
 ) -> None:
     """Delete a record (refused while others depend on it, unless --cascade)."""
-    with _open(ctx) as cat:
+    with _open(ctx, catalog) as cat:
         gone = cat.delete(record_id, cascade=cascade)
     console.print(plain(f"deleted {len(gone)} record(s): " + ", ".join(i[:12] for i in gone)))
 
@@ -348,11 +361,12 @@ def delete_cmd(
 def export_cmd(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="JSON Lines file to write (replaced atomically).")],
+    catalog: CatalogOption = None,
 ) -> None:
     """Write the whole catalog to one file (moves catalogs between backends)."""
     from circuitlab.catalog import CatalogError, export_catalog
 
-    with _open(ctx) as cat:
+    with _open(ctx, catalog) as cat:
         try:
             counts = export_catalog(cat, path)
         except (CatalogError, OSError) as exc:
@@ -365,6 +379,7 @@ def export_cmd(
 def import_cmd(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="File written by `circuitlab catalog export`.")],
+    catalog: CatalogOption = None,
 ) -> None:
     """Put every record of an export file into the catalog (same content, same ids)."""
     from circuitlab.catalog import CatalogError, check_export
@@ -373,7 +388,7 @@ def import_cmd(
         checked = check_export(path)  # before opening: a bad file creates no catalog
     except CatalogError as exc:
         raise CliError(visible(str(exc))) from None
-    with _open(ctx, create=True) as cat:
+    with _open(ctx, catalog, create=True) as cat:
         counts = checked.put_into(cat)
         url = cat.url
     console.print(

@@ -1,10 +1,13 @@
-"""Shared CLI plumbing: consoles and the user-error type that becomes a one-line message."""
+"""Shared CLI plumbing: consoles, the user-error type that becomes a one-line message, and the
+options several commands share (one definition, one help text each)."""
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.text import Text
 
@@ -17,6 +20,40 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 class CliError(Exception):
     """A user mistake: printed as one line on stderr, exit code 2, no traceback."""
+
+
+# The rule for a plain path given as a store, the same for --catalog and --registry (see
+# circuitlab/_location.py): a file path is a SQLite catalog, a directory a folder of JSON
+# function files, which only the registry can use.
+STORE_RULE = (
+    "A file path (an existing file, or one ending in .db or .sqlite) is a SQLite catalog; a "
+    "directory (an existing one, or a path ending in /) is a folder of JSON function files, "
+    "which only --registry takes."
+)
+
+CATALOG_HELP = (
+    "The catalog: a SQLite file, sqlite:///path.db, neo4j:// or bolt:// URL (Neo4j credentials "
+    f"from NEO4J_USER / NEO4J_PASSWORD). {STORE_RULE} Any other new path becomes a new SQLite "
+    "file. Default, where a command needs a catalog: $CIRCUITLAB_CATALOG, else "
+    "~/.circuitlab/catalog.db."
+)
+
+REGISTRY_HELP = (
+    "The function registry: a folder of JSON function files, or a catalog (a SQLite file, "
+    "sqlite:///..., neo4j:// or bolt:// URL) holding the functions beside its circuits. "
+    f"{STORE_RULE} Any other new path becomes a new folder. Default: $CIRCUITLAB_REGISTRY, "
+    "else the catalog $CIRCUITLAB_CATALOG, else ~/.circuitlab/functions/."
+)
+
+# `catalog: CatalogOption = None` in every command that opens a catalog: -c/--catalog, an
+# option of the command itself, so it goes after the subcommand.
+CatalogOption = Annotated[
+    str | None, typer.Option("--catalog", "-c", metavar="CATALOG", help=CATALOG_HELP)
+]
+# --registry has no short form: -r is --recipe everywhere.
+RegistryOption = Annotated[
+    str | None, typer.Option("--registry", metavar="REGISTRY", help=REGISTRY_HELP)
+]
 
 
 def print_error(exc: BaseException) -> None:

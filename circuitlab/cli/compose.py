@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from circuitlab.cli.common import CliError, console
+from circuitlab.cli.common import CatalogOption, CliError, console
 
 _HELP_INPUTS = (
     "One per program input: NAME=VALUES, with comma-separated integers (a=1,2,3) or JSON "
@@ -54,16 +54,15 @@ def run_cmd(
         ..., help="A program JSON file, or a catalog program id (prefix) or name."
     ),
     inputs: list[str] = typer.Option([], "--inputs", "-i", help=_HELP_INPUTS),
-    catalog: str = typer.Option(
-        None, "--catalog", "-c", help="Catalog holding the circuits and functions it calls."
-    ),
+    catalog: CatalogOption = None,
     trace: bool = typer.Option(False, "--trace", help="Print every step and the features fired."),
     as_json: bool = typer.Option(False, "--json", help="Print the outputs (and trace) as JSON."),
 ) -> None:
     """Run a composition program on inputs and print its outputs.
 
-    The program is type-checked against the interfaces of the circuits and functions it calls
-    before anything runs; values outside an input's domain are refused.
+    The circuits and functions it calls come from the catalog (--catalog). The program is
+    type-checked against their interfaces before anything runs; values outside an input's
+    domain are refused.
     """
     from circuitlab.compose import CompositionError, Library, Program
 

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from circuitlab.cli.common import CliError, console
+from circuitlab._location import sqlite_url
+from circuitlab.cli.common import CliError, RegistryOption, console
 
 REGISTRY_ENV = "CIRCUITLAB_REGISTRY"
 
@@ -24,7 +25,7 @@ def default_registry() -> str:
         return os.environ[REGISTRY_ENV]
     catalog = os.environ.get(CATALOG_ENV)
     if catalog:
-        return catalog if "://" in catalog else f"sqlite:///{Path(catalog).expanduser().resolve()}"
+        return catalog if "://" in catalog else sqlite_url(catalog)
     return str(Path.home() / ".circuitlab" / "functions")
 
 
@@ -36,16 +37,9 @@ def register(app: typer.Typer) -> None:
             None, "--output", "-y", help="Output column (default: the last column)."
         ),
         name: str = typer.Option(
-            None, "--name", "-n", help="Function name (default: the output column, upper-case)."
+            None, "--name", help="Function name (default: the output column, upper-case)."
         ),
-        registry: str = typer.Option(
-            None,
-            "--registry",
-            "-r",
-            help=f"Registry directory or catalog URL (sqlite:///..., neo4j://...); default "
-            f"${REGISTRY_ENV}, else the catalog ${CATALOG_ENV}, else "
-            "~/.circuitlab/functions. Its functions are building blocks.",
-        ),
+        registry: RegistryOption = None,
         save: bool = typer.Option(
             True, "--register/--no-register", help="Store the function found in the registry."
         ),
@@ -70,7 +64,9 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
-        """Discover the simplest function that reproduces DATA exactly (or approximately)."""
+        """Discover the simplest function that reproduces DATA exactly (or approximately).
+
+        The functions of the registry (--registry) are building blocks of the search."""
         from rich.markup import escape
         from rich.table import Table
 

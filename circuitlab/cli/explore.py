@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from circuitlab.cli.common import CliError, console, err_console, visible
+from circuitlab.cli.common import CatalogOption, CliError, console, err_console, visible
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -15,13 +15,7 @@ LOCAL = ("127.0.0.1", "localhost", "::1")
 def register(app: typer.Typer) -> None:
     @app.command("explore")
     def explore_cmd(
-        catalog: str = typer.Option(
-            None,
-            "--catalog",
-            "-c",
-            help="Catalog URL: sqlite:///path.db, a file path, neo4j://host:7687 or bolt://... "
-            "(default: $CIRCUITLAB_CATALOG or ~/.circuitlab/catalog.db).",
-        ),
+        catalog: CatalogOption = None,
         runs: Path = typer.Option(
             None, "--runs", help="Directory of training runs for the training view (e.g. runs/)."
         ),

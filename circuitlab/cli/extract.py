@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from circuitlab.cli.common import CliError, console, plain
+from circuitlab.cli.common import CatalogOption, CliError, console, plain
 
 
 def register(app: typer.Typer) -> None:
@@ -18,13 +18,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Argument(
             ..., help="A finished run directory (see `circuitlab runs`)."
         ),
-        catalog: str = typer.Option(
-            None,
-            "--catalog",
-            "-c",
-            help="Catalog URL: sqlite:///path.db, neo4j://host:7687 or bolt://... "
-            "(default: $CIRCUITLAB_CATALOG or ~/.circuitlab/catalog.db).",
-        ),
+        catalog: CatalogOption = None,
         no_catalog: bool = typer.Option(False, "--no-catalog", help="Write artifacts only."),
         kind: str = typer.Option(
             "cross_layer", "--kind", help="Transcoder: cross_layer or per_layer."

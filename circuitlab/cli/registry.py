@@ -6,19 +6,15 @@ import json
 
 import typer
 
-from circuitlab.cli.common import CliError, console
-from circuitlab.cli.discover import REGISTRY_ENV, default_registry
+from circuitlab.cli.common import CliError, RegistryOption, console
+from circuitlab.cli.discover import default_registry
 
 group = typer.Typer(help="Browse the symbolic function registry.", no_args_is_help=True)
-
-_REG = typer.Option(
-    None, "--registry", "-r", help=f"Registry directory or catalog URL (default ${REGISTRY_ENV})."
-)
 
 
 @group.command("list")
 def list_cmd(
-    registry: str = _REG,
+    registry: RegistryOption = None,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Functions by layer: name, version, signature, status, expression."""
@@ -47,7 +43,7 @@ def list_cmd(
 def show_cmd(
     name: str = typer.Argument(..., help="Function name."),
     version: int = typer.Option(None, "--version", "-v", help="Version (default: latest)."),
-    registry: str = _REG,
+    registry: RegistryOption = None,
 ) -> None:
     """One function record as JSON (expression, constants, provenance, what it composes)."""
     from circuitlab.registry import Registry, RegistryError

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from circuitlab.cli.common import CliError, console
+from circuitlab.cli.common import CatalogOption, CliError, console
 
 MAX_DEPTH = 5
 
@@ -24,12 +24,7 @@ def register(app: typer.Typer) -> None:
         shots: int = typer.Option(
             None, "--shots", help="Use only the first K demonstrations of each task."
         ),
-        catalog: str = typer.Option(
-            None,
-            "--catalog",
-            help="Also search the circuits and registry functions of this catalog (a path "
-            "or URL: sqlite:///..., neo4j://...).",
-        ),
+        catalog: CatalogOption = None,
         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Find the shortest program over the library that explains every demonstration of

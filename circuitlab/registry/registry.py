@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from circuitlab._location import path_kind, sqlite_url
 from circuitlab.registry.domains import RegistryError, check_name
 from circuitlab.registry.function import Function
 from circuitlab.registry.primitives import is_primitive
@@ -29,18 +30,27 @@ class Registry:
 
     @classmethod
     def open(cls, location: str | os.PathLike[str] | None) -> Registry:
-        """A registry at a directory of JSON files, or in a catalog for a catalog URL.
+        """A registry at a directory of JSON files, or in a catalog for a catalog URL or file.
 
         `sqlite:///...`, `neo4j://...` and `bolt://...` store functions in the circuit catalog as
-        `Function` records; any other string is a directory; None keeps the registry in memory.
+        `Function` records, and so does a SQLite file path (an existing regular file, or a path
+        ending in `.db` or `.sqlite`); any other path is a directory of JSON files (see
+        `circuitlab._location`); None keeps the registry in memory.
         """
         if location is None:
             return cls()
         text = os.fspath(location)
-        if "://" in text:
+        is_url = "://" in text or text.lower().startswith("sqlite:")
+        if is_url or path_kind(text) == "file":
             from circuitlab.registry.catalog_store import CatalogStore
 
-            return cls(CatalogStore.open(text))
+            try:
+                url = text if is_url else sqlite_url(text)
+            except RuntimeError:  # ~user of an unknown user
+                raise RegistryError(
+                    f"registry path {text!r}: cannot find that home directory"
+                ) from None
+            return cls(CatalogStore.open(url))
         return cls(JsonFileStore(text))
 
     # -- lookup --------------------------------------------------------------------------------

@@ -358,3 +358,75 @@ def test_reading_commands_work_on_a_read_only_catalog(filled, tmp_path: Path) ->
     finally:
         Path(path).parent.chmod(0o755)
         Path(path).chmod(0o644)
+
+
+def test_catalog_goes_after_the_subcommand_like_every_option(filled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, world = filled
+    before = json.loads(_run("-c", path, "list", "--json", "--limit", "100").output)
+    after = json.loads(_run("list", "--json", "--limit", "100", "--catalog", path).output)
+    assert after == before and len(after) == len(world.circuits)
+    assert json.loads(_run("list", "-c", path, "-c", path, "--json").output)
+    assert json.loads(_run("-c", path, "list", "-c", path, "--json").output)  # same: fine
+    c = world.circuits[3]
+    assert json.loads(_run("show", c.id[:8], "-c", path, "--json").output)["id"] == c.id
+    assert json.loads(_run("stats", "--json", "-c", path).output)["backend"] == "sqlite"
+    assert _run("search", "--tag", "Logic", "-c", path).output
+    assert _run("lineage", world.child.id[:10], "-c", path).output
+    dump, other = tmp_path / "all.jsonl", tmp_path / "copy.db"
+    _run("export", str(dump), "-c", path)
+    assert "imported" in _run("import", str(dump), "--catalog", str(other)).output
+    assert "deleted" in _run("delete", world.child.id, "--cascade", "-c", str(other)).output
+
+
+def test_two_different_catalogs_are_one_line_and_exit_2(filled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, _ = filled
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from circuitlab.cli import main; main()",
+            "catalog",
+            "-c",
+            path,
+            "list",
+            "--catalog",
+            str(tmp_path / "other.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--catalog given twice" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "other.db").exists()
+
+
+@pytest.mark.parametrize("form", ["existing", "slash"])
+@pytest.mark.parametrize("command", [["catalog", "stats"], ["catalog", "import"], ["run", "p"]])
+def test_a_directory_is_never_a_catalog(
+    shared: tuple[Path, Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    form: str,
+    command: list[str],
+) -> None:
+    """A folder (existing, or a path ending in /) is a registry's JSON folder: every command
+    that opens a catalog refuses it in one line, and creates nothing."""
+    _, _, dump = shared
+    folder = tmp_path / "functions"
+    if form == "existing":
+        folder.mkdir()
+    given = str(folder) if form == "existing" else f"{folder}/"
+    args = [*command, *([str(dump)] if command[-1] == "import" else []), "-c", given]
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sys, "argv", ["circuitlab", *args])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "is a directory: a catalog is a SQLite file or a URL" in err
+    assert "a folder of JSON function files is a registry" in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert folder.exists() == (form == "existing")
+    assert not folder.exists() or not any(folder.iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,63 @@ def test_cli_uses_the_catalog_named_by_the_environment(tmp_path: Path, monkeypat
     res = CliRunner().invoke(app, ["discover", str(csv)])
     assert res.exit_code == 0, res.output
     assert [f.name for f in Registry.open(f"sqlite:///{db}")] == ["PE"]
+
+
+def test_a_file_path_is_a_catalog_and_a_directory_a_json_folder(tmp_path: Path, monkeypatch):
+    """The one rule for a plain path (`circuitlab._location`), the same as --catalog's: an
+    existing file or a .db/.sqlite path is a SQLite catalog; an existing directory, a path
+    ending in / or any other new path is a folder of JSON files."""
+    from circuitlab.registry.catalog_store import CatalogStore
+    from circuitlab.registry.store import JsonFileStore
+
+    monkeypatch.chdir(tmp_path)
+    reg = Registry.open("runs/catalog.db")  # relative: stored as sqlite:///<absolute path>
+    assert isinstance(reg.store, CatalogStore)
+    assert (
+        Path(reg.store.catalog.url.removeprefix("sqlite://")).resolve()
+        == (tmp_path / "runs" / "catalog.db").resolve()
+    )
+    _energy_registry(reg)
+    reg.store.close()
+    with catalog.open_catalog(tmp_path / "runs" / "catalog.db") as cat:
+        assert {cat.get(i).name for i in cat.ids("function")} == {"KE", "PE", "TOTAL_E"}
+    (tmp_path / "runs" / "catalog.db").rename(tmp_path / "renamed")
+    existing = Registry.open("renamed")  # an existing regular file, whatever its name
+    assert isinstance(existing.store, CatalogStore)
+    assert [f.name for f in existing] == ["KE", "PE", "TOTAL_E"]
+    existing.store.close()
+    fresh = Registry.open("new.sqlite")
+    assert isinstance(fresh.store, CatalogStore) and (tmp_path / "new.sqlite").is_file()
+    fresh.store.close()
+    for folder in ("functions/", "functions", str(tmp_path / "runs"), "fresh"):
+        assert isinstance(Registry.open(folder).store, JsonFileStore), folder
+    assert not (tmp_path / "functions").exists() and not (tmp_path / "fresh").exists()
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    with pytest.raises(RegistryError):
+        Registry.open("notes.txt").functions()
+
+
+def test_cli_registry_in_a_sqlite_file_and_in_a_folder(tmp_path: Path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pe.csv").write_text(
+        "m,h,pe\n"
+        + "\n".join(f"{m},{h},{9.81 * m * h}" for m in range(1, 6) for h in range(1, 5))
+        + "\n"
+    )
+    runner = CliRunner()
+    res = runner.invoke(app, ["discover", "pe.csv", "--registry", "runs/catalog.db"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs" / "catalog.db").is_file()
+    res = runner.invoke(app, ["catalog", "list", "--kind", "function", "-c", "runs/catalog.db"])
+    assert res.exit_code == 0 and "PE" in res.output, res.output
+    res = runner.invoke(app, ["registry", "list", "--registry", "runs/catalog.db", "--json"])
+    assert [f["name"] for f in json.loads(res.output)] == ["PE"]
+    res = runner.invoke(app, ["discover", "pe.csv", "--registry", "some/dir/"])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "some" / "dir").iterdir()] == ["PE@1.json"]
+    res = runner.invoke(app, ["discover", "pe.csv", "-r", "x"])
+    assert res.exit_code == 2 and "No such option: -r" in res.output
