@@ -1,4 +1,4 @@
-"""Hyperparameter search benchmark: an Optuna study (training/tune.py) on add_mod_113, then the
+"""Hyperparameter search benchmark: an Optuna study (training.tune) on add_mod_113, then the
 best recipe it found against `fast` on held-out seeds. Writes benchmarks/results/tune.json and
 prints the comparison.
 

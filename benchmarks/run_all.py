@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "tasks": [],
     "training": [],
     "prune_lora": [],
+    "tune": [],
 }
 
 

@@ -1,4 +1,4 @@
-"""`circuitlab tune` (hyperparameter search, training/tune.py) and `circuitlab recipes`."""
+"""`circuitlab tune` (hyperparameter search, circuitlab.training.tune) and `circuitlab recipes`."""
 
 from __future__ import annotations
 
