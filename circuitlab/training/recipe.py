@@ -156,3 +156,20 @@ NANDA = register_recipe(
 FAST = register_recipe(
     Recipe(name="fast", lr=1e-2, weight_decay=2.0, warmup_steps=10, max_steps=5_000)
 )
+
+# 2 layers (issue 17): `fast` with 2 layers, lr 3e-3 and weight decay 3 (Nanda's data, 30% of
+# pairs); `fast`'s lr 1e-2 makes a 2-layer model oscillate (add_mod_59: 26% train accuracy
+# after 2,740 steps), and wd 1 was slower (one probe). Measured on seeds 0-2
+# (benchmarks/bench_deep.py): add_mod_113 reaches 99% validation at steps 530, 500, 600;
+# add_mod_59 at 1,550, 580, 900. Loss spikes (train accuracy dipping to 0.6-0.9) are common
+# before grokking. The budget is 10,000 steps, over 6x the slowest seed.
+DEEP = register_recipe(
+    Recipe(
+        name="deep",
+        lr=3e-3,
+        weight_decay=3.0,
+        warmup_steps=10,
+        max_steps=10_000,
+        model={"n_layers": 2},
+    )
+)

@@ -75,7 +75,7 @@ def test_tune_prints_trials_and_saves_recipe(tuned):
     listing = circuitlab("recipes", "--json", recipes=root / "recipes")
     assert listing.returncode == 0, listing.stderr
     rows = {r["name"]: r for r in json.loads(listing.stdout)}
-    assert list(rows) == ["nanda", "fast", "mirror-best"]
+    assert list(rows) == ["nanda", "fast", "deep", "mirror-best"]
     assert (
         rows["mirror-best"]["recipe"]["lr"] == saved["recipe"]["lr"] != rows["fast"]["recipe"]["lr"]
     )

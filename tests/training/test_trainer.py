@@ -144,3 +144,14 @@ def test_recipe_validation():
         recipe().replace(learning_rate=1)
     r = recipe(betas=(0.8, 0.9))
     assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_deep_recipe_builds_a_two_layer_model_for_a_task():
+    from circuitlab.models import ModelConfig
+    from circuitlab.tasks import get_task
+    from circuitlab.training import get_recipe
+
+    deep = get_recipe("deep")
+    assert deep.model == {"n_layers": 2} and deep.lr < get_recipe("fast").lr
+    config = ModelConfig.for_task(get_task("add_mod_59"), **deep.model)
+    assert config.n_layers == 2 and config.d_vocab_out == 59
