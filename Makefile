@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,lens,neo4j,viz,lora,tracr,tune,tensorboard]"
+	$(BIN)/pip install --quiet -e ".[dev,lens,neo4j,viz,lora,tracr,tune,tensorboard,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

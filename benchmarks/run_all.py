@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "faults": [],
     "tasks": [],
     "training": [],
+    "ray": [],
     "prune_lora": [],
     "tune": [],
 }

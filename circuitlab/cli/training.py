@@ -163,6 +163,18 @@ def register(app: typer.Typer) -> None:
             help="Also write TensorBoard events to OUT/tensorboard/TASK/RUN as runs train "
             "(metrics.jsonl stays the record; `tensorboard --logdir OUT/tensorboard`).",
         ),
+        backend: str = typer.Option(
+            "local",
+            "--backend",
+            help="local (this machine's cores) or ray (a Ray cluster: the `ray` extra; run "
+            "directories must be on a filesystem every node shares).",
+        ),
+        address: str | None = typer.Option(
+            None,
+            "--address",
+            help="With --backend ray: auto, HOST:PORT or ray://HOST:PORT of a running cluster "
+            "(default: start a local one with --workers CPUs).",
+        ),
     ) -> None:
         """Train models on a task; each seed/variation becomes its own run directory.
 
@@ -194,9 +206,23 @@ def register(app: typer.Typer) -> None:
             specs[0].model_config()
         except (TaskError, RecipeError, RunDirError, ValueError, TypeError) as exc:
             raise CliError(str(exc)) from None  # ModelConfigError is a ValueError too
+        if backend not in ("local", "ray"):
+            raise CliError(f"--backend must be local or ray, got {backend!r}")
+        if address is not None and backend != "ray":
+            raise CliError("--address needs --backend ray")
+        if backend == "ray":  # before anything is written: Ray installed, cluster reachable
+            from circuitlab.training.ray_backend import RayBackendError, check_address, import_ray
+
+            try:
+                import_ray(local=address is None)
+                check_address(address)
+            except RayBackendError as exc:
+                raise CliError(str(exc)) from None
         check_out_dir(out)
         logdir = out / "tensorboard" if tensorboard else None
-        _run_with_progress(specs, workers, strategy, resume, overwrite, threads, logdir)
+        _run_with_progress(
+            specs, workers, strategy, resume, overwrite, threads, logdir, backend, address
+        )
 
     @app.command("runs")
     def runs_cmd(
@@ -260,12 +286,15 @@ def _run_with_progress(
     overwrite: bool,
     threads: int = 0,
     tensorboard: Path | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from circuitlab._memory import MemoryBudgetError
     from circuitlab.training import RecipeError, RunDirError
     from circuitlab.training.parallel import train_many
+    from circuitlab.training.ray_backend import RayBackendError  # Ray itself is not imported
 
     mirror = None
     if tensorboard is not None:
@@ -326,19 +355,37 @@ def _run_with_progress(
             progress.console.print(f"[dim]skip[/] {escape(str(spec.run_dir))}: already finished")
 
         try:
-            results = train_many(
-                specs,
-                workers=workers or None,
-                strategy=strategy,
-                resume=resume,
-                overwrite=overwrite,
-                on_plan=on_plan,
-                on_event=on_event,
-                on_result=on_result,
-                threads=threads or None,
-                on_skip=on_skip,
-            )
+            if backend == "ray":
+                from circuitlab.training.ray_backend import train_ray
+
+                results = train_ray(
+                    specs,
+                    address=address,
+                    num_cpus=workers or None,
+                    strategy=strategy,
+                    resume=resume,
+                    overwrite=overwrite,
+                    on_plan=on_plan,
+                    on_event=on_event,
+                    on_result=on_result,
+                    on_skip=on_skip,
+                )
+            else:
+                results = train_many(
+                    specs,
+                    workers=workers or None,
+                    strategy=strategy,
+                    resume=resume,
+                    overwrite=overwrite,
+                    on_plan=on_plan,
+                    on_event=on_event,
+                    on_result=on_result,
+                    threads=threads or None,
+                    on_skip=on_skip,
+                )
         except (RunDirError, RecipeError, MemoryBudgetError) as exc:
+            raise CliError(str(exc)) from None
+        except RayBackendError as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:  # disk full, permissions changed under us: the partial stays
             raise CliError(
