@@ -354,38 +354,25 @@ def _run_with_progress(
         def on_skip(spec) -> None:
             progress.console.print(f"[dim]skip[/] {escape(str(spec.run_dir))}: already finished")
 
+        common = dict(
+            strategy=strategy,
+            resume=resume,
+            overwrite=overwrite,
+            on_plan=on_plan,
+            on_event=on_event,
+            on_result=on_result,
+            on_skip=on_skip,
+        )
         try:
             if backend == "ray":
                 from circuitlab.training.ray_backend import train_ray
 
-                results = train_ray(
-                    specs,
-                    address=address,
-                    num_cpus=workers or None,
-                    strategy=strategy,
-                    resume=resume,
-                    overwrite=overwrite,
-                    on_plan=on_plan,
-                    on_event=on_event,
-                    on_result=on_result,
-                    on_skip=on_skip,
-                )
+                results = train_ray(specs, address=address, num_cpus=workers or None, **common)
             else:
                 results = train_many(
-                    specs,
-                    workers=workers or None,
-                    strategy=strategy,
-                    resume=resume,
-                    overwrite=overwrite,
-                    on_plan=on_plan,
-                    on_event=on_event,
-                    on_result=on_result,
-                    threads=threads or None,
-                    on_skip=on_skip,
+                    specs, workers=workers or None, threads=threads or None, **common
                 )
-        except (RunDirError, RecipeError, MemoryBudgetError) as exc:
-            raise CliError(str(exc)) from None
-        except RayBackendError as exc:
+        except (RunDirError, RecipeError, MemoryBudgetError, RayBackendError) as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:  # disk full, permissions changed under us: the partial stays
             raise CliError(

@@ -134,10 +134,7 @@ class _Pass:
     ) -> None:
         cfg = model.cfg
         self.model, self.cfg = model, cfg
-        perm = None
-        if ablation.kind == "resample":
-            gen = torch.Generator().manual_seed(ablation.seed)
-            perm = torch.randperm(tokens.shape[0], generator=gen)
+        perm = ablation.permutation(tokens.shape[0]) if ablation.kind == "resample" else None
         dtype = model.param("embed.W_E").dtype
         keep_f = [k.to(dtype) for k in keep]
         self.acts: dict[str, Tensor] = {}  # tensors the gradients are taken at
@@ -195,9 +192,7 @@ class _Pass:
                     if s < t:
                         self.cross[(s, t)] = part
             self.deltas[("mlp", t)] = write
-            out = y.detach() + grad_part
-            self.acts[name] = out
-            return out
+            return y.detach() + grad_part
 
         def final(x: Tensor, name: str) -> None:
             self.acts["final"] = x
@@ -359,12 +354,13 @@ def circuit_components(
             for edge in graph.edges:
                 value = ov[edge] + qk_eff.get(edge, 0.0) + cross_ov.get(edge, 0.0)
                 edge_scores[edge] += float(value.abs().sum())
-            for src in sources:
-                if src not in node_scores:
-                    continue
-                total = sum(v for (s, _), v in ov.items() if s == src)
+            totals: dict[Node, Tensor] = {}  # each head's and MLP's total effect, per prompt
+            for (src, _), value in ov.items():
+                if src in node_scores:
+                    totals[src] = totals.get(src, 0.0) + value
+            for src, total in totals.items():
                 node_scores[src] += float(total.abs().sum())
-                node_scores[src] += sum(
-                    float(v.abs().sum()) for (s, _), v in qk_eff.items() if s == src
-                )
+            for (src, _), value in qk_eff.items():
+                if src in node_scores:
+                    node_scores[src] += float(value.abs().sum())
     return ComponentScores(node_scores, edge_scores, qk_scores)

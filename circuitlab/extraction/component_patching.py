@@ -95,6 +95,10 @@ class Ablation:
         if self.kind not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.kind!r}")
 
+    def permutation(self, n: int) -> torch.Tensor:
+        """The seeded permutation of a batch of `n` that resample ablation draws from."""
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+
 
 @dataclass
 class ComponentRun:
@@ -237,9 +241,7 @@ def ablated_outputs(
             return {n: torch.zeros_like(v) for n, v in clean.items()}
         if ablation.kind == "mean":
             return {n: v.mean(0, keepdim=True).expand_as(v) for n, v in clean.items()}
-        gen = torch.Generator().manual_seed(ablation.seed)
-        perm = torch.randperm(tokens.shape[0], generator=gen)
-        return run_components(model, tokens[perm]).outs
+        return run_components(model, tokens[ablation.permutation(tokens.shape[0])]).outs
 
 
 # ---------------------------------------------------------------------------------------------
