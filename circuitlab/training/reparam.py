@@ -74,6 +74,11 @@ def _norms(*parts: Tensor) -> Tensor:
     return torch.sqrt(sum(p.double().pow(2).reshape(-1, p.shape[-1]).sum(0) for p in parts))
 
 
+def _usable(scale: Tensor) -> Tensor:
+    """Per-direction scales, 1 where a direction has no weights to balance (0, inf or nan)."""
+    return torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+
+
 def principal_basis(params: Mapping[str, Tensor], cfg: ModelConfig, tokens: Tensor) -> Params:
     """`params` rewritten in the principal, balanced basis of their activations on `tokens`
     (see the module docstring); the model computes the same function."""
@@ -119,7 +124,7 @@ def principal_basis(params: Mapping[str, Tensor], cfg: ModelConfig, tokens: Tens
         p[n] = R.T @ p[n]
     read_rows = [p[n].transpose(-1, -2) for n in readers]  # last axis = the residual direction
     scale = torch.sqrt(_norms(*read_rows) / _norms(*(p[n] for n in writers)).clamp_min(EPS))
-    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+    scale = _usable(scale)
     for n in writers:
         p[n] = p[n] * scale
     for n in readers:
@@ -136,7 +141,7 @@ def principal_basis(params: Mapping[str, Tensor], cfg: ModelConfig, tokens: Tens
             c = torch.sqrt(
                 _norms(p[f"{b}.attn.W_O"][h].T) / _norms(p[f"{b}.attn.W_V"][h]).clamp_min(EPS)
             )
-            c = torch.where(torch.isfinite(c) & (c > 0), c, torch.ones_like(c))
+            c = _usable(c)
             p[f"{b}.attn.W_V"][h] = p[f"{b}.attn.W_V"][h] * c
             p[f"{b}.attn.b_V"][h] = p[f"{b}.attn.b_V"][h] * c
             p[f"{b}.attn.W_O"][h] = p[f"{b}.attn.W_O"][h] / c.unsqueeze(-1)
@@ -148,7 +153,7 @@ def principal_basis(params: Mapping[str, Tensor], cfg: ModelConfig, tokens: Tens
             q_size = (q[..., h, :].double() @ S).pow(2).reshape(-1, S.shape[0]).mean(0)
             k_size = (k[..., h, :].double() @ S).pow(2).reshape(-1, S.shape[0]).mean(0)
             c = (q_size / k_size.clamp_min(EPS)).pow(0.25)
-            c = torch.where(torch.isfinite(c) & (c > 0), c, torch.ones_like(c)).clamp(1e-6, 1e6)
+            c = _usable(c).clamp(1e-6, 1e6)
             p[f"{b}.attn.W_Q"][h] = p[f"{b}.attn.W_Q"][h] / c
             p[f"{b}.attn.b_Q"][h] = p[f"{b}.attn.b_Q"][h] / c
             p[f"{b}.attn.W_K"][h] = p[f"{b}.attn.W_K"][h] * c
@@ -158,7 +163,7 @@ def principal_basis(params: Mapping[str, Tensor], cfg: ModelConfig, tokens: Tens
         if cfg.d_mlp and cfg.act_fn == "relu":
             w_in, w_out = p[f"{b}.mlp.W_in"], p[f"{b}.mlp.W_out"]
             c = torch.sqrt(_norms(w_out.T) / _norms(w_in).clamp_min(EPS))
-            c = torch.where(torch.isfinite(c) & (c > 0), c, torch.ones_like(c))
+            c = _usable(c)
             p[f"{b}.mlp.W_in"] = w_in * c
             p[f"{b}.mlp.b_in"] = p[f"{b}.mlp.b_in"] * c
             p[f"{b}.mlp.W_out"] = w_out / c.unsqueeze(-1)

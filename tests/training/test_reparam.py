@@ -110,3 +110,18 @@ def test_bad_basis_requests_are_refused():
         PruneConfig("lottery", (0.5,), basis="principal")
     with pytest.raises(PruneError, match="finetune_lr"):
         PruneConfig("magnitude", (0.5,), finetune=10, finetune_lr=-1.0)
+
+
+def test_cli_bad_basis_is_one_line_and_writes_nothing(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    for args in (["--basis", "fourier"], ["--finetune", "5", "--finetune-lr", "-1"]):
+        res = subprocess.run(
+            [sys.executable, "-m", "circuitlab", "prune", str(run_dir), *args,
+             "--out", str(tmp_path / "o")],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 2, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+        assert not (tmp_path / "o").exists()
