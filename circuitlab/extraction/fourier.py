@@ -424,6 +424,9 @@ class FourierReport:
     formula: str  # the answer c* in the analysis' coordinates, e.g. "a+b", "log a+log b"
     coordinates: Coordinates
     keys: KeyFrequencies
+    # what the last MLP carries about the answer (its mean activation per answer, by frequency)
+    answer_keys: KeyFrequencies
+    restricted_keys: tuple[int, ...]  # the restricted loss keeps these: keys + sparse answer keys
     neuron_pure_fraction: float  # live MLP neurons >= PURE_THRESHOLD explained by a key freq
     neuron_purity_quantiles: dict[str, float]  # purity at q10, q25, q50, q75, q90
     neuron_dominant_counts: dict[int, int]  # dominant frequency -> live neurons
@@ -447,13 +450,29 @@ class FourierReport:
     def _c(self) -> str:
         return "log c" if self.coordinates.basis == "discrete_log" else "c"
 
+    @property
+    def extra_answer_keys(self) -> tuple[int, ...]:
+        """Frequencies the restricted loss keeps beyond the embedding's keys."""
+        return tuple(k for k in self.restricted_keys if k not in self.keys.frequencies)
+
+    def _extra_words(self) -> str:
+        """"40 = 2x20, 7" for the extra answer frequencies, naming the harmonics."""
+        from circuitlab.extraction.fourier_fits import harmonic_of
+
+        words = []
+        for f in self.extra_answer_keys:
+            h = harmonic_of(f, self.keys.frequencies, self.coordinates.n)
+            words.append(f"{f} = {h}" if h else str(f))
+        return ", ".join(words)
+
     def label(self) -> str:
         freqs = "{" + ", ".join(str(k) for k in self.keys.frequencies) + "}"
         where = ""
         if self.coordinates.basis == "discrete_log":
             where = f" in discrete-log coordinates (g = {self.coordinates.generator})"
         if self.fourier_algorithm:
-            return f"Fourier multiplication{where}, frequencies {freqs}"
+            extra = f"; answer also {{{self._extra_words()}}}" if self.extra_answer_keys else ""
+            return f"Fourier multiplication{where}, frequencies {freqs}{extra}"
         return f"no clear Fourier circuit{where} (best embedding frequencies {freqs})"
 
     def description(self) -> str:
@@ -470,10 +489,17 @@ class FourierReport:
             f"Logits: sum_k alpha_k cos(w_k ({self.formula}-{self._c})) explains "
             f"{self.logits.explained:.0%} of the logit variance.",
         ]
+        if self.extra_answer_keys:
+            parts.append(
+                f"Beyond the keys, the last MLP carries the answer at {{{self._extra_words()}}} "
+                f"({self.answer_keys.power_fraction:.0%} of its answer power is in "
+                f"{{{', '.join(str(k) for k in self.answer_keys.frequencies)}}})."
+            )
         if self.losses is not None:
             lo = self.losses
             parts.append(
-                f"Loss: full {lo.full:.3g}, restricted to the key frequencies {lo.restricted:.3g}, "
+                f"Loss: full {lo.full:.3g}, restricted to frequencies "
+                f"{{{', '.join(str(k) for k in self.restricted_keys)}}} {lo.restricted:.3g}, "
                 f"excluding them (train) {lo.excluded:.3g} vs ln p = {lo.log_p:.3g}."
             )
         if self.apart:
@@ -493,6 +519,8 @@ class FourierReport:
             "description": self.description(),
             "fourier_algorithm": self.fourier_algorithm,
             "keys": self.keys.to_dict(),
+            "answer_keys": self.answer_keys.to_dict(),
+            "restricted_keys": list(self.restricted_keys),
             "neuron_pure_fraction": self.neuron_pure_fraction,
             "neuron_purity_quantiles": dict(self.neuron_purity_quantiles),
             "neuron_dominant_counts": {str(k): v for k, v in self.neuron_dominant_counts.items()},

@@ -26,6 +26,7 @@ from circuitlab.extraction.fourier import (
     Coordinates,
     FourierError,
     FourierReport,
+    KeyFrequencies,
     activation_grid,
     frequency_shares,
     key_frequencies,
@@ -54,6 +55,32 @@ def answer_directions(answers: torch.Tensor, n: int, keys: tuple[int, ...]) -> t
         if 2 * k != n:
             cols.append(torch.sin(w * c))
     return torch.stack(cols, dim=1)
+
+
+def answer_frequencies(acts: torch.Tensor, answer_coords: torch.Tensor, n: int) -> KeyFrequencies:
+    """The frequencies of the answer that units (inputs, N) carry: `key_frequencies` of their
+    mean activation per answer coordinate (n, N). On a grid where every answer occurs equally
+    often those means are the units' projection onto functions of the answer, which is all the
+    restricted loss keeps. A ReLU neuron of key frequency k also carries its harmonics 2k, 3k,
+    ..., and a model may use them in its logits (a grokked div mod 113 relied on 2k: restricted
+    loss 0.11 without it, 0.009 with it, against a full loss of 0.003)."""
+    coords = answer_coords.long()
+    sums = torch.zeros(n, acts.shape[1], dtype=torch.float64)
+    step = max(1, CHUNK_ELEMENTS // max(acts.shape[1], 1))  # rows per float64 copy
+    for lo in range(0, acts.shape[0], step):
+        sums.index_add_(0, coords[lo : lo + step], acts[lo : lo + step].to(torch.float64))
+    counts = torch.bincount(coords, minlength=n).clamp(min=1).to(torch.float64)
+    return key_frequencies(sums / counts[:, None])
+
+
+def harmonic_of(f: int, keys: tuple[int, ...], n: int, max_multiple: int = 4) -> str | None:
+    """"2x20" when frequency f is m * k (folded into 1..n/2) for a key k and m in 2..max_multiple
+    (the smallest such m), else None."""
+    for m in range(2, max_multiple + 1):
+        for k in keys:
+            if (m * k) % n in (f, n - f):
+                return f"{m}x{k}"
+    return None
 
 
 def project_onto(acts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -414,8 +441,15 @@ def analyze(
     weights = logit_weights(
         post, model.param(f"blocks.{last}.mlp.W_out"), model.param("unembed.W_U")
     )
-    del post
     shares = frequency_shares(units, weights)
+    carried = answer_frequencies(post, coords.of(answers), coords.n)
+    del post
+    # restricted to the embedding's keys and, when the MLP's answer spectrum is sparse, the
+    # frequencies holding >= KEY_SHARE of it (ReLU harmonics of the keys among them)
+    restricted_keys = keys.frequencies
+    if carried.sparse:
+        power = {k + 1: v**2 for k, v in enumerate(carried.norms)}
+        restricted_keys = tuple(sorted(set(keys.frequencies) | set(keys_by_share(power))))
     timings["neuron_frequencies"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -426,7 +460,7 @@ def analyze(
             mask = torch.zeros(len(inside), dtype=torch.bool)
             mask[torch.as_tensor(train_index, dtype=torch.long)] = True
             mask = mask[inside]
-        losses = fourier_losses(model, tokens, answers, keys.frequencies, p, mask, coords)
+        losses = fourier_losses(model, tokens, answers, restricted_keys, p, mask, coords)
     timings["restricted_excluded_loss"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -439,6 +473,8 @@ def analyze(
         formula=formula,
         coordinates=coords,
         keys=keys,
+        answer_keys=carried,
+        restricted_keys=restricted_keys,
         neuron_pure_fraction=units.pure_fraction(PURE_THRESHOLD, keys.frequencies),
         neuron_purity_quantiles=quantiles,
         neuron_dominant_counts=counts,

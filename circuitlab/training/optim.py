@@ -12,6 +12,7 @@ Step, in order: (1) Grokfast-EMA filter g <- g + lambda * ema, ema <- alpha ema 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class StackedHyper:
     clip: torch.Tensor
     gf_alpha: torch.Tensor
     gf_lambda: torch.Tensor
+    anneal: torch.Tensor
 
     @classmethod
     def from_recipes(cls, recipes: Sequence[Recipe]) -> StackedHyper:
@@ -49,6 +51,7 @@ class StackedHyper:
             clip=col([r.grad_clip for r in recipes]),
             gf_alpha=col([r.grokfast_alpha for r in recipes]),
             gf_lambda=col([r.grokfast_lambda for r in recipes]),
+            anneal=col([r.anneal_steps for r in recipes]),
         )
 
     def select(self, keep: torch.Tensor) -> StackedHyper:
@@ -70,6 +73,8 @@ class StackedOptimizer:
         self.hyper = hyper
         self.kind = kind
         self.step_count = 0
+        # the step each model reached its stop accuracy and began annealing (inf: not yet)
+        self.anneal_from = torch.full_like(hyper.lr, math.inf)
         self.state: dict[str, dict[str, torch.Tensor]] = {
             key: {n: torch.zeros_like(p) for n, p in params.items()} for key in self.STATE_KEYS
         }
@@ -110,9 +115,18 @@ class StackedOptimizer:
                 p.sub_(lr_p * m_hat / denom)
 
     def lr_now_for_step(self, step: int) -> torch.Tensor:
-        """Per-model learning rate at optimizer step `step` (1-based), with linear warmup."""
-        ramp = torch.where(self.hyper.warmup > 0, (step / self.hyper.warmup).clamp(max=1.0), 1.0)
-        return self.hyper.lr * ramp
+        """Per-model learning rate at optimizer step `step` (1-based): linear warmup, then
+        constant, then (once a model anneals from step s) (1 - (step - s - 1) / anneal) of it."""
+        h = self.hyper
+        ramp = torch.where(h.warmup > 0, (step / h.warmup).clamp(max=1.0), 1.0)
+        annealing = torch.isfinite(self.anneal_from) & (h.anneal > 0)
+        since = (step - 1 - self.anneal_from).clamp(min=0.0)
+        decay = torch.where(annealing, (1 - since / h.anneal.clamp(min=1.0)).clamp(min=0.0), 1.0)
+        return h.lr * ramp * decay
+
+    def start_anneal(self, i: int, step: int) -> None:
+        """Model i reached its stop accuracy after `step` steps: decay its lr from here."""
+        self.anneal_from[i] = float(step)
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -122,5 +136,6 @@ class StackedOptimizer:
         """Keep only the models at `keep` (after early-stopped models leave the stack)."""
         self.params = params
         self.hyper = self.hyper.select(keep)
+        self.anneal_from = self.anneal_from[keep]
         for key in self.STATE_KEYS:
             self.state[key] = {n: t[keep] for n, t in self.state[key].items()}

@@ -22,6 +22,7 @@ _INTEGERS = {
     "max_steps": (1, MAX_STEPS),
     "eval_every": (1, MAX_STEPS),
     "checkpoint_every": (1, MAX_STEPS),
+    "anneal_steps": (0, MAX_STEPS),
 }
 _NUMBERS: dict[str, dict[str, Any]] = {
     "train_fraction": {"lo": 0.0, "hi": 1.0, "lo_open": True},
@@ -57,6 +58,10 @@ class Recipe:
     max_steps: int = 10_000
     eval_every: int = 10
     stop_val_acc: float = 1.0  # stop a model once validation accuracy reaches this; >1 = never
+    # After reaching stop_val_acc, train this many more steps with the learning rate decaying
+    # linearly to 0, then stop: a high-lr recipe otherwise stops mid-oscillation, before the
+    # clean-up phase that leaves a sparse, stable mechanism (0 = stop at once).
+    anneal_steps: int = 0
     checkpoint_every: int = 500
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 

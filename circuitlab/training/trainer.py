@@ -7,8 +7,9 @@ Method, per step:
     each model's mean cross-entropy, so each model's gradient equals its gradient alone.
  3. An element-wise optimizer step with per-model hyperparameters (optim.py).
  4. Every `eval_every` steps: train/validation loss and accuracy and weight norm per model,
-    appended to each run's metrics.jsonl; a model stops when it reaches its `stop_val_acc` or
-    `max_steps`, is written out as a finished run directory, and leaves the stack.
+    appended to each run's metrics.jsonl; a model stops when it reaches its `stop_val_acc`
+    (after `anneal_steps` more with its lr decaying to 0) or `max_steps`, is written out as a
+    finished run directory, and leaves the stack.
  5. Every `checkpoint_every` steps: each run's parameters and optimizer state to
     RUN.partial/checkpoint/, so an interrupted run resumes to the same weights.
 """
@@ -228,6 +229,7 @@ class _Stack:
         hyper = StackedHyper.from_recipes([s.recipe for s in specs])
         self.opt = StackedOptimizer(self.params, hyper, specs[0].recipe.optimizer)
         self.grokked_at: list[int | None] = [None] * len(specs)
+        self.reached_at: list[int | None] = [None] * len(specs)  # stop_val_acc first met
         self.started = [time.perf_counter()] * len(specs)
         self.elapsed_before = [0.0] * len(specs)  # wall time spent before a resume
 
@@ -246,6 +248,11 @@ class _Stack:
                 for n, mask in self.masks.items():
                     self.params[n].mul_(mask)
 
+    def end_step(self, i: int) -> int:
+        """The step model i stops at, as far as is known now."""
+        spec, reached = self.specs[i], self.reached_at[i]
+        return spec.recipe.max_steps if reached is None else reached + spec.recipe.anneal_steps
+
     def model_state(self, i: int) -> dict[str, torch.Tensor]:
         return {n: p[i].detach().clone() for n, p in self.params.items()}
 
@@ -257,7 +264,7 @@ class _Stack:
         self.opt.select(index, self.params)
         self.masks = {n: m[index] for n, m in self.masks.items()}
         self.specs = [self.specs[i] for i in keep]
-        for name in ("grokked_at", "started", "elapsed_before"):
+        for name in ("grokked_at", "reached_at", "started", "elapsed_before"):
             values = getattr(self, name)
             setattr(self, name, [values[i] for i in keep])
 
@@ -274,7 +281,12 @@ class _Stack:
             for key, state in self.opt.state.items():
                 tensors |= {f"{key}/{n}": t[i].contiguous() for n, t in state.items()}
             elapsed = self.elapsed_before[i] + time.perf_counter() - self.started[i]
-            meta = {"step": step, "grokked_at": self.grokked_at[i], "elapsed": elapsed}
+            meta = {
+                "step": step,
+                "grokked_at": self.grokked_at[i],
+                "reached_at": self.reached_at[i],
+                "elapsed": elapsed,
+            }
             tmp = ckpt / (CHECKPOINT_FILE + ".tmp")
             save_file(tensors, str(tmp), metadata={"circuitlab": json.dumps(meta)})
             with open(tmp, "rb") as fh:
@@ -312,6 +324,9 @@ class _Stack:
                         t[i].copy_(tensors[f"{key}/{n}"])
             steps.add(meta["step"])
             self.grokked_at[i] = meta["grokked_at"]
+            self.reached_at[i] = meta.get("reached_at")  # absent in checkpoints before anneal
+            if self.reached_at[i] is not None:
+                self.opt.start_anneal(i, self.reached_at[i])
             self.elapsed_before[i] = meta["elapsed"]
         if len(steps) != 1:
             raise rundir.RunDirError("runs resumed together must have checkpoints at the same step")
@@ -484,6 +499,7 @@ def _finish(
         "steps": step,
         "grokked_at": stack.grokked_at[i],
         "grok_threshold": rundir.GROK_THRESHOLD,
+        "annealed_from": stack.reached_at[i] if spec.recipe.anneal_steps else None,
         "final": metrics,
         "wall_time_s": round(wall, 3),
         "n_params": stack.cfg.n_params,
@@ -544,7 +560,7 @@ def _train_locked(
             _truncate_metrics(rundir.partial_path(spec.run_dir), step)
     recipe0 = specs[0].recipe
     batch = recipe0.batch_size
-    max_steps = max(s.recipe.max_steps for s in specs)
+    max_steps = max(s.recipe.max_steps + s.recipe.anneal_steps for s in specs)  # bar's total
     order = {spec.run_dir: k for k, spec in enumerate(specs)}
     data = {"x": train_x, "y": train_y, "vx": val_x, "vy": val_y}
     results: dict[Path, RunResult] = {}
@@ -577,7 +593,10 @@ def _train_locked(
             val_acc = row["val_acc"] if not math.isnan(row["val_acc"]) else row["train_acc"]
             if stack.grokked_at[i] is None and val_acc >= rundir.GROK_THRESHOLD:
                 stack.grokked_at[i] = step
-            if val_acc >= spec.recipe.stop_val_acc or step >= spec.recipe.max_steps:
+            if stack.reached_at[i] is None and val_acc >= spec.recipe.stop_val_acc:
+                stack.reached_at[i] = step
+                stack.opt.start_anneal(i, step)
+            if step >= stack.end_step(i):
                 done.append(i)
         if progress:
             progress(step, max_steps, rows)
@@ -611,7 +630,7 @@ def _train_locked(
             stack.save_checkpoint(step)
             raise TrainingInterrupted(step, [s.run_dir for s in stack.specs])
         eval_now = step % recipe0.eval_every == 0 or any(
-            step >= s.recipe.max_steps for s in stack.specs
+            step >= stack.end_step(i) for i in range(len(stack.specs))
         )
         if eval_now:
             log_and_stop(step)

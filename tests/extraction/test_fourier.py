@@ -190,6 +190,27 @@ def test_projection_keeps_key_directions_and_removes_the_rest():
     torch.testing.assert_close(proj[:, 1], torch.zeros_like(outside), atol=1e-9, rtol=0)
 
 
+def test_answer_frequencies_carry_relu_harmonics_and_nothing_off_the_answer():
+    # A ReLU of cos(w_3 c) carries 3, 6, 9, ... of the answer c = a+b; a wave of a-b carries
+    # nothing about it. The spectrum equals numpy's DFT of the mean activation per answer.
+    data = get_task(f"add_mod_{P}").dataset()
+    answers = torch.from_numpy(data.targets[:, 0])
+    a, b = (torch.from_numpy(data.inputs[:, i]) for i in (0, 1))
+    relu = torch.relu(_wave(3, answers, P))
+    off = _wave(5, a - b, P)
+    found = ff.answer_frequencies(torch.stack([relu, off], dim=1), answers, P)
+    means = np.stack([relu.numpy()[answers.numpy() == c].mean() for c in range(P)])
+    power = np.abs(np.fft.rfft(means)[1:]) ** 2
+    norms = np.array(found.norms) ** 2
+    np.testing.assert_allclose(norms / norms.sum(), power / power.sum(), rtol=1e-9, atol=1e-12)
+    shares = {k + 1: float(v) for k, v in enumerate(norms)}
+    carried = fo.keys_by_share(shares)
+    assert 3 in carried and 6 in carried and 5 not in carried
+    assert ff.harmonic_of(6, (3,), P) == "2x3"
+    assert ff.harmonic_of(P - 9, (3,), P) == "3x3"  # 9 folded: cos(w_9) = cos(w_(P-9))
+    assert ff.harmonic_of(7, (3,), P) is None
+
+
 def test_chunked_computations_match_one_chunk(monkeypatch):
     """Units, projections, logit weights and the logit fit go by chunks of rows or columns to
     bound memory on large p; the chunking does not change what they compute."""
@@ -283,7 +304,11 @@ def test_grokked_logits_and_label(grokked):
     assert report.logits.explained >= 0.75
     assert report.fourier_algorithm
     freqs = ", ".join(str(k) for k in report.keys.frequencies)
-    assert report.label() == f"Fourier multiplication, frequencies {{{freqs}}}"
+    assert report.label().startswith(f"Fourier multiplication, frequencies {{{freqs}}}")
+    # the restricted loss keeps the keys, and any answer frequency beyond them is named
+    assert set(report.keys.frequencies) <= set(report.restricted_keys)
+    for extra in report.extra_answer_keys:
+        assert str(extra) in report.label() and str(extra) in report.description()
     text = report.description()
     assert f"{len(report.keys.frequencies)} key frequencies" in text and "ln p" in text
     assert "cos(w_k (a+b-c))" in text and report.formula == "a+b"

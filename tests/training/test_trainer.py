@@ -79,6 +79,47 @@ class Interrupt(Exception):
     pass
 
 
+def test_annealing_decays_lr_to_zero_after_the_stop_accuracy_then_stops(tmp_path):
+    # stop_val_acc 0 is met at the first evaluation (step 0): the lr then falls linearly to 0
+    # over anneal_steps (25, off the eval grid) and the model stops there; its stack-mate runs
+    # on, and both end bit-for-bit where they end alone.
+    annealed = recipe(lr=1e-2, stop_val_acc=0.0, anneal_steps=25)
+    plain = recipe(lr=1e-2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    results = train_stack(
+        [RunSpec("add_mod_13", annealed, 0, a), RunSpec("add_mod_13", plain, 1, b)]
+    )
+    assert [r.steps for r in results] == [25, 40]
+    summary = read_run(a).summary
+    assert summary["annealed_from"] == 0 and read_run(b).summary["annealed_from"] is None
+    rows = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 10, 20, 25]
+    for r in rows:
+        s = max(r["step"], 1)
+        expected = 1e-2 * min(1.0, s / 10) * (1 - (s - 1) / 25)
+        assert r["lr"] == pytest.approx(expected, rel=1e-6)
+    for spec_recipe, seed, run in ((annealed, 0, a), (plain, 1, b)):
+        alone = tmp_path / f"alone{seed}"
+        train_stack([RunSpec("add_mod_13", spec_recipe, seed, alone)])
+        assert_same_weights(run, alone)
+
+
+def test_run_interrupted_while_annealing_resumes_to_the_same_weights(tmp_path):
+    r = recipe(lr=1e-2, stop_val_acc=0.0, anneal_steps=35, checkpoint_every=10)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train_stack([RunSpec("add_mod_13", r, 0, full)])
+
+    def stop_at_25(step, max_steps, rows):
+        if step >= 25:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_stack([RunSpec("add_mod_13", r, 0, cut)], progress=stop_at_25)
+    train_stack([RunSpec("add_mod_13", r, 0, cut)], resume=True)
+    assert_same_weights(full, cut)
+    assert read_run(cut).summary["steps"] == 35
+
+
 @pytest.mark.parametrize("batch_size", [0, 16])
 def test_resumed_run_ends_with_the_same_weights(tmp_path, batch_size):
     r = recipe(batch_size=batch_size, checkpoint_every=10, grokfast_lambda=2.0)
