@@ -71,22 +71,39 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from circuitlab.registry import Registry, RegistryError
-        from circuitlab.registry.discover import DiscoveryConfig, search
+        from circuitlab.registry.discover import (
+            DiscoveryConfig,
+            check_register_name,
+            register_found,
+            search,
+        )
+        from circuitlab.registry.domains import check_name
         from circuitlab.registry.examples import Examples
 
         try:
             examples = Examples.from_csv(data, output)
             fname = name or examples.output_name.upper()
             reg = Registry.open(registry or default_registry())
-            if save:
-                reg.check_new_name(fname)
             cfg = DiscoveryConfig(
                 seed=seed, max_seconds=max_seconds, max_cost=max_cost, approximate=approximate
             )
+            if save:  # a name taken by another function is refused before any work
+                check_register_name(reg, fname, examples, cfg.rtol)
+            else:  # nothing is written, so a taken name is fine
+                check_name(fname)
+            if examples.renamed and not as_json:
+                console.print(
+                    "columns renamed to identifiers: "
+                    + escape(", ".join(f"{h!r} -> {i}" for h, i in examples.renamed))
+                )
             result = search(
                 examples, name=fname, registry=reg, config=cfg, proposer=_proposer(proposer)
             )
-            stored = reg.register(result.function) if save and result.function else None
+            stored, written = None, False
+            if result.function is not None and save:
+                stored, written = register_found(reg, result.function, cfg.rtol)
+            elif result.function is not None and fname in reg:
+                stored = reg.same_as(result.function, cfg.rtol)
         except RegistryError as exc:
             raise CliError(str(exc)) from None
         if as_json:
@@ -95,6 +112,8 @@ def register(app: typer.Typer) -> None:
                 {k: v for k, v in vars(r).items() if not k.startswith("_")} for r in result.table
             ]
             out["registered"] = stored.ref if stored else None
+            out["written"] = written
+            out["renamed"] = dict(examples.renamed)
             if result.function is not None:
                 out["record"] = (stored or result.function).to_dict()
             console.print_json(json.dumps(out))
@@ -130,8 +149,17 @@ def register(app: typer.Typer) -> None:
                     f"columns not used (resampling them leaves the output unchanged): "
                     f"{escape(', '.join(ignored))}"
                 )
-            if stored:
+            if stored and written:
                 console.print(f"registered {escape(stored.ref)} (layer {stored.layer})")
+            elif stored:
+                console.print(
+                    f"already registered as {escape(stored.ref)} (same definition); nothing written"
+                )
+            elif fname in reg:
+                console.print(
+                    f"the registry's {escape(reg.get(fname).ref)} is a different function; "
+                    "to register this one, choose another --name"
+                )
 
 
 def _proposer(name: str):

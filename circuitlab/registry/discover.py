@@ -5,6 +5,8 @@
    from each column's observed domain.
 2. Search (`search.py`): bottom-up enumeration over primitives and registered functions,
    deduplicated by observational equivalence, with affine constants fitted by least squares.
+   A registered function is applied only inside its declared input domains, and at equal cost
+   a plain formula wins over a call of a registered function.
 3. Simplify each accepted fit: constants snapped to the shortest decimal or small fraction that
    keeps exact agreement, unit coefficients and zero terms dropped, `x + 1` written INC(x).
 4. Decide column relevance by intervention: resample one column at a time across all rows and
@@ -13,7 +15,8 @@
 5. Return the simplest accepted function (status exact), or, on noisy data when asked, the fit
    with the shortest description length among the Pareto front (status approximate), with a
    PySR-style table (complexity, loss, score, expression, sympy form). A failed search raises
-   `DiscoveryError` and registers nothing.
+   `DiscoveryError` and registers nothing; registering a function the registry already holds
+   under that name (same definition) writes nothing and returns the stored one.
 """
 
 from __future__ import annotations
@@ -139,13 +142,20 @@ def discover(
 
     examples: a sequence of (inputs, output) rows, a pair (X, y) of arrays, or `Examples`.
     registry: its functions are offered as building blocks; with `register=True` the result is
-    stored there (the name must be new). oracle: a callable of all the columns giving the true
+    stored there, unless the registry already holds a function of that name with the same
+    definition, which is returned instead (re-running a discovery is idempotent); a name held
+    by a different function is refused. oracle: a callable of all the columns giving the true
     outputs on the probe inputs, when the examples come from a known process. Raises
     `DiscoveryError` when nothing fits, leaving the registry untouched.
     """
+    data = Examples.coerce(examples, names)
+    rtol = (config or DiscoveryConfig()).rtol
+    if register:
+        if registry is None:
+            raise RegistryError("register=True needs a registry")
+        check_register_name(registry, name, data, rtol)  # a clear error before any work
     result = search(
-        examples,
-        names=names,
+        data,
         name=name,
         registry=registry,
         proposer=proposer,
@@ -155,10 +165,66 @@ def discover(
     if result.function is None:
         raise DiscoveryError(result.message, result)
     if register:
-        if registry is None:
-            raise RegistryError("register=True needs a registry")
-        return registry.register(result.function)
+        assert registry is not None
+        return register_found(registry, result.function, rtol)[0]
     return result.function
+
+
+def check_register_name(registry: Registry, name: str, data: Examples, rtol: float = 1e-9) -> None:
+    """Refuse, before any search, a name that `data`'s function cannot be registered under: not
+    an identifier, a primitive, or held by functions that cannot be the one `data` defines.
+
+    A stored version may be that function when its inputs are columns of `data` with the
+    domains `data` gives them and, if exact, it reproduces every output; such a name is left to
+    `register_found`, after the search, so that re-running a discovery is not an error.
+    """
+    registry.check_new_name(name, taken_ok=True)
+    if name not in registry:
+        return
+    if not any(
+        _may_define(registry.get(name, v), data, registry, rtol)
+        for v in registry.store.versions(name)
+    ):
+        raise RegistryError(_taken(registry, name, "does not fit these examples"))
+
+
+def register_found(registry: Registry, fn: Function, rtol: float = 1e-9) -> tuple[Function, bool]:
+    """`fn` stored in `registry`, or the stored version with the same definition (see
+    `Registry.same_as`) with nothing written: (the registered function, whether it is new).
+    A name held by a different function is refused."""
+    same = registry.same_as(fn, rtol)
+    if same is not None:
+        return same, False
+    if fn.name in registry:
+        raise RegistryError(_taken(registry, fn.name, f"differs from the one found, {fn.render()}"))
+    return registry.register(fn), True
+
+
+def _may_define(fn: Function, data: Examples, registry: Registry, rtol: float) -> bool:
+    column = {n: j for j, n in enumerate(data.names)}
+    domains = data.domains()
+    for i in fn.inputs:
+        if i.name not in column or domains[column[i.name]] != i.domain:
+            return False
+    if fn.status != "exact":
+        return True  # an approximate fit: only a new search can tell
+    try:
+        with np.errstate(all="ignore"):
+            pred = fn.evaluate(
+                *(data.X[:, column[i.name]] for i in fn.inputs), resolve=registry.resolve
+            )
+    except RegistryError:
+        return False
+    tol = rtol * max(float(np.abs(data.y).max()), 1e-300)
+    return bool(np.all(np.abs(np.asarray(pred, dtype=np.float64) - data.y) <= tol))
+
+
+def _taken(registry: Registry, name: str, why: str) -> str:
+    latest = registry.get(name)
+    return (
+        f"a function named {name} already exists ({latest.ref} = {latest.render()}) and {why}; "
+        "choose another name (--name) or do not register it (--no-register)"
+    )
 
 
 def search(
@@ -172,14 +238,14 @@ def search(
     oracle: Callable[..., Any] | None = None,
 ) -> DiscoveryResult:
     """Like `discover` but returns the full result (statistics, table) and never raises on a
-    failed search (only on bad input)."""
+    failed search (only on bad input). It writes nothing, so `name` may be taken: the function
+    of that name is then left out of the building blocks (a function is never defined as a
+    call of an earlier version of itself)."""
     cfg = config or DiscoveryConfig()
     data = Examples.coerce(examples, names)
-    if registry is not None and name in registry:
-        registry.check_new_name(name)  # a clear error before any work
     rows, domains = _rows(data, cfg, oracle)
     kinds = [d.kind for d in domains]
-    ops = build_ops(kinds, data.y, registry if cfg.use_registry else None, cfg)
+    ops = build_ops(kinds, data.y, registry if cfg.use_registry else None, cfg, exclude=name)
     scfg = SearchConfig(
         max_cost=min(cfg.max_cost, cfg.approximate_max_cost) if cfg.approximate else cfg.max_cost,
         max_seconds=cfg.max_seconds,
@@ -256,14 +322,20 @@ def _infer_moduli(y: np.ndarray, cfg: DiscoveryConfig) -> tuple[int, ...]:
 
 
 def build_ops(
-    kinds: Sequence[Kind], y: np.ndarray, registry: Registry | None, cfg: DiscoveryConfig
+    kinds: Sequence[Kind],
+    y: np.ndarray,
+    registry: Registry | None,
+    cfg: DiscoveryConfig,
+    exclude: str | None = None,
 ) -> list[Op]:
     """The operations a numeric search may apply: primitives of the chosen groups (modular ones
-    once per candidate modulus) and every numeric registered function."""
+    once per candidate modulus) and every numeric registered function but `exclude`."""
     ops: list[Op] = []
     if registry is not None:
         for fn in registry.functions():
             if fn.output.kind is Kind.GRID or any(i.domain.kind is Kind.GRID for i in fn.inputs):
+                continue
+            if fn.name == exclude:
                 continue
             ops.append(_function_op(fn, registry))
     moduli = _infer_moduli(y, cfg)
@@ -296,6 +368,9 @@ def _prim_op(prim: Primitive, params: dict[str, int]) -> Op:
 
 
 def _function_op(fn: Function, registry: Registry) -> Op:
+    """A registered function as an operation, defined (not NaN) only where every argument lies
+    in its input's declared domain: a function is never extrapolated beyond what it was
+    declared (or discovered) on, and the search drops candidates undefined anywhere."""
     want = tuple(i.domain.kind for i in fn.inputs)
     out = Kind.REAL if fn.output.kind is Kind.REAL else fn.output.kind
 
@@ -310,10 +385,14 @@ def _function_op(fn: Function, registry: Registry) -> Op:
 
     def apply(*args: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
-            return np.asarray(
+            out = np.asarray(
                 ex.evaluate(fn.expr, list(args), fn.constant_dict, registry.resolve),
                 dtype=np.float64,
             ) + np.zeros_like(args[0])
+        inside = np.ones(out.shape, dtype=bool)
+        for a, i in zip(args, fn.inputs, strict=True):
+            inside &= _inside(a, i.domain)
+        return np.where(inside, out, np.nan)
 
     return Op(
         fn.ref,
@@ -323,6 +402,22 @@ def _function_op(fn: Function, registry: Registry) -> Op:
         apply,
         lambda args: ex.call(fn.name, *args, version=fn.version),
     )
+
+
+def _inside(values: np.ndarray, domain: Domain) -> np.ndarray:
+    """Which values lie in `domain`: its kind (0/1, integers), modulus and bounds."""
+    ok = np.isfinite(values)
+    if domain.kind is Kind.BOOL:
+        return ok & ((values == 0) | (values == 1))
+    if domain.kind is Kind.INT or domain.modulus is not None:
+        ok &= values == np.round(values)
+    if domain.modulus is not None:
+        ok &= (values >= 0) & (values < domain.modulus)
+    if domain.lo is not None:
+        ok &= values >= domain.lo
+    if domain.hi is not None:
+        ok &= values <= domain.hi
+    return ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +438,8 @@ def _conclude(
         best: tuple[Any, ...] | None = None
         for order, hyp in enumerate(outcome.accepted):
             fn, rel = b.function(b.snap(hyp), name, "exact", prov)
-            key = (fn.complexity, len(fn.constants), order)
+            # at equal size, a plain formula beats one calling registered functions
+            key = (fn.complexity, len(fn.constants), bool(fn.uses()), order)
             if best is None or key < best[0]:
                 best = (key, fn, rel)
         assert best is not None

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
+import math
 import os
+import re
+import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +31,7 @@ class Examples:
     y: np.ndarray
     names: tuple[str, ...]
     output_name: str = "y"
+    renamed: tuple[tuple[str, str], ...] = ()  # (CSV header, identifier) for renamed columns
 
     @property
     def n(self) -> int:
@@ -112,36 +119,116 @@ class Examples:
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str], output: str | None = None) -> Examples:
-        """A CSV with a header; the output is the named column (default: the last one)."""
-        try:
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
-        except FileNotFoundError:
-            raise RegistryError(f"no such file: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RegistryError(f"cannot read {path}: {exc}") from None
-        if len(rows) < 2:
+        """A CSV with a header; the output is the named column (default: the last one).
+
+        Read as UTF-8 with or without a byte-order mark (Excel writes one). Headers that are
+        not identifiers (`mass (kg)`) are renamed to identifiers (`mass_kg`), since columns
+        appear in expressions; `renamed` records each change. `output` may name a column by
+        its header or by its identifier. Every message about a row names its line in the file
+        (1-based, the header is line 1).
+        """
+        records = _read_csv(path)
+        if len(records) < 2:
             raise RegistryError(f"{path}: needs a header row and at least one data row")
-        header = [h.strip() for h in rows[0]]
-        for i, row in enumerate(rows[1:], start=2):
+        header = [h.strip() for h in records[0][1]]
+        idents = _identifiers(header, path)
+        for line, row in records[1:]:
             if len(row) != len(header):
                 raise RegistryError(
-                    f"{path}: line {i} has {len(row)} values, the header has {len(header)}"
+                    f"{path}: line {line} has {len(row)} values, the header has {len(header)}"
                 )
         out = output if output is not None else header[-1]
-        if out not in header:
+        if out in header:
+            j = header.index(out)
+        elif out in idents:
+            j = idents.index(out)
+        else:
             raise RegistryError(f"{path}: no column {out!r}; columns are {header}")
-        j = header.index(out)
         values = []
-        for i, row in enumerate(rows[1:], start=2):
+        for line, row in records[1:]:
             try:
                 values.append([float(c) for c in row])
             except ValueError:
-                bad = next(c for c in row if not _is_float(c))
-                raise RegistryError(f"{path}: line {i} has a non-numeric value {bad!r}") from None
+                c = next(c for c, cell in enumerate(row) if not _is_float(cell))
+                what = "an empty value" if not row[c].strip() else f"a non-numeric value {row[c]!r}"
+                raise RegistryError(
+                    f"{path}: line {line} has {what} in column {header[c]!r}"
+                ) from None
+            for c, v in enumerate(values[-1]):
+                if not math.isfinite(v):
+                    role = "outputs" if c == j else "inputs"
+                    raise RegistryError(
+                        f"{path}: line {line} has {row[c].strip()!r} in column {header[c]!r}: "
+                        f"{role} must be finite"
+                    )
         data = np.array(values, dtype=np.float64)
-        names = [h for i, h in enumerate(header) if i != j]
-        return cls.from_arrays(np.delete(data, j, axis=1), data[:, j], names, output_name=out)
+        names = [h for i, h in enumerate(idents) if i != j]
+        examples = cls.from_arrays(
+            np.delete(data, j, axis=1), data[:, j], names, output_name=idents[j]
+        )
+        renamed = tuple((h, i) for h, i in zip(header, idents, strict=True) if h != i)
+        return replace(examples, renamed=renamed)
+
+
+def _read_csv(path: str | os.PathLike[str]) -> list[tuple[int, list[str]]]:
+    """The non-blank records of a CSV file, each with the line it starts on (1-based)."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RegistryError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise RegistryError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:  # positions count from after the byte-order mark
+        line = raw.removeprefix(codecs.BOM_UTF8)[: exc.start].count(b"\n") + 1
+        raise RegistryError(
+            f"{path}: line {line} is not UTF-8 text; save the file as CSV UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records: list[tuple[int, list[str]]] = []
+    start = 1
+    try:
+        for row in reader:
+            if any(c.strip() for c in row):
+                records.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise RegistryError(f"{path}: line {start}: {exc}") from None
+    return records
+
+
+def _identifiers(header: Sequence[str], path: str | os.PathLike[str]) -> list[str]:
+    """Each header as an identifier, deterministically: kept when it is one already, else
+    accents dropped, runs of other characters made `_` (`mass (kg)` -> mass_kg), `col_`
+    before a leading digit, and `colN` (N its 1-based position) when nothing is left.
+    Refuses two headers that end up the same."""
+    out: list[str] = []
+    for pos, h in enumerate(header, start=1):
+        if _is_identifier(h):
+            ident = h
+        else:
+            ascii_ = unicodedata.normalize("NFKD", h).encode("ascii", "ignore").decode()
+            ident = re.sub(r"[^A-Za-z0-9_]+", "_", ascii_).strip("_")
+            ident = f"col_{ident}" if ident[:1].isdigit() else ident or f"col{pos}"
+        if ident in out:
+            first = header[out.index(ident)]
+            if first == h:
+                raise RegistryError(f"{path}: the header names column {h!r} twice")
+            raise RegistryError(
+                f"{path}: columns {first!r} and {h!r} both become the identifier {ident}; "
+                "rename one of them"
+            )
+        out.append(ident)
+    return out
+
+
+def _is_identifier(text: str) -> bool:
+    try:
+        check_name(text)
+    except RegistryError:
+        return False
+    return True
 
 
 def _is_row(obj: tuple) -> bool:

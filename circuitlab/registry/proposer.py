@@ -1,8 +1,10 @@
 """Proposers: the pluggable search order of discovery.
 
 Discovery enumerates expressions by cost, cheapest first; a proposer decides what each operation
-costs and, among equal costs, which is tried first. It sees the examples (inputs *and* outputs)
-and the available operations (primitives and registered functions) and returns a `Proposal`.
+costs and, among equal costs, which is tried first (the search still tries every primitive
+before any registered function of the same cost, so ties go to the plain formula). It sees the
+examples (inputs *and* outputs) and the available operations (primitives and registered
+functions) and returns a `Proposal`.
 `UniformProposer` gives every operation cost 1 in a fixed order: the ablation baseline that any
 learned guide (`circuitlab.registry.guide`) is measured against, in candidates evaluated until
 the solution is found.
@@ -57,11 +59,12 @@ class Proposer(Protocol):
 
 
 class UniformProposer:
-    """Every operation costs 1; registered functions first, then primitives in table order."""
+    """Every operation costs 1; primitives in table order, then registered functions (the
+    order the search keeps anyway: at equal cost, a plain formula wins)."""
 
     name = "uniform"
 
     def propose(self, task: TaskView, ops: Sequence[OpInfo]) -> Proposal:
-        ordered = [o.name for o in ops if o.group == "registered"]
-        ordered += [o.name for o in ops if o.group != "registered"]
+        ordered = [o.name for o in ops if o.group != "registered"]
+        ordered += [o.name for o in ops if o.group == "registered"]
         return Proposal({o.name: 1 for o in ops}, tuple(ordered))

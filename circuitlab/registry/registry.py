@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from circuitlab._location import path_kind, sqlite_url
-from circuitlab.registry.domains import RegistryError, check_name
+from circuitlab.registry.domains import Kind, RegistryError, check_name
 from circuitlab.registry.function import Function
 from circuitlab.registry.primitives import is_primitive
 from circuitlab.registry.store import FunctionStore, JsonFileStore, MemoryStore
@@ -89,16 +89,53 @@ class Registry:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def check_new_name(self, name: str) -> None:
-        """Refuse names of primitives and of existing functions (a clear error, nothing written)."""
+    def check_new_name(self, name: str, *, taken_ok: bool = False) -> None:
+        """Refuse names of primitives and (unless `taken_ok`) of existing functions (a clear
+        error, nothing written)."""
         check_name(name)
         if is_primitive(name):
             raise RegistryError(f"{name} is a primitive; choose another function name")
-        if name in self:
+        if not taken_ok and name in self:
             raise RegistryError(
                 f"a function named {name} already exists (versions {self.store.versions(name)}); "
                 "choose another name or register a new version explicitly"
             )
+
+    def same_as(self, fn: Function, rtol: float = 1e-9) -> Function | None:
+        """The stored version of `fn.name` with the same definition as `fn`, or None.
+
+        Same definition: the same inputs (names and domains) and output domain, and the same
+        expression and constants or, failing that, the same outputs (within `rtol`) on 256
+        seeded points of the input domains. Version, layer and provenance do not count, so
+        re-running a discovery finds the function it registered the first time.
+        """
+        for version in reversed(self.store.versions(fn.name)):
+            stored = self.get(fn.name, version)
+            if stored.inputs != fn.inputs or stored.output != fn.output:
+                continue
+            if stored.expr == fn.expr and stored.constants == fn.constants:
+                return stored
+            if self._same_outputs(stored, fn, rtol):
+                return stored
+        return None
+
+    def _same_outputs(self, a: Function, b: Function, rtol: float) -> bool:
+        domains = [i.domain for i in a.inputs]
+        if a.output.kind is Kind.GRID or any(d.kind is Kind.GRID for d in domains):
+            return False
+        rng = np.random.default_rng(0)
+        try:
+            args = [d.sample(rng, 256) for d in domains]
+            with np.errstate(all="ignore"):
+                ya = np.asarray(a.evaluate(*args, resolve=self.resolve), dtype=np.float64)
+                yb = np.asarray(b.evaluate(*args, resolve=self.resolve), dtype=np.float64)
+        except RegistryError:  # an unbounded domain, or a call this registry cannot resolve
+            return False
+        if not np.array_equal(np.isnan(ya), np.isnan(yb)):
+            return False
+        ya, yb = ya[~np.isnan(ya)], yb[~np.isnan(yb)]
+        scale = max(np.abs(ya).max(initial=0.0), np.abs(yb).max(initial=0.0), 1e-300)
+        return bool(np.all(np.abs(ya - yb) <= rtol * scale))
 
     def register(self, fn: Function, *, new_version: bool = False) -> Function:
         """Store `fn` (as a new version of an existing name only when `new_version`).

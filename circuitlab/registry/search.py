@@ -6,20 +6,24 @@ Method (bottom-up enumeration as in TRANSIT / EUSolver / BUSTLE, with fitted lin
    at once (a (candidates, rows) array), but only the training outputs guide the search.
 2. Bank. Cost 1 holds the input columns. Cost c holds every application of an operation of cost
    o to arguments whose costs sum to c - o, for every operation the proposer offers (primitives
-   and registered functions) and every tuple of type-compatible arguments: no cap on which
+   and registered functions, the latter after every primitive of the same cost so that a tie
+   goes to the plain formula) and every tuple of type-compatible arguments: no cap on which
    columns are routed where. A candidate whose values on all rows equal an earlier one's
    (observational equivalence) is dropped, as is one undefined (NaN) anywhere or constant.
 3. Forms. Each new candidate f is tested as `f` and as `a*f + b` (least squares, closed form,
    vectorised); after each cost level, every pair of candidates up to that cost is tested as
    `a*f1 + b*f2 + c`: a scalar-triple-product test on three random projections orthogonal to the
    constant vector finds the pairs whose span contains y, then least squares confirms them.
-   Candidates equal up to an affine map are represented once for these fits. Three cost levels
+   Candidates equal up to an affine map are represented once for these fits (once among those
+   made by primitives, once among those made by registered functions). Three cost levels
    after a candidate's own, it is also tried inside EXP/SIN/COS(c*f) and f**c with c found by
    a vectorised grid of starts and scipy's least_squares (a and b solved exactly for each c).
 4. Acceptance. A fit must agree exactly (within rtol) on every training row, on the held-out
    rows, be defined on every probe, and match the oracle on the probes when one is given.
-5. The search stops at the end of the first batch that yields an accepted hypothesis, or when
-   the cost, candidate or time budget runs out; it then reports the best approximate fits seen.
+5. The search stops at the end of the first batch that yields an accepted hypothesis (when that
+   fit has constants, after the level's registered functions, which may give a smaller one),
+   or when the cost, candidate or time budget runs out; it then reports the best approximate
+   fits seen.
 """
 
 from __future__ import annotations
@@ -290,10 +294,19 @@ class Searcher:
         chosen = [o for o in ops if o.name in proposal.costs]
         for o in chosen:
             o.cost = max(1, int(proposal.costs[o.name])) + o.param_cost
-        self.ops = sorted(chosen, key=lambda o: (rank.get(o.name, len(rank)), o.name))
+        # at each cost, plain operations before registered functions: the bank keeps the first
+        # of equivalent candidates and the search stops at the first fit, so a tie goes to the
+        # plain formula whatever order the proposer gives
+        self.ops = sorted(
+            chosen,
+            key=lambda o: (o.group == "registered", rank.get(o.name, len(rank)), o.name),
+        )
         self.bank = Bank()
         self.seen: set[int] = set()
-        self.affine_seen: set[int] = set()
+        # affine classes, one set for candidates made by plain operations and one for those
+        # made by registered functions: PE(m, h) = 9.81*MUL(m, h) is then a representative
+        # beside MUL(m, h), so pair fits can use whichever gives the smaller expression
+        self.affine_seen: dict[bool, set[int]] = {False: set(), True: set()}
         self.stats = SearchStats()
         y = rows.y_train
         self.scale = float(max(np.abs(y).max(), np.abs(rows.y_hold).max(initial=0.0), 1e-300))
@@ -302,6 +315,8 @@ class Searcher:
         self.rep_refs: list[Ref] = []
         self.rep_unit: list[np.ndarray] = []  # blocks of (m, n_train) unit vectors
         self.rep_proj: list[np.ndarray] = []  # blocks of (m, 3) projections
+        self.rep_akeys: list[np.ndarray] = []  # blocks of affine keys
+        self.rep_registered: list[np.ndarray] = []  # blocks: made by a registered function?
         rng = np.random.default_rng(self.cfg.seed + 7919)
         n = rows.n_train
         U = rng.standard_normal((n, 3))
@@ -348,6 +363,8 @@ class Searcher:
                     return self._done(self.accepted)
             self.stats.stopped = f"no exact fit up to cost {self.cfg.max_cost}"
         except _Budget as stop:
+            if self.accepted:  # out of budget while trying the level's registered functions
+                return self._done(self.accepted)
             self.stats.stopped = str(stop)
         return self._done([])
 
@@ -376,9 +393,10 @@ class Searcher:
             kinds = np.array([KCODE[k] for k in self.col_kinds], dtype=np.int8)
             picks = np.arange(len(self.col_kinds))[None, :]
             return self._accept_batch(level, vals, kinds, -1, (), picks, count=len(kinds))
+        found = False
         for oi, op in enumerate(self.ops):
             rest = level - op.cost
-            if rest < op.arity:
+            if rest < op.arity or (found and op.group != "registered"):
                 continue
             for split in _compositions(rest, op.arity):
                 if any(self.bank.size_of(c) == 0 for c in split):
@@ -386,8 +404,14 @@ class Searcher:
                 if op.commutative and list(split) != sorted(split):
                     continue
                 if self._apply(level, oi, op, split):
-                    return True
-        return False
+                    # a bare candidate is as small as this level gets; a fit with constants
+                    # (9.81*MUL(m, h)) may still lose to a registered call (PE(m, h)), which
+                    # comes after every plain operation of the level: try those too
+                    if any(_bare(h) for h in self.accepted):
+                        return True
+                    found = True
+                    break
+        return found
 
     def _apply(self, level: int, oi: int, op: Op, split: tuple[int, ...]) -> bool:
         groups = []
@@ -465,23 +489,25 @@ class Searcher:
         start = self.bank.add(level, vals, kinds, oi, split, picks[:, keep])
         self.stats.bank += len(vals)
         refs = [(level, start + i) for i in range(len(vals))]
-        self._add_reps(vals, refs)
+        self._add_reps(vals, refs, oi >= 0 and self.ops[oi].group == "registered")
         return self._test_singles(vals, refs)
 
-    def _add_reps(self, vals: np.ndarray, refs: list[Ref]) -> None:
+    def _add_reps(self, vals: np.ndarray, refs: list[Ref], registered: bool = False) -> None:
         tr = self.rows.train
         akeys, varies = _affine_keys(vals)
         train_c = vals[:, tr] - vals[:, tr].mean(axis=1, keepdims=True)
         tnorm = np.linalg.norm(train_c, axis=1)
         ok = varies & (tnorm > 1e-12 * (np.abs(vals[:, tr]).max(axis=1) + 1e-300))
         idx = np.flatnonzero(ok)
-        new = idx[_new_keys(akeys[idx], self.affine_seen)]
+        new = idx[_new_keys(akeys[idx], self.affine_seen[registered])]
         if len(new) == 0:
             return
         unit = train_c[new] / tnorm[new][:, None]
         self.rep_refs.extend(refs[i] for i in new)
         self.rep_unit.append(unit)
         self.rep_proj.append(unit @ self.U)
+        self.rep_akeys.append(akeys[new])
+        self.rep_registered.append(np.full(len(new), registered))
 
     def _test_singles(self, vals: np.ndarray, refs: list[Ref]) -> bool:
         tr, y = self.rows.train, self.rows.y_train
@@ -528,7 +554,12 @@ class Searcher:
     # -- pairs ---------------------------------------------------------------------------------
 
     def _pairs(self, level: int) -> bool:
-        """Test a*f1 + b*f2 + c for every new representative against all earlier ones."""
+        """Test a*f1 + b*f2 + c for every new representative against all earlier ones.
+
+        The new representatives made by registered functions go first (reuse is what makes a
+        search with a registry cheap); an accepted pair is then also refitted with the plain
+        twin of each registered term (`_plain_twins`), so a plain formula still wins a tie.
+        """
         if not self.rep_refs:
             return False
         levels = np.array([r[0] for r in self.rep_refs])
@@ -543,22 +574,60 @@ class Searcher:
         # small row chunks: the search stops at the first chunk with an accepted pair, so the
         # count of pairs tested reflects the proposer's order rather than the chunk size
         step = max(1, min(16, self.cfg.chunk // max(M, 1)))
-        for s in range(0, len(new), step):
-            rows = new[s : s + step]  # new representatives are contiguous: rows[-1] is the last
-            D = q[s : s + step] @ P[: rows[-1]].T  # (chunk, j < last row)
-            # each new representative i is paired with every j < i (earlier levels included)
-            self.stats.pairs += int(rows.sum())
-            self._check_budget()
-            hits = np.argwhere(np.abs(D) <= 1e-9)
-            hits = hits[hits[:, 1] < rows[hits[:, 0]]]
-            for hi, j in hits[:5000]:
-                i = rows[hi]
-                hyp = self._fit_pair(self.rep_refs[i], self.rep_refs[j])
-                if hyp is not None and self._verify(hyp):
-                    self.accepted.append(hyp)
-            if self.accepted:
-                return True
+        registered = _stack(self.rep_registered)[new]
+        earlier, reg, plain = np.flatnonzero(levels < level), new[registered], new[~registered]
+        # (rows, columns, pair a row only with earlier columns): every pair once, those of two
+        # registered functions (or one and an earlier level) first, then registered x plain
+        blocks = (
+            (reg, np.concatenate([earlier, reg]), True),
+            (reg, plain, False),
+            (plain, np.concatenate([earlier, plain]), True),
+        )
+        for rows_all, cols, ordered in blocks:
+            if len(rows_all) == 0 or len(cols) == 0:
+                continue
+            Pc = P[cols]
+            for s in range(0, len(rows_all), step):
+                rows = rows_all[s : s + step]
+                D = q[np.searchsorted(new, rows)] @ Pc.T  # (chunk, columns)
+                valid = cols[None, :] < rows[:, None] if ordered else np.ones(D.shape, bool)
+                self.stats.pairs += int(valid.sum())
+                self._check_budget()
+                hits = np.argwhere((np.abs(D) <= 1e-9) & valid)
+                for hi, jc in hits[:5000]:
+                    hyp = self._fit_pair(self.rep_refs[rows[hi]], self.rep_refs[cols[jc]])
+                    if hyp is not None and self._verify(hyp):
+                        self.accepted.append(hyp)
+                if self.accepted:
+                    self._plain_twins()
+                    return True
         return False
+
+    def _plain_twins(self) -> None:
+        """Refit every accepted pair with, in place of each term made by a registered function,
+        the plain representative equal to it up to a*f + b (AND for NAND = 1 - AND), if any:
+        the smaller of the two expressions is chosen later, and a plain one wins a tie."""
+        keys, registered = _stack(self.rep_akeys), _stack(self.rep_registered)
+        index = {ref: i for i, ref in enumerate(self.rep_refs)}
+        for hyp in list(self.accepted):
+            if len(hyp.terms) != 2 or hyp.wrap is not None:
+                continue
+            options = []
+            for _, ref in hyp.terms:
+                i = index.get(ref)
+                twin = (
+                    np.flatnonzero((keys == keys[i]) & ~registered)[:1]
+                    if i is not None and registered[i]
+                    else []
+                )
+                options.append([ref, *(self.rep_refs[t] for t in twin)])
+            for r1 in options[0]:
+                for r2 in options[1]:
+                    if (r1, r2) == (hyp.terms[0][1], hyp.terms[1][1]) or r1 == r2:
+                        continue
+                    twin_hyp = self._fit_pair(r1, r2)
+                    if twin_hyp is not None and self._verify(twin_hyp):
+                        self.accepted.append(twin_hyp)
 
     def _fit_pair(self, r1: Ref, r2: Ref) -> Hypothesis | None:
         tr, y = self.rows.train, self.rows.y_train
@@ -711,6 +780,11 @@ class Searcher:
     def _done(self, accepted: list[Hypothesis]) -> SearchOutcome:
         self.stats.seconds = time.perf_counter() - self.t0
         return SearchOutcome(accepted, self.stats, self.approx)
+
+
+def _bare(hyp: Hypothesis) -> bool:
+    """A hypothesis that is one candidate as it is, without constants."""
+    return hyp.wrap is None and hyp.intercept == 0.0 and [c for c, _ in hyp.terms] == [1.0]
 
 
 def _stack(blocks: list[np.ndarray]) -> np.ndarray:

@@ -78,9 +78,17 @@ def test_nand_then_xor_posed_one_after_the_other(tmp_path):
     assert reg.call("XOR_FN", *bits).tolist() == [0, 1, 1, 0]
     assert {f.name for f in Registry.open(tmp_path)} == {"NAND", "XOR_FN"}
     assert nand.version == xor.version == 1
+    again = discover(  # the same examples again: the function registered the first time
+        (CASES["NAND"].X, CASES["NAND"].y),
+        names=("a", "b"),
+        name="NAND",
+        registry=reg,
+        register=True,
+    )
+    assert again.ref == "NAND@1" and len(list(tmp_path.glob("NAND@*.json"))) == 1
     with pytest.raises(RegistryError, match="already exists"):
         discover(
-            (CASES["NAND"].X, CASES["NAND"].y),
+            (CASES["XOR"].X, CASES["XOR"].y),
             names=("a", "b"),
             name="NAND",
             registry=reg,
@@ -97,7 +105,8 @@ def test_xor_from_a_registered_nand_when_xor_is_not_a_primitive():
         registry=reg,
         register=True,
     )
-    cfg = DiscoveryConfig(groups=("bitwise",), exclude=("XOR", "NOT", "BNOT"))
+    # without pair fits, which find SUB(OR(a, b), AND(a, b)): a plain formula of NAND's cost wins
+    cfg = DiscoveryConfig(groups=("bitwise",), exclude=("XOR", "NOT", "BNOT"), pairs=False)
     xor = discover(
         (CASES["XOR"].X, CASES["XOR"].y),
         names=("a", "b"),
@@ -269,3 +278,87 @@ def test_names_what_a_modular_task_computes(spec: str, expected: str):
     data = get_task(spec).dataset()
     X, y = data.inputs[:, :2].astype(float), data.targets[:, 0].astype(float)
     assert discover((X, y), names=["a", "b"]).render() == expected
+
+
+GRID_1_5 = np.array([(a, b) for a in range(1, 6) for b in range(1, 6)], dtype=float)
+
+
+def test_a_plain_formula_wins_a_tie_with_a_registered_function():
+    from circuitlab.registry.guide import load_guide
+    from circuitlab.registry.proposer import UniformProposer
+
+    reg = Registry()
+    X = GRID_1_5
+    area = discover((X, X[:, 0] * X[:, 1]), names=["w", "h"], name="AREA", registry=reg)
+    reg.register(area)  # unrelated to forces, and as cheap as MUL(m, a)
+    for proposer in (UniformProposer(), load_guide()):
+        fn = discover(
+            (X, X[:, 0] * X[:, 1]), names=["m", "a"], name="F", registry=reg, proposer=proposer
+        )
+        assert fn.render() == "MUL(m, a)" and not fn.uses(), proposer.name
+
+
+def test_a_registered_function_still_wins_when_it_is_smaller():
+    reg = Registry()
+    for name in ("PE", "NAND"):
+        c = CASES[name]
+        discover((c.X, c.y), names=c.names, name=name, registry=reg, register=True)
+    # PE(m, h) comes after MUL(m, h) at cost 3, but 9.81*MUL(m, h) is larger
+    pe = discover((CASES["PE"].X, CASES["PE"].y), names=CASES["PE"].names, name="PE2", registry=reg)
+    assert pe.render() == "PE(m, h)"
+    # pair fits: XOR = NAND + OR - 1 is found, and so is the smaller plain OR - AND
+    cfg = DiscoveryConfig(groups=("bitwise",), exclude=("XOR", "NOT", "BNOT"))
+    c = CASES["XOR"]
+    xor = discover((c.X, c.y), names=c.names, name="XOR_FN", registry=reg, config=cfg)
+    assert xor.render() == "SUB(OR(a, b), AND(a, b))"
+
+
+def test_registered_functions_are_used_only_inside_their_domains():
+    from circuitlab.registry.discover import _function_op
+
+    reg = Registry()
+    ke = lambda X: 0.5 * X[:, 0] * X[:, 1] ** 2  # noqa: E731
+    discover((GRID_1_5, ke(GRID_1_5)), names=["m", "v"], name="KE", registry=reg, register=True)
+    inside = discover((GRID_1_5, ke(GRID_1_5)), names=["m", "v"], name="KIN", registry=reg)
+    assert inside.render() == "KE(m, v)"  # m, v in Z[1..5]: reuse
+    wide = np.array([(a, b) for a in range(1, 9) for b in range(1, 9)], dtype=float)
+    outside = discover((wide, ke(wide)), names=["m", "v"], name="KIN", registry=reg)
+    assert outside.render() == "MUL(0.5, MUL(m, SQUARE(v)))" and not outside.uses()
+    op = _function_op(reg.get("KE"), reg)
+    got = op.apply(np.array([[2.0, 6.0, 2.5, 2.0]]), np.array([[3.0, 3.0, 3.0, 0.0]]))
+    assert got[0, 0] == 9.0 and np.isnan(got[0, 1:]).all()  # 6, 2.5 and 0 are outside Z[1..5]
+
+
+def test_search_under_a_taken_name_writes_nothing_and_ignores_that_function():
+    reg = Registry()
+    X = GRID_1_5
+    discover((X, X[:, 0] * X[:, 1]), names=["m", "v"], name="P", registry=reg, register=True)
+    # a different function under the taken name: search (no registration) never refuses
+    result = search((X, X[:, 0] + X[:, 1]), names=["m", "v"], name="P", registry=reg)
+    assert result.function.render() == "ADD(m, v)" and reg.get("P").version == 1
+    # the same function: found again from scratch, not as a call of P itself
+    result = search((X, X[:, 0] * X[:, 1]), names=["m", "v"], name="P", registry=reg)
+    assert result.function.render() == "MUL(m, v)" and not result.function.uses()
+    assert reg.same_as(result.function).ref == "P@1" and len(reg.store.all()) == 1
+
+
+def test_same_definition_is_what_a_function_computes_on_its_domain():
+    from circuitlab.registry import Const, Domain, Function, Input, Kind, Var, call
+
+    reg = Registry()
+    X, y = GRID_1_5, 0.5 * GRID_1_5[:, 0] * GRID_1_5[:, 1] ** 2
+    dom = Domain(Kind.INT, 1.0, 5.0)
+    inputs = [Input("m", dom), Input("v", dom)]
+    # written differently by hand: MUL(MUL(0.5, m), MUL(v, v)), same values on Z[1..5]^2
+    expr = call("MUL", call("MUL", Const("c0"), Var(0)), call("MUL", Var(1), Var(1)))
+    hand = reg.register(
+        Function.new("KE", inputs, expr, output=Domain(Kind.REAL, 0.5, 62.5), constants={"c0": 0.5})
+    )
+    found = discover((X, y), names=["m", "v"], name="KE", registry=reg, register=True)
+    assert found == hand and len(reg.store.all()) == 1
+    # same expression but another declared output domain: a different definition, refused
+    reg2 = Registry()
+    reg2.register(Function.new("KE", inputs, expr, output=Domain(Kind.REAL), constants={"c0": 0.5}))
+    with pytest.raises(RegistryError, match="differs from the one found"):
+        discover((X, y), names=["m", "v"], name="KE", registry=reg2, register=True)
+    assert len(reg2.store.all()) == 1
