@@ -170,15 +170,15 @@ def register(app: typer.Typer) -> None:
         import json
 
         from circuitlab.training import RecipeError
-        from circuitlab.training.recipe import _RECIPES
+        from circuitlab.training.recipe import _RECIPES, BUILTIN_MEASURED
         from circuitlab.training.saved_recipes import recipe_dir, saved_recipes
 
         try:
             saved = saved_recipes()
         except RecipeError as exc:
             raise CliError(str(exc)) from None
-        rows = [(r, "built-in", {}) for r in _RECIPES.values()]
-        rows += [(s.recipe, "saved", s.measured) for s in saved.values()]
+        rows = [(r, "built-in", BUILTIN_MEASURED.get(r.name, [])) for r in _RECIPES.values()]
+        rows += [(s.recipe, "saved", [s.measured] if s.measured else []) for s in saved.values()]
         if as_json:
             console.print_json(
                 json.dumps(
@@ -205,7 +205,7 @@ def register(app: typer.Typer) -> None:
                 str(r.warmup_steps),
                 f"{r.max_steps:,}",
                 escape(_fmt_params(r.model)) or "-",
-                escape(_measured(m)) if m else "-",
+                escape("; ".join(_measured(x) for x in m)) if m else "-",
             )
         console.print(table)
         console.print(f"saved recipes directory: {recipe_dir()}", markup=False)
@@ -218,10 +218,12 @@ def _measured(m: dict[str, Any]) -> str:
         if isinstance(median, (int, float))
         else f"steps to 99% {_fmt_steps(m.get('steps_to_99'))}"
     )
-    return (
-        f"{m.get('task', '?')}, seeds {m.get('seeds', '?')}: {steps} "
-        f"(best of {m.get('budget', '?')} trials, base {m.get('base_recipe', '?')})"
+    where = (
+        m["source"]
+        if "source" in m
+        else f"best of {m.get('budget', '?')} trials, base {m.get('base_recipe', '?')}"
     )
+    return f"{m.get('task', '?')}, seeds {m.get('seeds', '?')}: {steps} ({where})"
 
 
 def _run_with_progress(plan, before: int, threads: int, prune: bool):

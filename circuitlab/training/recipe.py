@@ -178,3 +178,43 @@ DEEP = register_recipe(
         model={"n_layers": 2},
     )
 )
+
+
+# What the built-in recipes were measured on, shown by `circuitlab recipes` beside a saved
+# recipe's `measured` (same keys; `source` names the benchmark and its results file).
+BUILTIN_MEASURED: dict[str, list[dict[str, Any]]] = {
+    "nanda": [
+        {
+            "task": "add_mod_113",
+            "seeds": [0, 1, 2, 3, 4],
+            "steps_to_99": [6150, 5900, 5550, 5250, 7550],
+            "median_steps_to_99": 5900,
+            "source": "benchmarks/bench_training.py (results/training.json)",
+        }
+    ],
+    "fast": [
+        {
+            "task": "add_mod_113",
+            "seeds": [0, 1, 2, 3, 4],
+            "steps_to_99": [230, 170, 160, 200, 200],
+            "median_steps_to_99": 200,
+            "source": "benchmarks/bench_training.py (results/training.json)",
+        }
+    ],
+    "deep": [
+        {
+            "task": "add_mod_113",
+            "seeds": [0, 1, 2],
+            "steps_to_99": [530, 500, 600],
+            "median_steps_to_99": 530,
+            "source": "benchmarks/bench_deep.py (results/deep.json)",
+        },
+        {
+            "task": "add_mod_59",
+            "seeds": [0, 1, 2],
+            "steps_to_99": [1550, 580, 900],
+            "median_steps_to_99": 900,
+            "source": "benchmarks/bench_deep.py (results/deep.json)",
+        },
+    ],
+}

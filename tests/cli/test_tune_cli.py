@@ -79,7 +79,7 @@ def test_tune_prints_trials_and_saves_recipe(tuned):
     assert (
         rows["mirror-best"]["recipe"]["lr"] == saved["recipe"]["lr"] != rows["fast"]["recipe"]["lr"]
     )
-    assert rows["mirror-best"]["measured"]["task"] == TASK
+    assert [m["task"] for m in rows["mirror-best"]["measured"]] == [TASK]
     table = circuitlab("recipes", recipes=root / "recipes")
     assert "mirror-best" in table.stdout and TASK in table.stdout
 

@@ -196,3 +196,23 @@ def test_deep_recipe_builds_a_two_layer_model_for_a_task():
     assert deep.model == {"n_layers": 2} and deep.lr < get_recipe("fast").lr
     config = ModelConfig.for_task(get_task("add_mod_59"), **deep.model)
     assert config.n_layers == 2 and config.d_vocab_out == 59
+
+
+def test_builtin_recipes_list_what_their_benchmarks_measured():
+    # the numbers `circuitlab recipes` shows for the built-ins are the committed results
+    from pathlib import Path
+
+    from circuitlab.training.recipe import _RECIPES, BUILTIN_MEASURED
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    assert set(BUILTIN_MEASURED) == set(_RECIPES)
+    grok = json.loads((results / "training.json").read_text())["grok"]
+    for name in ("nanda", "fast"):
+        (m,) = BUILTIN_MEASURED[name]
+        assert m["steps_to_99"] == grok[name]["steps_to_99"]
+        assert m["median_steps_to_99"] == grok[name]["median_steps"]
+    deep = json.loads((results / "deep.json").read_text())["runs"]
+    for m in BUILTIN_MEASURED["deep"]:
+        runs = sorted((r for r in deep if r["task"] == m["task"]), key=lambda r: r["seed"])
+        assert [r["seed"] for r in runs] == m["seeds"]
+        assert [r["grokked_at"] for r in runs] == m["steps_to_99"]
