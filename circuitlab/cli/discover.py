@@ -55,12 +55,14 @@ def register(app: typer.Typer) -> None:
         max_seconds: float = typer.Option(
             60.0, "--max-seconds", min=0.1, help="Give up after this long."
         ),
-        max_cost: int = typer.Option(
-            9,
+        max_cost: int | None = typer.Option(
+            None,
             "--max-cost",
             min=1,
             max=30,
-            help="Largest expression cost searched (uniform proposer: 1 per operation).",
+            help="Largest expression cost searched (uniform proposer: 1 per operation); "
+            "default 9, or 5 with --approximate.",
+            show_default=False,
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -134,8 +136,11 @@ def register(app: typer.Typer) -> None:
             s = result.stats
             console.print(
                 f"{s.candidates:,} candidates and {s.pairs:,} pair fits in "
-                f"{s.seconds:.2f} s (cost level {s.level}, proposer {result.proposer})"
+                f"{s.seconds:.2f} s (cost level {s.level}, proposer {result.proposer}); "
+                f"{cfg.cost_limit_note}"
             )
+            if s.stopped.startswith(("time", "bank")):
+                console.print(f"search stopped early: {escape(s.stopped)}")
         if result.function is None:
             raise CliError(result.message)
         if not as_json:

@@ -15,7 +15,7 @@ from circuitlab.registry.discover import (
 )
 from circuitlab.registry.domains import Domain, Input, Kind, RegistryError
 from circuitlab.registry.examples import Examples
-from circuitlab.registry.expr import Call, Const, Expr, Var, call
+from circuitlab.registry.expr import Call, Const, Expr, MathConst, Var, call
 from circuitlab.registry.function import Function, Provenance
 from circuitlab.registry.grid_search import discover_grid
 from circuitlab.registry.primitives import Primitive, get_primitive, primitives
@@ -37,6 +37,7 @@ __all__ = [
     "Input",
     "JsonFileStore",
     "Kind",
+    "MathConst",
     "MemoryStore",
     "Primitive",
     "Proposal",

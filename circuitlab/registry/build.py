@@ -1,8 +1,12 @@
 """From an accepted hypothesis to a `Function`: constants, expression, simplification, inputs.
 
-1. Snap each fitted constant to the shortest decimal or small fraction that keeps exact
-   agreement on the training and held-out rows.
-2. Write the expression (positive terms first, SUB for negative ones, INC/DEC for +-1).
+1. Snap each fitted constant to its shortest exact form (`constants.forms`: an integer, a short
+   decimal, p/q, or p/q times pi, e or sqrt(k)) that still passes the search's acceptance test
+   (training and held-out rows, probes, oracle), so 1/(2*pi) is written as such, not 0.159155.
+   Approximate fits instead keep a form, or drop the intercept, only when that does not lengthen
+   the description (`refine`, `description_length`).
+2. Write the expression (positive terms first, SUB for negative ones, INC/DEC for +-1; a form
+   1/D as a division: DIV(x, MUL(2, PI))).
 3. Simplify by rewrites, each kept only if it shrinks the expression and leaves every output
    bit-for-bit unchanged on all rows.
 4. Decide column relevance by intervention (resample one column, see if the output moves); the
@@ -11,16 +15,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from fractions import Fraction
 
 import numpy as np
 
 from circuitlab.registry import expr as ex
+from circuitlab.registry.constants import Form, fitted_bits, forms
 from circuitlab.registry.domains import Domain, Input, Kind, RegistryError, join
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.function import Function, Provenance
 from circuitlab.registry.search import Hypothesis, Searcher
+
+ZERO = Form(0.0, literal=0.0)  # no intercept: nothing to write
 
 
 class Builder:
@@ -30,8 +37,10 @@ class Builder:
         self.s, self.data, self.domains, self.resolve = searcher, data, domains, resolve
         self.rows = searcher.rows
 
+    # -- exact fits ----------------------------------------------------------------------------
+
     def snap(self, hyp: Hypothesis) -> Hypothesis:
-        """Replace each fitted constant by the shortest value that keeps exact agreement."""
+        """Replace each fitted constant by its shortest form that keeps the fit accepted."""
         refs = [r for _, r in hyp.terms]
         inner = [hyp.wrap[1]] if hyp.wrap else []
         coefs = inner + [c for c, _ in hyp.terms] + [hyp.intercept]
@@ -43,22 +52,154 @@ class Builder:
                 list(zip(body[:-1], refs, strict=True)), body[-1], hyp.train_mse, wrap
             )
 
+        chosen: dict[float, Form] = {}
         for i in range(len(coefs)):
-            for candidate in _nice(coefs[i]):
+            if coefs[i] == 0.0:
+                continue
+            for form in forms(coefs[i], self._window(make, coefs, i)):
                 trial = coefs.copy()
-                trial[i] = candidate
-                if self._fits(make(trial)):
+                trial[i] = math.copysign(form.value, coefs[i])
+                if self.s.verify(make(trial)):
                     coefs = trial
+                    if form.exact:
+                        chosen[form.value] = form
                     break
         out = make(coefs)
         out.terms = [(c, r) for c, r in out.terms if c != 0.0]
+        out.forms = chosen
         return out
 
-    def _fits(self, hyp: Hypothesis) -> bool:
-        pred = self.s.predict(hyp)
+    def _window(
+        self, make: Callable[[list[float]], Hypothesis], coefs: list[float], i: int
+    ) -> float | None:
+        """How far constant i can move before the predictions move by more than the tolerance
+        (a generous bound from a finite difference: only forms inside it are verified)."""
         n = self.rows.n_train + self.rows.n_hold
-        y = np.concatenate([self.rows.y_train, self.rows.y_hold])
-        return bool(np.abs(pred[:n] - y).max() <= self.s.tol)
+        h = abs(coefs[i]) * 1e-6
+        trial = coefs.copy()
+        trial[i] += h
+        with np.errstate(all="ignore"):
+            slope = np.abs(self.s.predict(make(trial))[:n] - self.s.predict(make(coefs))[:n]) / h
+        top = float(np.nanmax(slope, initial=0.0))
+        return 8 * self.s.tol / top if top > 0 and math.isfinite(top) else None
+
+    # -- approximate fits: description length --------------------------------------------------
+
+    def refine(self, hyp: Hypothesis, n_ops: int) -> Hypothesis:
+        """Approximate fit: fix a constant to an exact form (0.5, 1/(4*pi)), or drop the
+        intercept, whenever that does not lengthen the description; the constants still free
+        are refitted by least squares after each step, the best step first.
+
+        The loss of fixing constant j at v + d, the others refitted, is known in closed form
+        (sse + d^2 / [(A'A)^-1]_jj), so candidates are ranked by it plus their bits and only
+        the best few per constant are scored in full (expression size, refitted digits)."""
+        if hyp.wrap is not None or not hyp.terms:
+            return hyp
+        refs = [r for _, r in hyp.terms]
+        m, n, node = len(refs), self.rows.n_train, math.log2(n_ops)
+        fixed: dict[int, tuple[float, Form]] = {}
+        cur, values = self._fit_linear(refs, fixed)
+        best_dl = self.description_length(cur, ex.size(self.expression(cur)[0]), n_ops)
+        while True:
+            step: tuple[float, int, float, Form] | None = None
+            stderr, inv_diag = self._stderr(cur.train_mse, refs, fixed)
+            sse = max(cur.train_mse * n, 1e-300)
+            for j in range(m + 1):
+                if j in fixed:
+                    continue
+                v = values[j]
+                # a step saves at most this constant's digits and three nodes (MUL c or ADD c)
+                save = fitted_bits(v, stderr[j]) + 3 * node
+                window = math.sqrt(max(inv_diag[j] * sse * (2 ** (2 * save / n) - 1), 0.0))
+                options = forms(v, window, decimals=6, noisy=True) if v != 0 else []
+                if j == m and abs(v) <= window:
+                    options.append(ZERO)
+                curvature = max(inv_diag[j] * sse, 1e-300)
+                ranked = []
+                for form in options:
+                    grown = 0.5 * n * math.log2(1 + (form.value - abs(v)) ** 2 / curvature)
+                    nodes = 3 * node if form.value in (0.0, 1.0) else 0.0  # MUL c, ADD c gone
+                    if form.bits + grown - nodes <= save - 3 * node + 1e-9:
+                        ranked.append((form.bits + grown - nodes, len(ranked), form))
+                for _, _, form in sorted(ranked)[:4]:
+                    trial = {**fixed, j: (math.copysign(form.value, v), form)}
+                    h, _ = self._fit_linear(refs, trial)
+                    dl = self.description_length(h, ex.size(self.expression(h)[0]), n_ops)
+                    if dl <= best_dl + 1e-9 and (step is None or dl < step[0]):
+                        step = (dl, j, trial[j][0], form)
+            if step is None:
+                return cur
+            best_dl, j, value, form = step
+            fixed[j] = (value, form)
+            cur, values = self._fit_linear(refs, fixed)
+
+    def description_length(self, hyp: Hypothesis, complexity: int, n_ops: int) -> float:
+        """Bits to send the training outputs with this formula (two-part MDL): the residuals
+        (Gaussian, relative to the variance of y), each node of the expression (one of n_ops
+        symbols) and each constant: an exact form's bits (`constants.forms`: 0.5: 5, 1/(4*pi):
+        11), a fitted constant's digits to its standard error (1 part in 10^4: 17.6 bits)."""
+        n = self.rows.n_train
+        var = float(np.var(self.rows.y_train)) or 1.0
+        data = 0.5 * n * math.log2(max(hyp.train_mse, 1e-30 * var) / var)
+        return data + complexity * math.log2(n_ops) + self._constant_bits(hyp)
+
+    def _constant_bits(self, hyp: Hypothesis) -> float:
+        if hyp.wrap is not None:
+            shown = [hyp.wrap[1], *(c for c, _ in hyp.terms if abs(c) != 1), hyp.intercept]
+            return sum(fitted_bits(c, 0.0) for c in shown if c not in (0.0, 1.0, -1.0))
+        refs = [r for _, r in hyp.terms]
+        values = [c for c, _ in hyp.terms] + [hyp.intercept]
+        fixed = {j: (v, hyp.forms[abs(v)]) for j, v in enumerate(values) if abs(v) in hyp.forms}
+        if hyp.intercept == 0.0:  # no intercept: not a constant to fit
+            fixed[len(refs)] = (0.0, ZERO)
+        stderr, _ = self._stderr(hyp.train_mse, refs, fixed)
+        bits = 0.0
+        for j, v in enumerate(values):
+            shown = v not in (0.0, 1.0, -1.0) if j == len(refs) else abs(v) != 1.0 and v != 0
+            if shown:
+                bits += fixed[j][1].bits if j in fixed else fitted_bits(v, stderr[j])
+        return bits
+
+    def _design(self, refs: list[tuple[int, int]]) -> np.ndarray:
+        tr = self.rows.train
+        cols = [self.s.bank.value(r)[tr] for r in refs]
+        return np.stack([*cols, np.ones(self.rows.n_train)], axis=1)
+
+    def _fit_linear(
+        self, refs: list[tuple[int, int]], fixed: dict[int, tuple[float, Form]]
+    ) -> tuple[Hypothesis, list[float]]:
+        """sum(a_j f_j) + b with the fixed constants set and the others by least squares; also
+        every constant in order (a_1..a_m, b), zeros included."""
+        A, y = self._design(refs), self.rows.y_train
+        coef = np.zeros(A.shape[1])
+        for j, (v, _) in fixed.items():
+            coef[j] = v
+        free = [j for j in range(A.shape[1]) if j not in fixed]
+        if free:
+            sol, *_ = np.linalg.lstsq(A[:, free], y - A @ coef, rcond=None)
+            coef[free] = sol
+        mse = float(((A @ coef - y) ** 2).mean())
+        terms = [(float(c), r) for c, r in zip(coef[:-1], refs, strict=True) if c != 0.0]
+        forms_ = {abs(v): f for v, f in fixed.values() if v != 0.0}
+        return Hypothesis(terms, float(coef[-1]), mse, forms=forms_), [float(c) for c in coef]
+
+    def _stderr(
+        self, mse: float, refs: list[tuple[int, int]], fixed: dict[int, tuple[float, Form]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Standard errors of the free constants (and diag of (A'A)^-1), zero for fixed ones."""
+        A = self._design(refs)
+        k = A.shape[1]
+        stderr, inv_diag = np.zeros(k), np.zeros(k)
+        free = [j for j in range(k) if j not in fixed]
+        if not free:
+            return stderr, inv_diag
+        n = self.rows.n_train
+        s2 = mse * n / max(n - len(free), 1)
+        inv_diag[free] = np.diag(np.linalg.pinv(A[:, free].T @ A[:, free]))
+        stderr[free] = np.sqrt(np.maximum(s2 * inv_diag[free], 0.0))
+        return stderr, inv_diag
+
+    # -- expression ----------------------------------------------------------------------------
 
     def expression(self, hyp: Hypothesis) -> tuple[ex.Expr, dict[str, float]]:
         consts: dict[str, float] = {}
@@ -68,32 +209,43 @@ class Builder:
             consts[key] = float(v)
             return ex.Const(key)
 
+        def number(v: float) -> ex.Expr:
+            """The constant v, written in its form when it has one (DIV(1, 3))."""
+            form = hyp.forms.get(abs(v))
+            if form is None or not form.exact:
+                return const(v)
+            e = form.expr(const)
+            return e if v > 0 else ex.call("NEG", e)
+
+        def times(v: float, e: ex.Expr) -> ex.Expr:
+            """v * e: MUL(v, e), or DIV(e, D) when v's form is 1/D."""
+            form = hyp.forms.get(abs(v))
+            if form is None or not form.exact:
+                return ex.call("MUL", const(v), e)
+            out = form.times(e, const)
+            return out if v > 0 else ex.call("NEG", out)
+
         ordered = sorted(hyp.terms, key=lambda t: (t[0] < 0, t[1]))
         parts = [
-            (c, self._wrapped(self.s.bank.expr(r, self.s.ops), hyp, const)) for c, r in ordered
+            (c, self._wrapped(self.s.bank.expr(r, self.s.ops), hyp, number, times))
+            for c, r in ordered
         ]
         acc: ex.Expr | None = None
         for coef, e in parts:
             if acc is None:
-                acc = (
-                    e
-                    if coef == 1
-                    else ex.call("NEG", e)
-                    if coef == -1
-                    else ex.call("MUL", const(coef), e)
-                )
+                acc = e if coef == 1 else ex.call("NEG", e) if coef == -1 else times(coef, e)
                 continue
-            term = e if abs(coef) == 1 else ex.call("MUL", const(abs(coef)), e)
+            term = e if abs(coef) == 1 else times(abs(coef), e)
             acc = ex.call("ADD" if coef > 0 else "SUB", acc, term)
         b = hyp.intercept
         if acc is None:
-            return const(b), consts
+            return number(b), consts
         if b > 0 and all(c < 0 for c, _ in parts) and hyp.wrap is None:  # b - f, not -f + b
-            pos = Hypothesis([(-c, r) for c, r in hyp.terms], 0.0)
+            pos = Hypothesis([(-c, r) for c, r in hyp.terms], 0.0, forms=hyp.forms)
             inner, inner_consts = self.expression(pos)
             consts = {}
-            head = const(b)
-            renamed = {k: f"c{i + 1}" for i, k in enumerate(inner_consts)}
+            head = number(b)
+            renamed = {k: f"c{len(consts) + i}" for i, k in enumerate(inner_consts)}
             for k, v in inner_consts.items():
                 consts[renamed[k]] = v
             return ex.call("SUB", head, _rename_consts(inner, renamed)), consts
@@ -102,7 +254,7 @@ class Builder:
         elif b == -1:
             acc = ex.call("DEC", acc)
         elif b != 0:
-            acc = ex.call("ADD" if b > 0 else "SUB", acc, const(abs(b)))
+            acc = ex.call("ADD" if b > 0 else "SUB", acc, number(abs(b)))
         return acc, consts
 
     def simplify(self, expr: ex.Expr, consts: dict[str, float]) -> ex.Expr:
@@ -130,13 +282,18 @@ class Builder:
         return expr
 
     @staticmethod
-    def _wrapped(e: ex.Expr, hyp: Hypothesis, const: Callable[[float], ex.Const]) -> ex.Expr:
+    def _wrapped(
+        e: ex.Expr,
+        hyp: Hypothesis,
+        number: Callable[[float], ex.Expr],
+        times: Callable[[float, ex.Expr], ex.Expr],
+    ) -> ex.Expr:
         if hyp.wrap is None:
             return e
         name, c = hyp.wrap
         if name == "POW":
-            return ex.call("POW", e, const(c))
-        return ex.call(name, e if c == 1 else ex.call("MUL", const(c), e))
+            return ex.call("POW", e, number(c))
+        return ex.call(name, e if c == 1 else times(c, e))
 
     def relevance(self, expr: ex.Expr, consts: dict[str, float]) -> dict[int, bool]:
         """Column j is relevant iff resampling it (all rows and probes) changes the output."""
@@ -238,17 +395,3 @@ def _rewrites(e: ex.Expr) -> list[ex.Expr]:
                 args[i] = r
                 out.append(ex.Call(e.op, tuple(args), e.params, e.version))
     return out
-
-
-def _nice(value: float) -> list[float]:
-    """Candidate replacements for a fitted constant, shortest description first."""
-    out: list[float] = []
-    if abs(value) < 1e15:
-        out.append(float(round(value)))
-    for digits in range(1, 7):
-        out.append(float(f"{value:.{digits}g}"))
-    frac = Fraction(value).limit_denominator(16)
-    out.append(frac.numerator / frac.denominator)
-    for digits in range(7, 16):
-        out.append(float(f"{value:.{digits}g}"))
-    return list(dict.fromkeys(out))

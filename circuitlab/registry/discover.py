@@ -7,16 +7,20 @@
    deduplicated by observational equivalence, with affine constants fitted by least squares.
    A registered function is applied only inside its declared input domains, and at equal cost
    a plain formula wins over a call of a registered function.
-3. Simplify each accepted fit: constants snapped to the shortest decimal or small fraction that
-   keeps exact agreement, unit coefficients and zero terms dropped, `x + 1` written INC(x).
+3. Simplify each accepted fit: constants snapped to their shortest exact form that keeps exact
+   agreement (an integer, a short decimal, p/q, or p/q times pi, e or sqrt(k): 1/(2*pi) rather
+   than 0.159155), unit coefficients and zero terms dropped, `x + 1` written INC(x).
 4. Decide column relevance by intervention: resample one column at a time across all rows and
    probes; a column is relevant only if the function's output changes. The function's inputs are
    the relevant columns, never chosen by correlation.
 5. Return the simplest accepted function (status exact), or, on noisy data when asked, the fit
    with the shortest description length among the Pareto front (status approximate), with a
-   PySR-style table (complexity, loss, score, expression, sympy form). A failed search raises
-   `DiscoveryError` and registers nothing; registering a function the registry already holds
-   under that name (same definition) writes nothing and returns the stored one.
+   PySR-style table (complexity, loss, score, expression, sympy form). Approximate fits keep an
+   exact constant (0.5, 1/(4*pi)) or an intercept only as far as the description length says
+   (`Builder.refine`); approximate mode searches up to cost 5 unless `max_cost` is given. A
+   failed search raises `DiscoveryError` and registers nothing; registering a function the
+   registry already holds under that name (same definition) writes nothing and returns the
+   stored one.
 """
 
 from __future__ import annotations
@@ -66,12 +70,14 @@ class DiscoveryConfig:
     seed: int = 0
     holdout: float = 0.25  # fraction of rows held out for acceptance (none below 4 rows)
     probes: int = 64  # fresh in-domain inputs every accepted function must be defined on
-    max_cost: int = 9
+    max_cost: int | None = None  # None: 9, or approximate_max_cost in approximate mode
     max_seconds: float = 60.0
     max_bank: int = 400_000  # ~330 MB of float64 values at 100 rows
     rtol: float = 1e-9
     pairs: bool = True
     approximate: bool = False  # on failure, return the best fit by description length
+    # approximate mode never stops at an exact fit, so it would use the whole budget: a lower
+    # default limit, used only when max_cost is not given
     approximate_max_cost: int = 5
     groups: tuple[str, ...] = DEFAULT_GROUPS  # primitive groups searched
     exclude: tuple[str, ...] = ("POW",)  # primitives left out by name (POW: fitted only)
@@ -79,11 +85,30 @@ class DiscoveryConfig:
     use_registry: bool = True  # offer registered functions as building blocks
 
     def __post_init__(self) -> None:
+        if self.max_cost is not None and self.max_cost < 1:
+            raise RegistryError(f"max_cost must be at least 1, got {self.max_cost}")
         if not 0 <= self.holdout < 1:
             raise RegistryError(f"holdout must be in [0, 1), got {self.holdout}")
         unknown = set(self.groups) - set(GROUPS)
         if unknown:
             raise RegistryError(f"unknown primitive groups {sorted(unknown)}; known: {GROUPS}")
+
+    @property
+    def cost_limit(self) -> int:
+        """The highest cost searched: max_cost when given, else 9 (approximate mode: 5)."""
+        if self.max_cost is not None:
+            return self.max_cost
+        return self.approximate_max_cost if self.approximate else 9
+
+    @property
+    def cost_limit_note(self) -> str:
+        """The limit and where it comes from (said in the output, never applied silently)."""
+        if self.max_cost is None and self.approximate:
+            return (
+                f"cost limit {self.cost_limit} (the approximate-mode default; raise it with "
+                "--max-cost)"
+            )
+        return f"cost limit {self.cost_limit}"
 
 
 @dataclass
@@ -115,6 +140,8 @@ class DiscoveryResult:
             "evaluated": self.stats.evaluated,
             "bank": self.stats.bank,
             "level": self.stats.level,
+            "max_cost": self.stats.max_cost,
+            "stopped": self.stats.stopped,
             "refine": self.stats.refine,
             "seconds": round(self.stats.seconds, 4),
             "relevance": self.relevance,
@@ -247,7 +274,7 @@ def search(
     kinds = [d.kind for d in domains]
     ops = build_ops(kinds, data.y, registry if cfg.use_registry else None, cfg, exclude=name)
     scfg = SearchConfig(
-        max_cost=min(cfg.max_cost, cfg.approximate_max_cost) if cfg.approximate else cfg.max_cost,
+        max_cost=cfg.cost_limit,
         max_seconds=cfg.max_seconds,
         max_bank=cfg.max_bank,
         rtol=cfg.rtol,
@@ -266,6 +293,7 @@ def search(
         search={
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
             "proposer": prop.name,
+            "cost_limit": cfg.cost_limit,
             "candidates": outcome.stats.candidates,
             "pairs": outcome.stats.pairs,
             "seconds": round(outcome.stats.seconds, 4),
@@ -454,7 +482,7 @@ def _conclude(
             f"exact: {fn.render()} after {stats.evaluated:,} candidates",
             proposer,
         )
-    table = _table(outcome, b, name, prov, data)
+    table = _table(outcome, b, name, prov, data, refine=cfg.approximate)
     hint = "" if cfg.approximate else "; ask for an approximate fit (--approximate) on noisy data"
     reason = stats.stopped or "no exact fit"
     if cfg.approximate and table:
@@ -467,7 +495,8 @@ def _conclude(
             stats,
             table,
             rel,
-            f"approximate (loss {chosen.loss:.3g}): {fn.render()}",
+            f"approximate (loss {chosen.loss:.3g}): {fn.render()}; searched to cost "
+            f"{stats.level}, {cfg.cost_limit_note}" + _stopped_early(stats),
             proposer,
         )
     best_loss = min((r.loss for r in table), default=float("nan"))
@@ -483,6 +512,11 @@ def _conclude(
     )
 
 
+def _stopped_early(stats: SearchStats) -> str:
+    """'; stopped: time budget ...' when a budget, not the cost limit, ended the search."""
+    return f"; stopped: {stats.stopped}" if stats.stopped.startswith(("time", "bank")) else ""
+
+
 def _table(
     outcome: SearchOutcome,
     b: Builder,
@@ -490,11 +524,18 @@ def _table(
     prov: Provenance,
     data: Examples,
     exact: Function | None = None,
+    refine: bool = False,
 ) -> list[TableRow]:
-    """Pareto front of the fits seen (lower loss at every step up in complexity)."""
+    """Pareto front of the fits seen (lower loss at every step up in complexity); with `refine`
+    (approximate mode) each fit's constants are first snapped or dropped by description length
+    (`Builder.refine`), and the row with the shortest description length is chosen."""
+    n_ops = max(2, len(b.s.ops) + data.k)
     entries = []
     for _, (mse, hyp) in sorted(outcome.approximate.items()):
         try:
+            if refine:
+                hyp = b.refine(hyp, n_ops)
+                mse = hyp.train_mse
             fn, _ = b.function(hyp, name, "approximate", prov)
         except RegistryError:
             continue
@@ -509,7 +550,6 @@ def _table(
                 front[-1] = e
             else:
                 front.append(e)
-    n = b.rows.n_train
     var = float(np.var(b.rows.y_train)) or 1.0
     floor = 1e-30 * var
     rows: list[TableRow] = []
@@ -531,9 +571,8 @@ def _table(
         if exact is not None:
             rows[-1].chosen = True
         else:
-            n_ops = max(2, len(b.s.ops) + data.k)
             dl = [
-                0.5 * n * math.log2(max(r.loss, floor) / var) + r.complexity * math.log2(n_ops)
+                b.description_length(r._hyp, r.complexity, n_ops)  # type: ignore[attr-defined]
                 for r in rows
             ]
             rows[int(np.argmin(dl))].chosen = True

@@ -1,14 +1,17 @@
 """Expressions: typed DAGs over primitives, registered functions, inputs and named constants.
 
-An expression is built from three immutable node types: `Var(i)` (the i-th input of the enclosing
-function), `Const(name)` (a named constant whose value the function stores) and `Call(op, args)`
-(a primitive or a registered function, pinned by version, with integer parameters such as a
-modulus). Nodes may be shared, so an expression is a DAG; evaluation computes each shared node
-once. Evaluation is vectorised: every input is an array over rows and so is the result.
+An expression is built from four immutable node types: `Var(i)` (the i-th input of the enclosing
+function), `Const(name)` (a named constant whose value the function stores), `MathConst(name)`
+(pi or e, whose value is fixed here rather than stored, so a constant found to be 1/(2*pi) is
+kept exactly as DIV(1, MUL(2, PI))) and `Call(op, args)` (a primitive or a registered function,
+pinned by version, with integer parameters such as a modulus). Nodes may be shared, so an
+expression is a DAG; evaluation computes each shared node once. Evaluation is vectorised: every
+input is an array over rows and so is the result.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,6 +38,24 @@ class Const:
 
 
 @dataclass(frozen=True, eq=True)
+class MathConst:
+    """A mathematical constant by name (a key of MATH_CONSTANTS), rendered PI or EULER."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.name not in MATH_CONSTANTS:
+            raise RegistryError(
+                f"unknown mathematical constant {self.name!r}; known: {sorted(MATH_CONSTANTS)}"
+            )
+
+
+# value and rendered name; e is EULER so it cannot be mistaken for a column named E
+MATH_CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
+MATH_NAMES: dict[str, str] = {"pi": "PI", "e": "EULER"}
+
+
+@dataclass(frozen=True, eq=True)
 class Call:
     op: str
     args: tuple[Expr, ...]
@@ -46,7 +67,7 @@ class Call:
         return dict(self.params)
 
 
-Expr = Var | Const | Call
+Expr = Var | Const | MathConst | Call
 
 
 def call(op: str, *args: Expr, version: int | None = None, **params: Any) -> Call:
@@ -76,11 +97,25 @@ def walk(expr: Expr) -> Iterator[Expr]:
 
 
 def size(expr: Expr) -> int:
-    """Complexity: number of nodes of the expression as a tree (a call of a function counts 1)."""
+    """Complexity: number of nodes of the expression as a tree (a call of a function counts 1).
+
+    A constant counts 1 however it is written: DIV(1, MUL(2, PI)) is one constant, like 0.159,
+    so writing a constant exactly never makes a formula look more complex."""
     if isinstance(expr, Call):
+        if is_constant(expr):
+            return 1
         body = expr.param_dict.get("body")
         return 1 + sum(size(a) for a in expr.args) + (size(body) if body is not None else 0)
     return 1
+
+
+def is_constant(expr: Expr) -> bool:
+    """True for a closed expression of constants and primitives (no input, no function call)."""
+    if isinstance(expr, Const | MathConst):
+        return True
+    if isinstance(expr, Var) or not is_primitive(expr.op) or expr.op == "LOOP" or not expr.args:
+        return False
+    return all(is_constant(a) for a in expr.args)
 
 
 def variables(expr: Expr) -> set[int]:
@@ -143,6 +178,8 @@ def evaluate(
             if node.name not in constants:
                 raise RegistryError(f"expression uses constant {node.name!r} that is not defined")
             out = np.float64(constants[node.name])
+        elif isinstance(node, MathConst):
+            out = np.float64(MATH_CONSTANTS[node.name])
         else:
             args = [ev(a) for a in node.args]
             out = _apply(node, args, constants, resolve)
@@ -204,10 +241,12 @@ def to_json(expr: Expr) -> Any:
         return {"var": expr.index}
     if isinstance(expr, Const):
         return {"const": expr.name}
+    if isinstance(expr, MathConst):
+        return {"math": expr.name}
     out: dict[str, Any] = {"op": expr.op, "args": [to_json(a) for a in expr.args]}
     if expr.params:
         out["params"] = {
-            k: ({"expr": to_json(v)} if isinstance(v, Var | Const | Call) else v)
+            k: ({"expr": to_json(v)} if isinstance(v, Var | Const | MathConst | Call) else v)
             for k, v in expr.params
         }
     if expr.version is not None:
@@ -222,8 +261,10 @@ def from_json(data: Any) -> Expr:
         return Var(int(data["var"]))
     if "const" in data:
         return Const(str(data["const"]))
+    if "math" in data:
+        return MathConst(str(data["math"]))
     if "op" not in data:
-        raise RegistryError(f"expression node needs var, const or op: {data!r}")
+        raise RegistryError(f"expression node needs var, const, math or op: {data!r}")
     params = {
         k: (from_json(v["expr"]) if isinstance(v, dict) and "expr" in v else v)
         for k, v in data.get("params", {}).items()
@@ -248,11 +289,13 @@ def render(expr: Expr, names: Sequence[str], constants: Mapping[str, float] | No
         if constants is not None and expr.name in constants:
             return _fmt_const(constants[expr.name])
         return expr.name
+    if isinstance(expr, MathConst):
+        return MATH_NAMES[expr.name]
     parts = [render(a, names, constants) for a in expr.args]
     for k, v in expr.params:
         parts.append(
             f"{k}={render(v, ['x'], constants)}"
-            if isinstance(v, Var | Const | Call)
+            if isinstance(v, Var | Const | MathConst | Call)
             else f"{k}={v}"
         )
     return f"{expr.op}({', '.join(parts)})"
@@ -278,6 +321,8 @@ def to_sympy(
                 if float(consts[node.name]).is_integer()
                 else sympy.Float(consts[node.name])
             )
+        if isinstance(node, MathConst):
+            return {"pi": sympy.pi, "e": sympy.E}[node.name]
         args = [conv(a, env, consts) for a in node.args]
         if not is_primitive(node.op):
             if resolve is None:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from circuitlab.registry import expr as ex
+from circuitlab.registry.constants import Form
 from circuitlab.registry.domains import Kind
 from circuitlab.registry.proposer import OpInfo, Proposal, Proposer, TaskView, UniformProposer
 
@@ -69,6 +70,8 @@ class Hypothesis:
     train_mse: float = 0.0
     # a*u(c*f) + b (u = EXP, SIN, COS) or a*f**c + b (u = POW): one term, constant c inside
     wrap: tuple[str, float] | None = None
+    # how constants are written, by absolute value (set by build.py: 1/(2*pi), not 0.159...)
+    forms: dict[float, Form] = field(default_factory=dict)
 
     @property
     def n_constants(self) -> int:
@@ -81,6 +84,7 @@ class SearchStats:
     pairs: int = 0  # pair fits tested
     bank: int = 0  # distinct candidates kept
     level: int = 0  # highest cost level reached
+    max_cost: int = 0  # the cost limit in force
     seconds: float = 0.0
     stopped: str = ""  # why the search ended without an exact answer
     refine: int = 0  # candidates tried after the first solution, looking for a smaller one
@@ -338,6 +342,7 @@ class Searcher:
 
     def _run(self) -> SearchOutcome:
         self.t0 = time.perf_counter()
+        self.stats.max_cost = self.cfg.max_cost
         y = self.rows.y_train
         if np.all(y == y[0]):
             hyp = Hypothesis([], float(y[0]))
@@ -743,6 +748,10 @@ class Searcher:
                         self.accepted.append(hyp)
                         return True
         return False
+
+    def verify(self, hyp: Hypothesis) -> bool:
+        """The acceptance test: exact on training and held-out rows, defined on the probes."""
+        return self._verify(hyp)
 
     def _verify(self, hyp: Hypothesis) -> bool:
         pred = self.predict(hyp)
