@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "faults": [],
     "tasks": [],
     "training": [],
+    "roofline": [],
     "ray": [],
     "prune_lora": [],
     "tune": [],

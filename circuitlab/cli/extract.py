@@ -27,6 +27,12 @@ def register(app: typer.Typer) -> None:
             0, "--features", help="Transcoder features per layer (0 = default)."
         ),
         steps: int = typer.Option(0, "--steps", help="Transcoder training steps (0 = default)."),
+        precision: str = typer.Option(
+            "fp32",
+            "--precision",
+            help="Transcoder training matmuls: fp32 or bf16 (weights, loss and attribution stay "
+            "fp32; bf16 falls back to fp32 on a CPU without native bf16).",
+        ),
         target: float = typer.Option(
             0.99, "--target", help="Sufficiency accuracy the circuit must reach."
         ),
@@ -61,7 +67,7 @@ def register(app: typer.Typer) -> None:
         if batch_size < 0:
             raise CliError(f"--batch-size must be >= 0 (0 = automatic), got {batch_size}")
         try:
-            changes = {"kind": kind, "seed": seed}
+            changes = {"kind": kind, "seed": seed, "precision": precision}
             if features:
                 changes["n_features"] = features
             if steps:

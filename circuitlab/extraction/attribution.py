@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from circuitlab._memory import check_fits
+from circuitlab._precision import fp32_only
 from circuitlab.extraction.activations import check_tokens
 from circuitlab.extraction.attribution_edges import chunk_graph, qk_query_positions, qk_sources
 from circuitlab.extraction.attribution_frozen import (
@@ -207,7 +208,8 @@ class AttributionStream:
         """The chunks' graphs in order; with `adjacency` (n_prompts, N, N) of zeros, each chunk
         writes its adjacency into its rows there instead of a new tensor."""
         model, config, n = self.model, self.config, self.n_prompts
-        weights = frozen_weights(model, self.transcoder)
+        with fp32_only():
+            weights = frozen_weights(model, self.transcoder)
         chunks = -(-n // self.batch)
         for i, lo in enumerate(range(0, n, self.batch)):
             sl = slice(lo, min(lo + self.batch, n))
@@ -286,13 +288,15 @@ def _check_qk_size(layout: Layout, cfg, n_prompts: int, max_gb: float) -> None:
 
 @contextmanager
 def _eval_mode(model: Transformer, threads: int = 0) -> Iterator[None]:
-    """Eval mode and `threads` torch threads for the duration of the block."""
+    """Eval mode, `threads` torch threads and autocast off (attribution and its exactness are
+    float32, also for a transcoder trained in bf16) for the duration of the block."""
     was_training, before = model.training, torch.get_num_threads()
     model.eval()
     if threads:
         torch.set_num_threads(threads)
     try:
-        yield
+        with fp32_only():
+            yield
     finally:
         model.train(was_training)
         torch.set_num_threads(before)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from circuitlab._atomic import replace_dir, write_json_atomic
+from circuitlab._precision import fp32_only
 from circuitlab.catalog.records import Artifact
 from circuitlab.extraction import analysis, graph_json, memory
 from circuitlab.extraction import circuit as circ
@@ -108,6 +109,7 @@ def _plot_sufficiency(curve: list[dict[str, float]], chosen: int, total: int, pa
     plt.close(fig)
 
 
+@fp32_only()  # only the transcoder's training steps may run in bf16 (its own autocast)
 def extract(
     run_dir: str | Path,
     catalog_url: str | None = None,
@@ -163,7 +165,7 @@ def extract(
             f"training a {config.transcoder.kind} transcoder, "
             f"{config.transcoder.n_features} features per layer",
         )
-        tc, _ = train_transcoder(acts, config.transcoder, progress=progress is not None)
+        tc, tc_log = train_transcoder(acts, config.transcoder, progress=progress is not None)
         tc_metrics = evaluate(tc, model, tokens, targets, acts=acts, batch_size=batch)
         del acts
         phase_done("transcoder")
@@ -269,7 +271,10 @@ def extract(
         partial = run_dir / (OUT_DIR + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        tc.save(partial / "transcoder", extra={"source_run": str(run_dir)})
+        tc.save(
+            partial / "transcoder",
+            extra={"source_run": str(run_dir), "trained_precision": tc_log.precision},
+        )
         artifact = None
         function = registry_function(interface)
         if stats is not None:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from circuitlab._precision import PRECISIONS, fp32_only
 from circuitlab.extraction.activations import MLPActivations, check_tokens
 
 KINDS = ("per_layer", "cross_layer")
@@ -80,6 +81,10 @@ class TranscoderConfig:
     resample_every: int = 100  # steps between resampling checks; 0 = never resample
     resample_until: float = 0.8  # no resampling after this fraction of training
     seed: int = 0
+    # training matmuls in bfloat16 under autocast ("bf16"), weights, Adam state and loss in
+    # float32; fp32 where the CPU has no native bf16. The transcoder is saved and used
+    # (evaluation, attribution) in float32 either way.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -88,6 +93,8 @@ class TranscoderConfig:
             raise TranscoderError(
                 f"activation must be one of {ACTIVATIONS}, got {self.activation!r}"
             )
+        if self.precision not in PRECISIONS:
+            raise TranscoderError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         checks = {
             "n_features": self.n_features >= 1,
             "top_k": self.top_k >= 1
@@ -433,6 +440,7 @@ def replacement_hooks(model, tc: Transcoder) -> Iterator[dict[int, Tensor]]:
 
 
 @torch.no_grad()
+@fp32_only()  # a transcoder is used in float32, whatever precision it was trained in
 def evaluate(
     tc: Transcoder,
     model,

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from circuitlab import _precision
 from circuitlab.extraction.activations import MLPActivations
 from circuitlab.extraction.transcoder import (
     Transcoder,
@@ -37,6 +38,7 @@ class TrainLog:
     l0: list[float] = field(default_factory=list)  # active features per row, mean over layers
     resampled: int = 0
     seconds: float = 0.0
+    precision: str = "fp32"  # what ran: "bf16", "fp32", or "fp32 (bf16 unsupported)"
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ def _train(
     if L == 0 or N == 0:
         raise TranscoderError("no activations to train on")
     start = time.perf_counter()
+    # bf16: the step's matmuls under autocast; parameters, Adam state and the loss stay float32
+    # (every matmul output is added to a float32 bias or target, so the loss terms are float32)
+    precision, precision_label = _precision.resolve(cfg.precision, "cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     maps = position_maps(acts.positions)
     # 1. normalise each layer's inputs and outputs to mean squared norm D
@@ -130,27 +135,30 @@ def _train(
             index = torch.randint(0, N, (batch,), generator=gen)
             xb, yb = xs.rows(index), ys.rows(index)
             lam = cfg.sparsity_coeff * min(1.0, (step + 1) / ramp)
-            pres = [tc.pre_activations(l, xb[l]) for l in range(L)]
-            a = [tc.activate(l, pres[l]) for l in range(L)]
-            recon = reconstruct(tc, a, maps)
-            errs = torch.stack([(yb[t] - recon[t]).pow(2).sum(-1).mean() for t in range(L)])
-            loss = errs.sum()
-            norms = tc.decoder_norms()
-            if cfg.activation != "topk":
-                sparsity = sum(
-                    torch.tanh(cfg.sparsity_c * norms[l] * a[l]).sum(-1).mean() for l in range(L)
-                )
-                floor = (
-                    [tc.threshold(l) for l in range(L)]
-                    if cfg.activation == "jumprelu"
-                    else [torch.zeros(()) for _ in range(L)]
-                )
-                pre_pen = sum(
-                    (F.relu(floor[l] - pres[l]) * norms[l]).sum(-1).mean() for l in range(L)
-                )
-                loss = loss + lam * sparsity + cfg.pre_act_coeff * pre_pen
-            elif cfg.aux_k_coeff:
-                loss = loss + cfg.aux_k_coeff * _aux_k_loss(tc, pres, yb, recon, since_fired, cfg)
+            with _precision.autocast(precision, "cpu"):
+                pres = [tc.pre_activations(l, xb[l]).float() for l in range(L)]
+                a = [tc.activate(l, pres[l]) for l in range(L)]
+                recon = [r.float() for r in reconstruct(tc, a, maps)]
+                errs = torch.stack([(yb[t] - recon[t]).pow(2).sum(-1).mean() for t in range(L)])
+                loss = errs.sum()
+                norms = tc.decoder_norms()
+                if cfg.activation != "topk":
+                    sparsity = sum(
+                        torch.tanh(cfg.sparsity_c * norms[l] * a[l]).sum(-1).mean()
+                        for l in range(L)
+                    )
+                    floor = (
+                        [tc.threshold(l) for l in range(L)]
+                        if cfg.activation == "jumprelu"
+                        else [torch.zeros(()) for _ in range(L)]
+                    )
+                    pre_pen = sum(
+                        (F.relu(floor[l] - pres[l]) * norms[l]).sum(-1).mean() for l in range(L)
+                    )
+                    loss = loss + lam * sparsity + cfg.pre_act_coeff * pre_pen
+                elif cfg.aux_k_coeff:
+                    aux = _aux_k_loss(tc, pres, yb, recon, since_fired, cfg)
+                    loss = loss + cfg.aux_k_coeff * aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -186,6 +194,7 @@ def _train(
             for k in range(tc.n_targets(l)):
                 tc.W_dec[l][k].mul_(s_out[l + k])
     log.seconds = time.perf_counter() - start
+    log.precision = precision_label
     return tc.eval(), log
 
 
@@ -208,7 +217,7 @@ def _aux_k_loss(
         values, index = pre.masked_fill(~dead, float("-inf")).topk(min(2 * cfg.top_k, n_dead), -1)
         a = torch.zeros_like(pre).scatter(-1, index, F.relu(values))
         residual = (ys[l] - recon[l]).detach()
-        total = total + (residual - a @ tc.W_dec[l][0]).pow(2).sum(-1).mean()
+        total = total + (residual - (a @ tc.W_dec[l][0]).float()).pow(2).sum(-1).mean()
     return total
 
 

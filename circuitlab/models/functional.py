@@ -126,11 +126,51 @@ def _gather(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return flat.view(*rows.shape, *table.shape[2:])
 
 
+# Under bf16 autocast on CPU, torch hands a bf16 (b)mm to oneDNN only when the whole call does
+# more than 16**3 multiply-adds (its mkldnn `checksize`), a count that includes the batch and so
+# the model axis; smaller ones run torch's own loops, which sum in another order. A model whose
+# matmul has at most that many multiply-adds would then round differently alone than as a slice
+# of a stack (measured: 1 in 26 such shapes differed, none of 201 larger ones). Those matmuls run
+# in float32 instead (MKL, made stack-independent by MKL_CBWR, circuitlab/__init__.py); they are
+# too small for bf16 to pay.
+BF16_MIN_WORK = 16 * 16 * 16
+
+
+def _autocast_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _small_under_autocast(work_per_model: int, device: torch.device) -> bool:
+    """Whether a matmul of this many multiply-adds per model must leave bf16 autocast."""
+    return device.type == "cpu" and work_per_model <= BF16_MIN_WORK and _autocast_cpu()
+
+
+def _einsum(equation: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.einsum of two operands whose first index is the model axis; under bf16 autocast a
+    contraction of at most BF16_MIN_WORK multiply-adds per model runs in float32."""
+    if a.device.type == "cpu" and _autocast_cpu():
+        inputs = equation.split("->")[0].split(",")
+        sizes = dict(zip(inputs[0], a.shape, strict=True)) | dict(
+            zip(inputs[1], b.shape, strict=True)
+        )
+        if _small_under_autocast(math.prod(sizes.values()) // max(a.shape[0], 1), a.device):
+            with torch.autocast("cpu", enabled=False):
+                return torch.einsum(equation, a.float(), b.float())
+    return torch.einsum(equation, a, b)
+
+
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """x (M, ..., K) @ w (M, K, N) + b (M, N), the bias added inside the GEMM (one pass fewer
     over the output forward, none for its gradient)."""
     m, k = x.shape[0], x.shape[-1]
-    out = torch.baddbmm(b.unsqueeze(1), x.reshape(m, -1, k), w)
+    if _small_under_autocast(x.numel() // max(m, 1) * w.shape[-1], x.device):
+        with torch.autocast("cpu", enabled=False):
+            out = torch.baddbmm(b.unsqueeze(1), x.reshape(m, -1, k).float(), w)
+    else:
+        out = torch.baddbmm(b.unsqueeze(1), x.reshape(m, -1, k), w)
     return out.view(*x.shape[:-1], w.shape[-1])
 
 
@@ -159,8 +199,10 @@ def _attention(
             # percent of peak on CPU, so multiply and sum instead (~5x faster forward+backward).
             scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(-1).permute(0, 1, 4, 2, 3)
         else:
-            scores = torch.einsum("mbqhe,mbkhe->mbhqk", q, k)
-        scores = scores / math.sqrt(e)
+            scores = _einsum("mbqhe,mbkhe->mbhqk", q, k)
+        # float32 before the softmax: under bf16 autocast the einsum gives bfloat16 scores, and
+        # float error in the softmax can stop grokking (Prieto et al. 2025); a no-op in fp32
+        scores = scores.float() / math.sqrt(e)
         scores = scores.masked_fill(~allowed, float("-inf"))
         scores = hook(f"{prefix}.hook_attn_scores", scores)
         pattern = hook(f"{prefix}.hook_pattern", scores.softmax(-1))
@@ -175,6 +217,8 @@ def _attention(
         causal = not bool(allowed.all())
         z = flash_attn_func(fold(q), fold(k), fold(v), causal=causal)
         return z.to(q.dtype).reshape(m, b, nq, h, e)
+    # under bf16 autocast SDPA takes bfloat16 q, k, v; its fused CPU and CUDA kernels keep the
+    # scores and the softmax in float32 (their accumulation type)
     fold = lambda t: t.reshape(m * b, t.shape[2], h, e).transpose(1, 2)  # noqa: E731
     z = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=allowed)
     return z.transpose(1, 2).reshape(m, b, nq, h, e)
@@ -211,7 +255,7 @@ def _table_attention(
         table = _layer_norm(table, params["blocks.0.ln1.w"], params["blocks.0.ln1.b"], _no_hook, "")
 
     def project(rows: torch.Tensor, x: str) -> torch.Tensor:  # (M, S', V, H, E)
-        return torch.einsum("msvd,mhde->msvhe", rows, params[f"{att}.W_{x}"]) + _bcast(
+        return _einsum("msvd,mhde->msvhe", rows, params[f"{att}.W_{x}"]) + _bcast(
             params[f"{att}.b_{x}"], 5
         )
 
@@ -234,7 +278,8 @@ def _table_attention(
         k = _gather(k_table.flatten(1, 2), pair_rows(tokens))
         return _attention(q, k, v, allowed, backend, _no_hook, att, tail)
     # scores[m, q, vq, s, vs, h] for every query pair and key pair, then one gather per example
-    score_table = torch.einsum("mqahe,msche->mqasch", q_table, k_table) / math.sqrt(d_head)
+    # float32 scores for the softmax, also when bf16 autocast made the einsum's output bfloat16
+    score_table = _einsum("mqahe,msche->mqasch", q_table, k_table).float() / math.sqrt(d_head)
     row = (pair_rows(q_tokens).unsqueeze(-1) * s + torch.arange(s, device=tokens.device)) * (
         n_vocab
     ) + tokens.unsqueeze(2)  # (M, B, Q, S)
@@ -250,7 +295,7 @@ def _mix_values(
     if pattern.shape[2] * pattern.shape[3] <= 64:
         # tiny attention: multiply and sum beats batched 1xS by SxE matmuls (see `_attention`)
         return (pattern.unsqueeze(-1) * v.unsqueeze(2)).sum(3)
-    return torch.einsum("mbqsh,mbshe->mbqhe", pattern, v)
+    return _einsum("mbqsh,mbshe->mbqhe", pattern, v)
 
 
 def _allowed(cfg: ModelConfig, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
@@ -313,17 +358,17 @@ def forward(
             h_q, x_q, q_pos = h[:, :, query_at], x[:, :, query_at], positions[query_at]
             q = hook(
                 f"{att}.hook_q",
-                torch.einsum("mbqd,mhde->mbqhe", h_q, params[f"{att}.W_Q"])
+                _einsum("mbqd,mhde->mbqhe", h_q, params[f"{att}.W_Q"])
                 + _bcast(params[f"{att}.b_Q"], 5),
             )
             k = hook(
                 f"{att}.hook_k",
-                torch.einsum("mbsd,mhde->mbshe", h, params[f"{att}.W_K"])
+                _einsum("mbsd,mhde->mbshe", h, params[f"{att}.W_K"])
                 + _bcast(params[f"{att}.b_K"], 5),
             )
             v = hook(
                 f"{att}.hook_v",
-                torch.einsum("mbsd,mhde->mbshe", h, params[f"{att}.W_V"])
+                _einsum("mbsd,mhde->mbshe", h, params[f"{att}.W_V"])
                 + _bcast(params[f"{att}.b_V"], 5),
             )
             allowed = _allowed(cfg, positions, q_pos)

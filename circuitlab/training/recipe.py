@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from circuitlab import _fields
+from circuitlab._precision import PRECISIONS
 
 OPTIMIZERS = ("adamw", "lion")
 MAX_STEPS = 100_000_000
@@ -63,6 +64,10 @@ class Recipe:
     # clean-up phase that leaves a sparse, stable mechanism (0 = stop at once).
     anneal_steps: int = 0
     checkpoint_every: int = 500
+    # "bf16": matmuls in bfloat16 under autocast; weights, optimizer state, softmaxes and the
+    # loss stay float32 (circuitlab/_precision.py). Falls back to fp32 where the CPU has no
+    # native bf16 (summary.json records the precision used).
+    precision: Literal["fp32", "bf16"] = "fp32"
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class Recipe:
             )
         if self.optimizer not in OPTIMIZERS:
             raise RecipeError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise RecipeError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         betas = self.betas
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise RecipeError(f"betas must be two numbers in [0, 1), got {betas!r}")

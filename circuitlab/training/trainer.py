@@ -5,6 +5,8 @@ Method, per step:
     permutation) into tokens (M, B, S).
  2. One forward of the stacked functional transformer; the loss is the *sum over models* of
     each model's mean cross-entropy, so each model's gradient equals its gradient alone.
+    Recipe precision bf16 runs the forward's matmuls (and so their gradients) in bfloat16
+    under autocast; weights, optimizer state, softmaxes and the loss stay float32.
  3. An element-wise optimizer step with per-model hyperparameters (optim.py).
  4. Every `eval_every` steps: train/validation loss and accuracy and weight norm per model,
     appended to each run's metrics.jsonl; a model stops when it reaches its `stop_val_acc`
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from circuitlab import _precision
 from circuitlab._atomic import dumps_strict
 from circuitlab.models import ModelConfig, Transformer
 from circuitlab.models import functional as Fn
@@ -49,6 +52,7 @@ SHARED_FIELDS = (
     "eval_every",
     "checkpoint_every",
     "optimizer",
+    "precision",
     "model",
 )
 
@@ -177,21 +181,28 @@ def _stack_data(specs: Sequence[RunSpec]) -> tuple[torch.Tensor, ...]:
 
 
 def _loss_acc(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-model mean cross-entropy and accuracy. logits (M, B, Q, O), targets (M, B, Q)."""
+    """Per-model mean cross-entropy and accuracy. logits (M, B, Q, O), targets (M, B, Q);
+    the loss in float32 whatever the logits' dtype (bfloat16 under bf16 autocast)."""
     m = logits.shape[0]
+    logits = logits.float()
     loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), reduction="none")
     acc = (logits.argmax(-1) == targets).float()
     return loss.view(m, -1).mean(1), acc.view(m, -1).mean(1)
 
 
 @torch.no_grad()
-def _evaluate(params, cfg, x, y, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+def _evaluate(
+    params, cfg, x, y, chunk: int = 8192, precision: str = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model loss and accuracy on tokens (M, N, S), in the precision the models train in
+    (the metrics describe the computation being trained)."""
     if x.shape[1] == 0:
         nan = torch.full((x.shape[0],), float("nan"))
         return nan, nan
     losses, accs, sizes = [], [], []
     for start in range(0, x.shape[1], chunk):
-        logits = Fn.forward(params, cfg, x[:, start : start + chunk])
+        with _precision.autocast(precision, x.device.type):
+            logits = Fn.forward(params, cfg, x[:, start : start + chunk])
         loss, acc = _loss_acc(logits, y[:, start : start + chunk])
         n = min(chunk, x.shape[1] - start)
         losses.append(loss * n)
@@ -226,6 +237,12 @@ class _Stack:
         for n, mask in self.masks.items():
             self.params[n].mul_(mask)
         self.params = {n: p.requires_grad_() for n, p in self.params.items()}
+        # the precision the stack runs in (fp32 where bf16 was asked for but is unsupported,
+        # said once on stderr) and what summary.json records
+        self.device_type = next(iter(self.params.values())).device.type
+        self.precision, self.precision_label = _precision.resolve(
+            specs[0].recipe.precision, self.device_type
+        )
         hyper = StackedHyper.from_recipes([s.recipe for s in specs])
         self.opt = StackedOptimizer(self.params, hyper, specs[0].recipe.optimizer)
         self.grokked_at: list[int | None] = [None] * len(specs)
@@ -235,9 +252,11 @@ class _Stack:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step on tokens (M, B, S) and targets (M, B, Q): the sum over models of
-        each model's mean loss, so every model gets the gradient it would get alone."""
-        logits = Fn.forward(self.params, self.cfg, x)
-        loss = F.cross_entropy(logits.flatten(0, 2), y.flatten(), reduction="none")
+        each model's mean loss, so every model gets the gradient it would get alone. In bf16
+        the matmuls run in bfloat16 (autocast); the weights, gradients and loss stay float32."""
+        with _precision.autocast(self.precision, self.device_type):
+            logits = Fn.forward(self.params, self.cfg, x)
+        loss = F.cross_entropy(logits.float().flatten(0, 2), y.flatten(), reduction="none")
         loss.view(len(self.specs), -1).mean(1).sum().backward()
         for n, mask in self.masks.items():  # pruned weights get no gradient and stay zero
             self.params[n].grad.mul_(mask)
@@ -503,6 +522,7 @@ def _finish(
         "final": metrics,
         "wall_time_s": round(wall, 3),
         "n_params": stack.cfg.n_params,
+        "precision": stack.precision_label,  # what ran: "fp32 (bf16 unsupported)" on fallback
     }
     if spec.mask is not None:
         kept = sum(int(m[i].sum()) for m in stack.masks.values())
@@ -569,8 +589,8 @@ def _train_locked(
     def log_and_stop(step: int) -> None:
         nonlocal data
         params = {n: p.detach() for n, p in stack.params.items()}
-        tr_loss, tr_acc = _evaluate(params, cfg, data["x"], data["y"])
-        va_loss, va_acc = _evaluate(params, cfg, data["vx"], data["vy"])
+        tr_loss, tr_acc = _evaluate(params, cfg, data["x"], data["y"], precision=stack.precision)
+        va_loss, va_acc = _evaluate(params, cfg, data["vx"], data["vy"], precision=stack.precision)
         norms = sum(p.pow(2).flatten(1).sum(1) for p in params.values()).sqrt()
         lrs = stack.opt.lr_now_for_step(max(step, 1))
         rows, done = [], []

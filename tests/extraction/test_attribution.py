@@ -489,3 +489,17 @@ def test_bad_inputs_give_clear_errors():
     assert attribute(model, tc, prompts(model, 50), AttributionConfig(qk=False)).qk == []
     with pytest.raises(AttributionError, match="0 rows"):
         attribute(model, tc, torch.zeros(0, 4, dtype=torch.long))
+
+
+def test_attribution_runs_in_float32_inside_a_callers_bf16_autocast():
+    # attribution switches autocast off: a caller's autocast (or a transcoder trained in bf16)
+    # changes nothing, so the edges stay exact
+    model = random_model(2, True, seed=5)
+    tc = random_transcoder(model, "cross_layer", seed=1)
+    tokens = prompts(model, 5)
+    plain = attribute(model, tc, tokens, AttributionConfig(batch_size=3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = attribute(model, tc, tokens, AttributionConfig(batch_size=3))
+    assert inside.adjacency.dtype == torch.float32
+    assert torch.equal(inside.adjacency, plain.adjacency)
+    assert torch.equal(inside.qk[1].pairs, plain.qk[1].pairs)

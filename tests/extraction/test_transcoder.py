@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from circuitlab.extraction.activations import mlp_activations
 from circuitlab.extraction.transcoder import (
+    WEIGHTS_FILE,
     Transcoder,
     TranscoderConfig,
     TranscoderError,
@@ -316,3 +318,50 @@ def test_aux_k_trains_only_dead_topk_features():
     _aux_k_loss(tc, [pre], [y], recon, since_fired, cfg).backward()
     moved = tc.W_dec[0].grad[0].abs().sum(-1) > 0
     assert moved[:3].any() and not moved[3:].any()
+
+
+def test_bf16_training_runs_matmuls_in_bf16_and_saves_float32_weights(tmp_path):
+    from safetensors.torch import load_file
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from circuitlab import _precision
+
+    class MatmulDtypes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[torch.dtype] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ("mm", "bmm", "addmm", "baddbmm"):
+                self.seen |= {a.dtype for a in args if isinstance(a, torch.Tensor)}
+            return func(*args, **(kwargs or {}))
+
+    with pytest.raises(TranscoderError, match=r"precision must be one of \('fp32', 'bf16'\)"):
+        TranscoderConfig(precision="fp16")
+    model = tiny_model(2, "LN")
+    tokens = all_inputs()
+    acts = mlp_activations(model, tokens)
+    cfg = FAST.replace(steps=40, precision="bf16")
+    assert TranscoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with MatmulDtypes() as rec:
+        tc, log = train_transcoder(acts, cfg)
+    fp32, _ = train_transcoder(acts, cfg.replace(precision="fp32"))
+    native = _precision.bf16_unsupported("cpu") is None
+    assert log.precision == ("bf16" if native else "fp32 (bf16 unsupported)")
+    assert (torch.bfloat16 in rec.seen) == native
+    assert all(p.dtype == torch.float32 for p in tc.parameters())
+    assert log.mse[-1] < log.mse[0] and all(math.isfinite(x) for x in log.loss)
+    if native:  # close to, not the same as, the fp32 transcoder
+        a, b = tc.tensors()["W_enc.0"], fp32.tensors()["W_enc.0"]
+        assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.1)
+    tc.save(tmp_path / "tc")
+    assert all(
+        t.dtype == torch.float32 for t in load_file(str(tmp_path / "tc" / WEIGHTS_FILE)).values()
+    )
+    loaded = Transcoder.load(tmp_path / "tc")
+    assert loaded.cfg.precision == "bf16"
+    # used in float32, also inside a caller's bf16 autocast
+    metrics = evaluate(loaded, model, tokens, acts=acts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        again = evaluate(loaded, model, tokens, acts=acts)
+    assert again == metrics and metrics.nmse < 1.0
