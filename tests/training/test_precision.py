@@ -173,24 +173,3 @@ def test_detection_names_the_missing_cpu_flag(monkeypatch):
     assert _precision.resolve("fp32") == ("fp32", "fp32")
     with pytest.raises(ValueError, match="precision"):
         _precision.resolve("fp16")
-
-
-@needs_bf16
-def test_interrupted_bf16_run_resumes_to_the_same_weights(tmp_path):
-    r = recipe(precision="bf16", max_steps=30, checkpoint_every=10, eval_every=5)
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    train_stack([RunSpec("add_mod_13", r, 0, full)])
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_15(step, max_steps, rows):
-        if step >= 15:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train_stack([RunSpec("add_mod_13", r, 0, cut)], progress=stop_at_15)
-    train_stack([RunSpec("add_mod_13", r, 0, cut)], resume=True)
-    wf, wc = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
-    assert all(torch.equal(wf[k], wc[k]) for k in wf)
-    assert read_run(cut).summary["precision"] == "bf16"

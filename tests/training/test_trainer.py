@@ -4,9 +4,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from circuitlab import _precision
 from circuitlab.training import Recipe, RecipeError, RunDirError, RunSpec, read_run, train_stack
 from circuitlab.training.rundir import partial_path
 
+NEEDS_BF16 = pytest.mark.skipif(
+    _precision.bf16_unsupported("cpu") is not None, reason="this CPU has no native bf16 matmul"
+)
 SMALL = dict(d_model=32, n_heads=2, d_head=16, d_mlp=64)
 
 
@@ -81,6 +85,17 @@ class Interrupt(Exception):
     pass
 
 
+def interrupt_at(step: int, spec: RunSpec) -> None:
+    """Train `spec` and stop it (as a crash would) at the first evaluation at or after `step`."""
+
+    def stop(at, max_steps, rows):
+        if at >= step:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_stack([spec], progress=stop)
+
+
 def test_annealing_decays_lr_to_zero_after_the_stop_accuracy_then_stops(tmp_path):
     # stop_val_acc 0 is met at the first evaluation (step 0): the lr then falls linearly to 0
     # over anneal_steps (25, off the eval grid) and the model stops there; its stack-mate runs
@@ -110,31 +125,20 @@ def test_run_interrupted_while_annealing_resumes_to_the_same_weights(tmp_path):
     r = recipe(lr=1e-2, stop_val_acc=0.0, anneal_steps=35, checkpoint_every=10)
     full, cut = tmp_path / "full", tmp_path / "cut"
     train_stack([RunSpec("add_mod_13", r, 0, full)])
-
-    def stop_at_25(step, max_steps, rows):
-        if step >= 25:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_stack([RunSpec("add_mod_13", r, 0, cut)], progress=stop_at_25)
+    interrupt_at(25, RunSpec("add_mod_13", r, 0, cut))
     train_stack([RunSpec("add_mod_13", r, 0, cut)], resume=True)
     assert_same_weights(full, cut)
     assert read_run(cut).summary["steps"] == 35
 
 
 @pytest.mark.parametrize("batch_size", [0, 16])
-def test_resumed_run_ends_with_the_same_weights(tmp_path, batch_size):
-    r = recipe(batch_size=batch_size, checkpoint_every=10, grokfast_lambda=2.0)
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=NEEDS_BF16)])
+def test_resumed_run_ends_with_the_same_weights(tmp_path, batch_size, precision):
+    r = recipe(batch_size=batch_size, checkpoint_every=10, grokfast_lambda=2.0, precision=precision)
     full = tmp_path / "full"
     train_stack([RunSpec("add_mod_13", r, 0, full)])
-
-    def stop_at_25(step, max_steps, rows):
-        if step >= 25:
-            raise Interrupt
-
     cut = tmp_path / "cut"
-    with pytest.raises(Interrupt):
-        train_stack([RunSpec("add_mod_13", r, 0, cut)], progress=stop_at_25)
+    interrupt_at(25, RunSpec("add_mod_13", r, 0, cut))
     assert not cut.exists() and partial_path(cut).is_dir()  # nothing under the final name
     with pytest.raises(RunDirError, match="resume"):
         read_run(cut)
@@ -143,6 +147,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, batch_size):
     steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 10, 20, 30, 40]
     assert not partial_path(cut).exists() and not (cut / "checkpoint").exists()
+    assert read_run(cut).summary["precision"] == precision
 
 
 def test_run_directory_contents(tmp_path):
