@@ -5,14 +5,29 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from circuitlab._location import sqlite_url
 from circuitlab.cli.common import CliError, RegistryOption, console
 
+if TYPE_CHECKING:
+    from circuitlab.registry.discover import StageRun
+
 REGISTRY_ENV = "CIRCUITLAB_REGISTRY"
+
+# registry.discover.NUMERIC_GROUPS, for --help without importing the registry (numpy) when the
+# CLI starts; a test keeps the two equal, and DiscoveryConfig checks the names given
+NUMERIC_GROUPS = (
+    "arithmetic",
+    "integer",
+    "modular",
+    "bitwise",
+    "comparison",
+    "control",
+    "elementary",
+)
 
 
 CATALOG_ENV = "CIRCUITLAB_CATALOG"
@@ -64,6 +79,26 @@ def register(app: typer.Typer) -> None:
             "default 9, or 5 with --approximate.",
             show_default=False,
         ),
+        modulus: list[str] | None = typer.Option(
+            None,
+            "--modulus",
+            metavar="M",
+            help="Modulus of the modular operations (repeat it, or give a comma list: "
+            "--modulus 7,8); each is tried in its own stage, in the order given. Default: "
+            "inferred from the data (periods of the outputs, their range, the inputs' ranges).",
+            show_default=False,
+        ),
+        groups: str | None = typer.Option(
+            None,
+            "--groups",
+            metavar="GROUPS",
+            help="Search exactly these primitive groups, in one search (one per modulus "
+            "with modular): a comma list of "
+            f"{', '.join(NUMERIC_GROUPS)}. Default: a staged search, groups chosen from the "
+            "data (arithmetic first, then integer division, modular arithmetic for each "
+            "candidate modulus, bitwise and comparisons when the data look like it).",
+            show_default=False,
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Discover the simplest function that reproduces DATA exactly (or approximately).
@@ -87,7 +122,12 @@ def register(app: typer.Typer) -> None:
             fname = name or examples.output_name.upper()
             reg = Registry.open(registry or default_registry())
             cfg = DiscoveryConfig(
-                seed=seed, max_seconds=max_seconds, max_cost=max_cost, approximate=approximate
+                seed=seed,
+                max_seconds=max_seconds,
+                max_cost=max_cost,
+                approximate=approximate,
+                groups=groups,  # a comma list, checked by DiscoveryConfig
+                moduli=None if modulus is None else ",".join(modulus),
             )
             if save:  # a name taken by another function is refused before any work
                 check_register_name(reg, fname, examples, cfg.rtol)
@@ -139,6 +179,8 @@ def register(app: typer.Typer) -> None:
                 f"{s.seconds:.2f} s (cost level {s.level}, proposer {result.proposer}); "
                 f"{cfg.cost_limit_note}"
             )
+            if len(result.stages) > 1:
+                console.print("stages: " + escape("; ".join(_stage_line(r) for r in result.stages)))
             if s.stopped.startswith(("time", "bank")):
                 console.print(f"search stopped early: {escape(s.stopped)}")
         if result.function is None:
@@ -165,6 +207,19 @@ def register(app: typer.Typer) -> None:
                     f"the registry's {escape(reg.get(fname).ref)} is a different function; "
                     "to register this one, choose another --name"
                 )
+
+
+def _stage_line(run: StageRun) -> str:
+    """`arithmetic to cost 5: no fit`, one stage search of the run."""
+    if run.found:
+        what = "exact"
+    elif run.stats.stopped.startswith("time"):
+        what = "its time share ran out"
+    elif run.stats.stopped.startswith("bank"):
+        what = "bank limit"
+    else:
+        what = "no fit"
+    return f"{run.stage.label} to cost {run.max_cost}: {what}"
 
 
 def _proposer(name: str):

@@ -25,7 +25,7 @@ from circuitlab.registry.constants import Form, fitted_bits, forms
 from circuitlab.registry.domains import Domain, Input, Kind, RegistryError, join
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.function import Function, Provenance
-from circuitlab.registry.search import Hypothesis, Searcher
+from circuitlab.registry.search import Hypothesis, Searcher, literal_value
 
 ZERO = Form(0.0, literal=0.0)  # no intercept: nothing to write
 
@@ -225,9 +225,23 @@ class Builder:
             out = form.times(e, const)
             return out if v > 0 else ex.call("NEG", out)
 
+        bound: dict[int, ex.Const] = {}
+
+        def bind(e: ex.Expr) -> ex.Expr:
+            """A candidate's integer literals (the 3 of ADDMOD(a, 3, p=7)) as named constants,
+            one per value."""
+            v = literal_value(e)
+            if v is not None:
+                if v not in bound:
+                    bound[v] = const(v)
+                return bound[v]
+            if isinstance(e, ex.Call) and e.args:
+                return ex.Call(e.op, tuple(bind(a) for a in e.args), e.params, e.version)
+            return e
+
         ordered = sorted(hyp.terms, key=lambda t: (t[0] < 0, t[1]))
         parts = [
-            (c, self._wrapped(self.s.bank.expr(r, self.s.ops), hyp, number, times))
+            (c, self._wrapped(bind(self.s.bank.expr(r, self.s.ops)), hyp, number, times))
             for c, r in ordered
         ]
         acc: ex.Expr | None = None

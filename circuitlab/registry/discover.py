@@ -6,7 +6,10 @@
 2. Search (`search.py`): bottom-up enumeration over primitives and registered functions,
    deduplicated by observational equivalence, with affine constants fitted by least squares.
    A registered function is applied only inside its declared input domains, and at equal cost
-   a plain formula wins over a call of a registered function.
+   a plain formula wins over a call of a registered function. The search is staged
+   (`stages.py`): a sequence of smaller searches, each over a few primitive groups chosen from
+   the data (arithmetic first, then integer division, then modular arithmetic with each
+   inferred modulus, ...), in rounds of rising cost, stopping at the first exact fit.
 3. Simplify each accepted fit: constants snapped to their shortest exact form that keeps exact
    agreement (an integer, a short decimal, p/q, or p/q times pi, e or sqrt(k): 1/(2*pi) rather
    than 0.159155), unit coefficients and zero terms dropped, `x + 1` written INC(x).
@@ -27,32 +30,32 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from circuitlab import __version__
-from circuitlab.registry import expr as ex
 from circuitlab.registry.build import Builder
-from circuitlab.registry.domains import Domain, Kind, RegistryError, is_subkind
+from circuitlab.registry.domains import Domain, RegistryError
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.function import Function, Provenance
-from circuitlab.registry.primitives import GROUPS, Primitive, primitives
+from circuitlab.registry.ops import NUMERIC_GROUPS, build_ops
 from circuitlab.registry.proposer import Proposer, UniformProposer
+from circuitlab.registry.registration import check_register_name, register_found
 from circuitlab.registry.registry import Registry
 from circuitlab.registry.search import (
-    Op,
     Rows,
     SearchConfig,
     Searcher,
     SearchOutcome,
     SearchStats,
 )
+from circuitlab.registry.stages import Stage, plan_stages
 
-NUMERIC_GROUPS = ("arithmetic", "modular", "bitwise", "comparison", "control", "elementary")
-DEFAULT_GROUPS = ("arithmetic", "modular", "bitwise", "comparison", "elementary")
+ROUND_STEP = 2  # rounds of a staged search raise the cost limit by this much
 
 
 class DiscoveryError(RegistryError):
@@ -79,19 +82,35 @@ class DiscoveryConfig:
     # approximate mode never stops at an exact fit, so it would use the whole budget: a lower
     # default limit, used only when max_cost is not given
     approximate_max_cost: int = 5
-    groups: tuple[str, ...] = DEFAULT_GROUPS  # primitive groups searched
+    # primitive groups searched, all at once (a comma list is accepted too); None: a staged
+    # search, groups chosen from the data (stages.py)
+    groups: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ("POW",)  # primitives left out by name (POW: fitted only)
-    moduli: tuple[int, ...] | None = None  # None: inferred (max(y) + 1 for integer outputs)
+    # moduli of the modular operations, each tried in its own stage in this order (an int or
+    # a comma list is accepted too); None: inferred from the data (stages.infer_moduli)
+    moduli: tuple[int, ...] | None = None
     use_registry: bool = True  # offer registered functions as building blocks
+    # the cost limit of a staged search's first round (every stage up to this cost, so that a
+    # small modular formula is not kept waiting by a deep arithmetic search); each later round
+    # raises it by ROUND_STEP, up to cost_limit
+    stage_cost: int = 5
 
     def __post_init__(self) -> None:
         if self.max_cost is not None and self.max_cost < 1:
             raise RegistryError(f"max_cost must be at least 1, got {self.max_cost}")
         if not 0 <= self.holdout < 1:
             raise RegistryError(f"holdout must be in [0, 1), got {self.holdout}")
-        unknown = set(self.groups) - set(GROUPS)
-        if unknown:
-            raise RegistryError(f"unknown primitive groups {sorted(unknown)}; known: {GROUPS}")
+        if self.stage_cost < 1:
+            raise RegistryError(f"stage_cost must be at least 1, got {self.stage_cost}")
+        if self.groups is not None:
+            self.groups = check_groups(self.groups)
+        if self.moduli is not None:
+            self.moduli = check_moduli(self.moduli)
+            if self.groups is not None and "modular" not in self.groups:
+                raise RegistryError(
+                    "moduli are for the modular group, which the groups given leave out; "
+                    "add modular to them"
+                )
 
     @property
     def cost_limit(self) -> int:
@@ -109,6 +128,41 @@ class DiscoveryConfig:
                 "--max-cost)"
             )
         return f"cost limit {self.cost_limit}"
+
+
+def check_groups(groups: Sequence[str] | str) -> tuple[str, ...]:
+    """`groups` (names, or one comma list) as a tuple without repeats; refuses an empty list
+    or a name that is not a numeric primitive group, naming the known ones."""
+    items = groups.split(",") if isinstance(groups, str) else groups
+    out = tuple(dict.fromkeys(str(g).strip() for g in items))
+    unknown = [g for g in out if g not in NUMERIC_GROUPS]
+    if unknown or not out:
+        what = f"unknown primitive group {', '.join(map(repr, unknown))}" if unknown else "no group"
+        raise RegistryError(f"{what}; the groups are {', '.join(NUMERIC_GROUPS)}")
+    return out
+
+
+def check_moduli(moduli: Sequence[Any] | int | str) -> tuple[int, ...]:
+    """`moduli` (integers, one integer, or a comma list) as a tuple of ints without repeats;
+    refuses anything not an integer in [2, 2**31)."""
+    if isinstance(moduli, str):
+        moduli = moduli.split(",")
+    elif isinstance(moduli, int | np.integer):
+        moduli = [moduli]
+    out: list[int] = []
+    for m in moduli:
+        try:
+            if isinstance(m, bool) or not isinstance(m, int | np.integer | str):
+                raise ValueError
+            value = int(m.strip() if isinstance(m, str) else m)
+        except ValueError:
+            raise RegistryError(f"a modulus must be an integer, got {m!r}") from None
+        if not 2 <= value < 2**31:
+            raise RegistryError(f"a modulus must be in [2, 2**31), got {value}")
+        out.append(value)
+    if not out:
+        raise RegistryError("no modulus given")
+    return tuple(dict.fromkeys(out))
 
 
 @dataclass
@@ -130,6 +184,7 @@ class DiscoveryResult:
     relevance: dict[str, bool] = field(default_factory=dict)
     message: str = ""
     proposer: str = "uniform"
+    stages: list[StageRun] = field(default_factory=list)  # the searches run, in order
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -146,7 +201,38 @@ class DiscoveryResult:
             "seconds": round(self.stats.seconds, 4),
             "relevance": self.relevance,
             "proposer": self.proposer,
+            "stages": [r.to_dict() for r in self.stages],
             "message": self.message,
+        }
+
+
+@dataclass
+class StageRun:
+    """One search of a staged discovery: its stage, cost limit, time budget and outcome."""
+
+    stage: Stage
+    max_cost: int
+    budget: float  # seconds allowed
+    stats: SearchStats
+    found: bool
+
+    @property
+    def outcome(self) -> str:
+        if self.found:
+            return "exact"
+        return self.stats.stopped or f"no exact fit up to cost {self.max_cost}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage.label,
+            "groups": list(self.stage.groups),
+            "modulus": self.stage.modulus,
+            "max_cost": self.max_cost,
+            "level": self.stats.level,
+            "candidates": self.stats.candidates,
+            "pairs": self.stats.pairs,
+            "seconds": round(self.stats.seconds, 4),
+            "outcome": self.outcome,
         }
 
 
@@ -197,63 +283,6 @@ def discover(
     return result.function
 
 
-def check_register_name(registry: Registry, name: str, data: Examples, rtol: float = 1e-9) -> None:
-    """Refuse, before any search, a name that `data`'s function cannot be registered under: not
-    an identifier, a primitive, or held by functions that cannot be the one `data` defines.
-
-    A stored version may be that function when its inputs are columns of `data` with the
-    domains `data` gives them and, if exact, it reproduces every output; such a name is left to
-    `register_found`, after the search, so that re-running a discovery is not an error.
-    """
-    registry.check_new_name(name, taken_ok=True)
-    if name not in registry:
-        return
-    if not any(
-        _may_define(registry.get(name, v), data, registry, rtol)
-        for v in registry.store.versions(name)
-    ):
-        raise RegistryError(_taken(registry, name, "does not fit these examples"))
-
-
-def register_found(registry: Registry, fn: Function, rtol: float = 1e-9) -> tuple[Function, bool]:
-    """`fn` stored in `registry`, or the stored version with the same definition (see
-    `Registry.same_as`) with nothing written: (the registered function, whether it is new).
-    A name held by a different function is refused."""
-    same = registry.same_as(fn, rtol)
-    if same is not None:
-        return same, False
-    if fn.name in registry:
-        raise RegistryError(_taken(registry, fn.name, f"differs from the one found, {fn.render()}"))
-    return registry.register(fn), True
-
-
-def _may_define(fn: Function, data: Examples, registry: Registry, rtol: float) -> bool:
-    column = {n: j for j, n in enumerate(data.names)}
-    domains = data.domains()
-    for i in fn.inputs:
-        if i.name not in column or domains[column[i.name]] != i.domain:
-            return False
-    if fn.status != "exact":
-        return True  # an approximate fit: only a new search can tell
-    try:
-        with np.errstate(all="ignore"):
-            pred = fn.evaluate(
-                *(data.X[:, column[i.name]] for i in fn.inputs), resolve=registry.resolve
-            )
-    except RegistryError:
-        return False
-    tol = rtol * max(float(np.abs(data.y).max()), 1e-300)
-    return bool(np.all(np.abs(np.asarray(pred, dtype=np.float64) - data.y) <= tol))
-
-
-def _taken(registry: Registry, name: str, why: str) -> str:
-    latest = registry.get(name)
-    return (
-        f"a function named {name} already exists ({latest.ref} = {latest.render()}) and {why}; "
-        "choose another name (--name) or do not register it (--no-register)"
-    )
-
-
 def search(
     examples: Any,
     *,
@@ -267,36 +296,160 @@ def search(
     """Like `discover` but returns the full result (statistics, table) and never raises on a
     failed search (only on bad input). It writes nothing, so `name` may be taken: the function
     of that name is then left out of the building blocks (a function is never defined as a
-    call of an earlier version of itself)."""
+    call of an earlier version of itself).
+
+    The search runs in stages (`stages.plan_stages`: arithmetic, then integer division, then
+    modular arithmetic with each candidate modulus, ...), each a separate, smaller search,
+    and stops at the first exact fit. With several stages it goes in rounds of rising cost
+    limit (`_rounds`: 5, 7, 9), each stage searched in turn within an equal share of the
+    round's time, so that a small formula of a later stage is not kept waiting by a deep
+    search of an earlier one. A fit found within `stage_cost` is compared with what the
+    later stages of its round find up to its cost, and the smallest wins (ties: the earlier
+    stage). The statistics add up every stage run; `DiscoveryResult.stages` lists them.
+    Approximate mode searches the first stage only."""
     cfg = config or DiscoveryConfig()
     data = Examples.coerce(examples, names)
     rows, domains = _rows(data, cfg, oracle)
     kinds = [d.kind for d in domains]
-    ops = build_ops(kinds, data.y, registry if cfg.use_registry else None, cfg, exclude=name)
-    scfg = SearchConfig(
-        max_cost=cfg.cost_limit,
-        max_seconds=cfg.max_seconds,
-        max_bank=cfg.max_bank,
-        rtol=cfg.rtol,
-        pairs=cfg.pairs,
-        seed=cfg.seed,
-    )
-    prop = proposer or UniformProposer()
-    searcher = Searcher(rows, kinds, ops, prop, scfg)
-    outcome = searcher.run()
+    reg = registry if cfg.use_registry else None
     resolve = registry.resolve if registry is not None else None
-    builder = Builder(searcher, data, domains, resolve)
-    provenance = Provenance(
+    prop = proposer or UniformProposer()
+    stages = plan_stages(data.X, data.y, kinds, cfg.groups, cfg.moduli)
+    if cfg.approximate:
+        stages = stages[:1]
+    rounds = _rounds(cfg, len(stages))
+    t0 = time.perf_counter()
+    runs: list[StageRun] = []
+    entries: list[_Entry] = []  # approximate fits of the stages that found nothing
+    done: set[int] = set()  # stages that a further round cannot help
+    for limit, share in rounds:
+        final = limit == cfg.cost_limit
+        todo = [
+            i for i in range(len(stages)) if i not in done and (final or not stages[i].last_resort)
+        ]
+        best: _Found | None = None
+        for n, i in enumerate(todo):
+            left = cfg.max_seconds * share - (time.perf_counter() - t0)
+            if left <= 0 and runs:
+                break
+            stage = stages[i]
+            # after a small fit, the later stages are searched up to its cost only: a smaller
+            # formula there (ADDMOD(a, 3, p=7) against one made of MOD and FLOORDIV) wins
+            cap = limit if best is None else best.run.stats.level
+            scfg = SearchConfig(
+                max_cost=cap,
+                max_seconds=max(left, 1e-3) / (len(todo) - n),
+                max_bank=cfg.max_bank,
+                rtol=cfg.rtol,
+                pairs=cfg.pairs,
+                seed=cfg.seed,
+            )
+            ops = build_ops(kinds, reg, cfg, stage, exclude=name)
+            searcher = Searcher(rows, kinds, ops, prop, scfg)
+            outcome = searcher.run()
+            run = StageRun(stage, cap, scfg.max_seconds, outcome.stats, bool(outcome.accepted))
+            runs.append(run)
+            builder = Builder(searcher, data, domains, resolve)
+            prov = _provenance(data, rows, cfg, prop.name, runs, stage)
+            if cfg.approximate:
+                outcome.stats = _total(runs, cfg, time.perf_counter() - t0)
+                return _conclude(outcome, builder, name, prov, data, cfg, prop.name, runs)
+            if outcome.accepted:
+                key, fn, rel = _best_exact(outcome, builder, name, prov)
+                if best is None or key < best.key:
+                    best = _Found(key, fn, rel, outcome, builder, run)
+                if outcome.stats.level > cfg.stage_cost:
+                    break
+                continue
+            if best is None:
+                entries += _entries(outcome, builder, name, prov, data)
+                if limit == cfg.cost_limit or outcome.stats.stopped.startswith("bank"):
+                    done.add(i)
+        if best is not None:
+            stats = _total(runs, cfg, time.perf_counter() - t0)
+            stats.level, stats.stopped, stats.refine = (
+                best.run.stats.level,
+                "",
+                best.run.stats.refine,
+            )
+            prov = _provenance(data, rows, cfg, prop.name, runs, best.run.stage)
+            fn = replace(best.fn, provenance=prov)
+            table = _front(_entries(best.outcome, best.builder, name, prov, data, exact=fn), True)
+            return DiscoveryResult(
+                fn,
+                "exact",
+                stats,
+                table,
+                best.rel,
+                f"exact: {fn.render()} after {stats.evaluated:,} candidates",
+                prop.name,
+                runs,
+            )
+    stats = _total(runs, cfg, time.perf_counter() - t0)
+    return _failed(stats, entries, cfg, prop.name, runs)
+
+
+@dataclass
+class _Found:
+    """The best exact fit of a round so far, with the search that found it."""
+
+    key: tuple[Any, ...]  # smaller is better: complexity, constants, registered calls
+    fn: Function
+    rel: dict[str, bool]
+    outcome: SearchOutcome
+    builder: Builder
+    run: StageRun
+
+
+def _best_exact(
+    outcome: SearchOutcome, b: Builder, name: str, prov: Provenance
+) -> tuple[tuple[Any, ...], Function, dict[str, bool]]:
+    """The simplest of a search's accepted fits, as a function, with its sort key and the
+    relevance of each column; at equal size a plain formula beats one calling registered
+    functions, and an earlier fit a later one."""
+    best: tuple[Any, ...] | None = None
+    for order, hyp in enumerate(outcome.accepted):
+        fn, rel = b.function(b.snap(hyp), name, "exact", prov)
+        key = (fn.complexity, len(fn.constants), bool(fn.uses()), order)
+        if best is None or key < best[0]:
+            best = (key, fn, rel)
+    assert best is not None
+    return best[0][:3], best[1], best[2]
+
+
+def _rounds(cfg: DiscoveryConfig, n_stages: int) -> list[tuple[int, float]]:
+    """(cost limit, share of the time budget by the end of the round) of each round of a
+    staged search: stage_cost, then every second cost up to the limit (5, 7, 9), so a stage
+    searches deeper only after every stage has had its turn at the cost below; one round
+    for a single stage."""
+    if n_stages == 1 or cfg.stage_cost >= cfg.cost_limit:
+        return [(cfg.cost_limit, 1.0)]
+    costs = [*range(cfg.stage_cost, cfg.cost_limit, ROUND_STEP), cfg.cost_limit]
+    return [(c, (i + 1) / len(costs)) for i, c in enumerate(costs)]
+
+
+def _provenance(
+    data: Examples,
+    rows: Rows,
+    cfg: DiscoveryConfig,
+    proposer: str,
+    runs: list[StageRun],
+    stage: Stage,
+) -> Provenance:
+    stats = _total(runs, cfg, sum(r.stats.seconds for r in runs))
+    return Provenance(
         source="discovered",
         data_hash=data.data_hash(),
         seed=cfg.seed,
         search={
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-            "proposer": prop.name,
+            "proposer": proposer,
             "cost_limit": cfg.cost_limit,
-            "candidates": outcome.stats.candidates,
-            "pairs": outcome.stats.pairs,
-            "seconds": round(outcome.stats.seconds, 4),
+            "stage": stage.label,  # the groups (and modulus) it was found with
+            "stages_run": len(runs),
+            "candidates": stats.candidates,
+            "pairs": stats.pairs,
+            "seconds": round(stats.seconds, 4),
             "columns": list(data.names),  # the row layout it was found on (see on_columns)
             "rows": {
                 "train": rows.n_train,
@@ -307,7 +460,37 @@ def search(
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         package_version=__version__,
     )
-    return _conclude(outcome, builder, name, provenance, data, cfg, prop.name)
+
+
+def _total(runs: list[StageRun], cfg: DiscoveryConfig, seconds: float) -> SearchStats:
+    """The statistics of a staged search: counts added up over its runs, the level reached by
+    the last one, and why it stopped (said of the whole search, not of one stage)."""
+    last = runs[-1]
+    out = SearchStats(
+        candidates=sum(r.stats.candidates for r in runs),
+        pairs=sum(r.stats.pairs for r in runs),
+        bank=max(r.stats.bank for r in runs),
+        level=last.stats.level,
+        max_cost=cfg.cost_limit,
+        seconds=seconds,
+        stopped=last.stats.stopped,
+        refine=last.stats.refine,
+    )
+    if last.found:
+        return out
+    if last.stats.stopped.startswith("time") or seconds >= cfg.max_seconds:
+        out.stopped = f"time budget of {cfg.max_seconds:g} s ran out at cost {last.stats.level}"
+        if len(runs) > 1:
+            out.stopped += f" of {last.stage.label}, after {len(runs)} stage searches"
+    elif len(runs) > 1:
+        full = {r.stage for r in runs if r.max_cost == cfg.cost_limit}
+        bank = sorted({r.stage.label for r in runs if r.stats.stopped.startswith("bank")})
+        out.stopped = f"no exact fit up to cost {cfg.cost_limit} in {len(full)} stages" + (
+            f" (bank limit of {cfg.max_bank:,} distinct candidates reached in {'; '.join(bank)})"
+            if bank
+            else ""
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,113 +524,6 @@ def _rows(
     return Rows(X, data.y[tr], data.y[ho], len(tr), len(ho), oracle_y), domains
 
 
-def _infer_moduli(y: np.ndarray, cfg: DiscoveryConfig) -> tuple[int, ...]:
-    if cfg.moduli is not None:
-        return tuple(cfg.moduli)
-    if np.all(y == np.round(y)) and y.min() >= 0 and 2 <= y.max() + 1 < 2**31:
-        return (int(y.max()) + 1,)
-    return ()
-
-
-def build_ops(
-    kinds: Sequence[Kind],
-    y: np.ndarray,
-    registry: Registry | None,
-    cfg: DiscoveryConfig,
-    exclude: str | None = None,
-) -> list[Op]:
-    """The operations a numeric search may apply: primitives of the chosen groups (modular ones
-    once per candidate modulus) and every numeric registered function but `exclude`."""
-    ops: list[Op] = []
-    if registry is not None:
-        for fn in registry.functions():
-            if fn.output.kind is Kind.GRID or any(i.domain.kind is Kind.GRID for i in fn.inputs):
-                continue
-            if fn.name == exclude:
-                continue
-            ops.append(_function_op(fn, registry))
-    moduli = _infer_moduli(y, cfg)
-    for prim in primitives().values():
-        if prim.group not in cfg.groups or prim.group not in NUMERIC_GROUPS:
-            continue
-        if prim.name in cfg.exclude or prim.name == "LOOP":
-            continue
-        if prim.params == ("p",):
-            ops += [_prim_op(prim, {"p": p}) for p in moduli]
-        elif not prim.params:
-            ops.append(_prim_op(prim, {}))
-    return ops
-
-
-def _prim_op(prim: Primitive, params: dict[str, int]) -> Op:
-    label = prim.name + (
-        "[" + ",".join(f"{k}={v}" for k, v in params.items()) + "]" if params else ""
-    )
-    return Op(
-        label,
-        prim.group,
-        prim.arity,
-        prim.out_kind,
-        lambda *a: prim.fn(*a, **params),
-        lambda args: ex.call(prim.name, *args, **params),
-        prim.commutative,
-        param_cost=len(params),
-    )
-
-
-def _function_op(fn: Function, registry: Registry) -> Op:
-    """A registered function as an operation, defined (not NaN) only where every argument lies
-    in its input's declared domain: a function is never extrapolated beyond what it was
-    declared (or discovered) on, and the search drops candidates undefined anywhere."""
-    want = tuple(i.domain.kind for i in fn.inputs)
-    out = Kind.REAL if fn.output.kind is Kind.REAL else fn.output.kind
-
-    def rule(kinds: tuple[Kind, ...]) -> Kind | None:
-        if len(kinds) != len(want):
-            return None
-        return (
-            out
-            if all(is_subkind(k, w) or w is Kind.REAL for k, w in zip(kinds, want, strict=True))
-            else None
-        )
-
-    def apply(*args: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            out = np.asarray(
-                ex.evaluate(fn.expr, list(args), fn.constant_dict, registry.resolve),
-                dtype=np.float64,
-            ) + np.zeros_like(args[0])
-        inside = np.ones(out.shape, dtype=bool)
-        for a, i in zip(args, fn.inputs, strict=True):
-            inside &= _inside(a, i.domain)
-        return np.where(inside, out, np.nan)
-
-    return Op(
-        fn.ref,
-        "registered",
-        fn.arity,
-        rule,
-        apply,
-        lambda args: ex.call(fn.name, *args, version=fn.version),
-    )
-
-
-def _inside(values: np.ndarray, domain: Domain) -> np.ndarray:
-    """Which values lie in `domain`: its kind (0/1, integers), modulus and bounds."""
-    ok = np.isfinite(values)
-    if domain.kind is Kind.BOOL:
-        return ok & ((values == 0) | (values == 1))
-    if domain.kind is Kind.INT or domain.modulus is not None:
-        ok &= values == np.round(values)
-    if domain.modulus is not None:
-        ok &= (values >= 0) & (values < domain.modulus)
-    if domain.lo is not None:
-        ok &= values >= domain.lo
-    if domain.hi is not None:
-        ok &= values <= domain.hi
-    return ok
-
-
 # ---------------------------------------------------------------------------------------------
 # conclusion and results table
 
@@ -460,19 +536,14 @@ def _conclude(
     data: Examples,
     cfg: DiscoveryConfig,
     proposer: str,
+    runs: list[StageRun],
 ) -> DiscoveryResult:
+    """The result of the stage that ended the search: its simplest exact fit, or in
+    approximate mode its fit with the shortest description length (or a failure)."""
     stats = outcome.stats
     if outcome.accepted:
-        best: tuple[Any, ...] | None = None
-        for order, hyp in enumerate(outcome.accepted):
-            fn, rel = b.function(b.snap(hyp), name, "exact", prov)
-            # at equal size, a plain formula beats one calling registered functions
-            key = (fn.complexity, len(fn.constants), bool(fn.uses()), order)
-            if best is None or key < best[0]:
-                best = (key, fn, rel)
-        assert best is not None
-        _, fn, rel = best
-        table = _table(outcome, b, name, prov, data, exact=fn)
+        _, fn, rel = _best_exact(outcome, b, name, prov)
+        table = _front(_entries(outcome, b, name, prov, data, exact=fn), exact=True)
         return DiscoveryResult(
             fn,
             "exact",
@@ -481,24 +552,39 @@ def _conclude(
             rel,
             f"exact: {fn.render()} after {stats.evaluated:,} candidates",
             proposer,
+            runs,
         )
-    table = _table(outcome, b, name, prov, data, refine=cfg.approximate)
+    entries = _entries(outcome, b, name, prov, data, refine=True)
+    table = _front(entries, exact=False)
+    if not table:
+        return _failed(stats, entries, cfg, proposer, runs)
+    chosen = next(r for r in table if r.chosen)
+    hyp = chosen._hyp  # type: ignore[attr-defined]
+    fn, rel = b.function(hyp, name, "approximate", prov)
+    return DiscoveryResult(
+        fn,
+        "approximate",
+        stats,
+        table,
+        rel,
+        f"approximate (loss {chosen.loss:.3g}): {fn.render()}; searched to cost "
+        f"{stats.level}, {cfg.cost_limit_note}" + _stopped_early(stats),
+        proposer,
+        runs,
+    )
+
+
+def _failed(
+    stats: SearchStats,
+    entries: list[_Entry],
+    cfg: DiscoveryConfig,
+    proposer: str,
+    runs: list[StageRun],
+) -> DiscoveryResult:
+    """No exact fit in any stage: the Pareto front of every stage's approximate fits."""
+    table = _front(entries, exact=False)
     hint = "" if cfg.approximate else "; ask for an approximate fit (--approximate) on noisy data"
     reason = stats.stopped or "no exact fit"
-    if cfg.approximate and table:
-        chosen = next(r for r in table if r.chosen)
-        hyp = chosen._hyp  # type: ignore[attr-defined]
-        fn, rel = b.function(hyp, name, "approximate", prov)
-        return DiscoveryResult(
-            fn,
-            "approximate",
-            stats,
-            table,
-            rel,
-            f"approximate (loss {chosen.loss:.3g}): {fn.render()}; searched to cost "
-            f"{stats.level}, {cfg.cost_limit_note}" + _stopped_early(stats),
-            proposer,
-        )
     best_loss = min((r.loss for r in table), default=float("nan"))
     return DiscoveryResult(
         None,
@@ -509,6 +595,7 @@ def _conclude(
         f"no exact function found ({reason}; best approximate loss "
         f"{best_loss:.3g}){hint}; nothing registered",
         proposer,
+        runs,
     )
 
 
@@ -517,7 +604,20 @@ def _stopped_early(stats: SearchStats) -> str:
     return f"; stopped: {stats.stopped}" if stats.stopped.startswith(("time", "bank")) else ""
 
 
-def _table(
+@dataclass
+class _Entry:
+    """A fit for the results table: its function, loss, and description length (bits)."""
+
+    complexity: int
+    loss: float
+    fn: Function
+    hyp: Any
+    dl: float
+    sympy: str
+    var: float  # variance of the training outputs (the scale of the scores)
+
+
+def _entries(
     outcome: SearchOutcome,
     b: Builder,
     name: str,
@@ -525,12 +625,20 @@ def _table(
     data: Examples,
     exact: Function | None = None,
     refine: bool = False,
-) -> list[TableRow]:
-    """Pareto front of the fits seen (lower loss at every step up in complexity); with `refine`
-    (approximate mode) each fit's constants are first snapped or dropped by description length
-    (`Builder.refine`), and the row with the shortest description length is chosen."""
+) -> list[_Entry]:
+    """The best fit per complexity seen by one search, as functions (with `refine`,
+    approximate mode, each fit's constants first snapped or dropped by description length,
+    `Builder.refine`), and the exact fit if any. Made while that search's bank is at hand."""
     n_ops = max(2, len(b.s.ops) + data.k)
-    entries = []
+    var = float(np.var(b.rows.y_train)) or 1.0
+
+    def sym(fn: Function) -> str:
+        try:
+            return str(fn.sympy(b.resolve))
+        except Exception:  # sympy cannot render every primitive; the table shows the rest
+            return ""
+
+    out = []
     for _, (mse, hyp) in sorted(outcome.approximate.items()):
         try:
             if refine:
@@ -539,41 +647,41 @@ def _table(
             fn, _ = b.function(hyp, name, "approximate", prov)
         except RegistryError:
             continue
-        entries.append((fn.complexity, float(mse), fn, hyp))
+        dl = b.description_length(hyp, fn.complexity, n_ops)
+        out.append(_Entry(fn.complexity, float(mse), fn, hyp, dl, sym(fn), var))
     if exact is not None:
-        entries.append((exact.complexity, 0.0, exact, None))
-    entries.sort(key=lambda e: (e[0], e[1]))
-    front: list[tuple[int, float, Function, Any]] = []
-    for e in entries:
-        if not front or e[1] < front[-1][1] * (1 - 1e-9):
-            if front and e[0] == front[-1][0]:
+        out.append(_Entry(exact.complexity, 0.0, exact, None, -math.inf, sym(exact), var))
+    return out
+
+
+def _front(entries: list[_Entry], exact: bool) -> list[TableRow]:
+    """Pareto front of the fits (lower loss at every step up in complexity), with PySR's
+    score; the exact fit (the last row) is chosen, else the row with the shortest
+    description length."""
+    ordered = sorted(entries, key=lambda e: (e.complexity, e.loss))
+    front: list[_Entry] = []
+    for e in ordered:
+        if not front or e.loss < front[-1].loss * (1 - 1e-9):
+            if front and e.complexity == front[-1].complexity:
                 front[-1] = e
             else:
                 front.append(e)
-    var = float(np.var(b.rows.y_train)) or 1.0
-    floor = 1e-30 * var
+    floor = 1e-30 * (front[0].var if front else 1.0)
     rows: list[TableRow] = []
-    for i, (c, loss, fn, hyp) in enumerate(front):
+    for i, e in enumerate(front):
         if i == 0:
             score = 0.0
         else:
-            pc, pl = front[i - 1][0], front[i - 1][1]
-            score = -(math.log(max(loss, floor)) - math.log(max(pl, floor))) / max(c - pc, 1)
-        resolve = b.resolve
-        try:
-            sym = str(fn.sympy(resolve))
-        except Exception:  # sympy cannot render every primitive; the table still shows the rest
-            sym = ""
-        row = TableRow(c, loss, score, fn.render(), sym)
-        row._hyp = hyp  # type: ignore[attr-defined]
+            pc, pl = front[i - 1].complexity, front[i - 1].loss
+            score = -(math.log(max(e.loss, floor)) - math.log(max(pl, floor))) / max(
+                e.complexity - pc, 1
+            )
+        row = TableRow(e.complexity, e.loss, score, e.fn.render(), e.sympy)
+        row._hyp = e.hyp  # type: ignore[attr-defined]
         rows.append(row)
     if rows:
-        if exact is not None:
+        if exact:
             rows[-1].chosen = True
         else:
-            dl = [
-                b.description_length(r._hyp, r.complexity, n_ops)  # type: ignore[attr-defined]
-                for r in rows
-            ]
-            rows[int(np.argmin(dl))].chosen = True
+            rows[int(np.argmin([e.dl for e in front]))].chosen = True
     return rows

@@ -353,6 +353,7 @@ def _sympy_prim(node: Call, a: list[Any]) -> Any:
         "ADDMOD": lambda: sympy.Mod(a[0] + a[1], p["p"]),
         "SUBMOD": lambda: sympy.Mod(a[0] - a[1], p["p"]),
         "MULMOD": lambda: sympy.Mod(a[0] * a[1], p["p"]),
+        "FLOORDIV": lambda: sympy.floor(a[0] / a[1]),
         "NOT": lambda: 1 - a[0],
         "BNOT": lambda: -a[0] - 1,
         "LT": lambda: sympy.Piecewise((one, sympy.Lt(a[0], a[1])), (zero, True)),

@@ -159,6 +159,15 @@ def _divmod(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
     return np.where(np.mod(ib, p) == 0, np.nan, out)
 
 
+def _floordiv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """floor(a / b) of integers; NaN where b = 0, or where |a| >= 2**53 (float64 no longer
+    holds every integer there, so the quotient could be off by one)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        out = np.floor(a / b)
+    return np.where((b == 0) | (np.abs(a) >= 2.0**53), np.nan, out)
+
+
 def _grid_param(value: int, name: str, lo: int) -> int:
     if not isinstance(value, int | np.integer) or value < lo:
         raise RegistryError(f"grid parameter {name} must be an integer >= {lo}, got {value!r}")
@@ -213,6 +222,8 @@ for _p in [
     Primitive("SQUARE", 1, _numeric, _safe(np.square), "arithmetic", "a * a"),
     Primitive("NEG", 1, _int_or_real, _safe(np.negative), "arithmetic", "-a"),
     Primitive("ABS", 1, _numeric, _safe(np.abs), "arithmetic", "|a|"),
+    # integer division (integer inputs; Python's a // b, rounding toward minus infinity)
+    Primitive("FLOORDIV", 2, _int_only, _floordiv, "integer", "floor(a / b) (NaN where b = 0)"),
     # bitwise on integers (logical on booleans)
     Primitive("AND", 2, _integer, _bitwise(np.bitwise_and), "bitwise", "a & b", commutative=True),
     Primitive("OR", 2, _integer, _bitwise(np.bitwise_or), "bitwise", "a | b", commutative=True),
@@ -369,6 +380,7 @@ for _p in [
 
 GROUPS: tuple[str, ...] = (
     "arithmetic",
+    "integer",
     "modular",
     "bitwise",
     "comparison",

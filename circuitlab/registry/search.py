@@ -46,6 +46,23 @@ KCODE = {k: i for i, k in enumerate(KINDS)}
 Ref = tuple[int, int]  # (cost level, index in level)
 
 
+# An integer literal inside a candidate, such as the 3 of ADDMOD(a, 3, p=7), is a Const whose
+# name is this prefix and the value; the builder gives it a proper name (c0) and value.
+LITERAL = "#"
+
+
+def literal(value: int) -> ex.Const:
+    """The integer `value` as an argument of a candidate (see `literal_value`)."""
+    return ex.Const(f"{LITERAL}{int(value)}")
+
+
+def literal_value(node: ex.Expr) -> int | None:
+    """The value of a node made by `literal`, else None."""
+    if isinstance(node, ex.Const) and node.name.startswith(LITERAL):
+        return int(node.name[len(LITERAL) :])
+    return None
+
+
 @dataclass
 class Op:
     """An operation the search can apply: a primitive (with fixed parameters) or a function."""

@@ -314,7 +314,7 @@ def test_a_registered_function_still_wins_when_it_is_smaller():
 
 
 def test_registered_functions_are_used_only_inside_their_domains():
-    from circuitlab.registry.discover import _function_op
+    from circuitlab.registry.ops import _function_op
 
     reg = Registry()
     ke = lambda X: 0.5 * X[:, 0] * X[:, 1] ** 2  # noqa: E731
