@@ -15,7 +15,7 @@ import numpy as np
 from circuitlab.registry import expr as ex
 from circuitlab.registry.domains import Domain, Kind, is_subkind
 from circuitlab.registry.function import Function
-from circuitlab.registry.primitives import Primitive, primitives
+from circuitlab.registry.primitives import GROUPS, Primitive, primitives
 from circuitlab.registry.registry import Registry
 from circuitlab.registry.search import Op, literal
 from circuitlab.registry.stages import DIVISORS, Stage, is_prime
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from circuitlab.registry.discover import DiscoveryConfig
 
 # the primitive groups a numeric discovery can search (grids have their own: grid_search.py)
+NUMERIC_GROUPS = tuple(g for g in GROUPS if g != "grid")
 NUMERIC_GROUPS = (
     "arithmetic",
     "integer",
