@@ -162,6 +162,12 @@ def _einsum(equation: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum(equation, a, b)
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """t in float32 when autocast made it bfloat16 or float16; float32 and float64 unchanged
+    (the exactness tests run float64 models)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """x (M, ..., K) @ w (M, K, N) + b (M, N), the bias added inside the GEMM (one pass fewer
     over the output forward, none for its gradient)."""
@@ -202,7 +208,7 @@ def _attention(
             scores = _einsum("mbqhe,mbkhe->mbhqk", q, k)
         # float32 before the softmax: under bf16 autocast the einsum gives bfloat16 scores, and
         # float error in the softmax can stop grokking (Prieto et al. 2025); a no-op in fp32
-        scores = scores.float() / math.sqrt(e)
+        scores = _full(scores) / math.sqrt(e)
         scores = scores.masked_fill(~allowed, float("-inf"))
         scores = hook(f"{prefix}.hook_attn_scores", scores)
         pattern = hook(f"{prefix}.hook_pattern", scores.softmax(-1))
@@ -279,7 +285,7 @@ def _table_attention(
         return _attention(q, k, v, allowed, backend, _no_hook, att, tail)
     # scores[m, q, vq, s, vs, h] for every query pair and key pair, then one gather per example
     # float32 scores for the softmax, also when bf16 autocast made the einsum's output bfloat16
-    score_table = _einsum("mqahe,msche->mqasch", q_table, k_table).float() / math.sqrt(d_head)
+    score_table = _full(_einsum("mqahe,msche->mqasch", q_table, k_table)) / math.sqrt(d_head)
     row = (pair_rows(q_tokens).unsqueeze(-1) * s + torch.arange(s, device=tokens.device)) * (
         n_vocab
     ) + tokens.unsqueeze(2)  # (M, B, Q, S)
