@@ -456,9 +456,7 @@ class FourierReport:
         return tuple(k for k in self.restricted_keys if k not in self.keys.frequencies)
 
     def _extra_words(self) -> str:
-        """"40 = 2x20, 7" for the extra answer frequencies, naming the harmonics."""
-        from circuitlab.extraction.fourier_fits import harmonic_of
-
+        """ "40 = 2x20, 7" for the extra answer frequencies, naming the harmonics."""
         words = []
         for f in self.extra_answer_keys:
             h = harmonic_of(f, self.keys.frequencies, self.coordinates.n)
@@ -567,6 +565,16 @@ def keys_by_share(shares: dict[int, float], min_share: float = KEY_SHARE) -> tup
     if total <= 0:
         return ()
     return tuple(sorted(k for k, v in shares.items() if k > 0 and v >= min_share * total))
+
+
+def harmonic_of(f: int, keys: tuple[int, ...], n: int, max_multiple: int = 4) -> str | None:
+    """ "2x20" when frequency f is m * k (folded into 1..n/2) for a key k and m in 2..max_multiple
+    (the smallest such m), else None."""
+    for m in range(2, max_multiple + 1):
+        for k in keys:
+            if (m * k) % n in (f, n - f):
+                return f"{m}x{k}"
+    return None
 
 
 def key_f1(found: tuple[int, ...], reference: tuple[int, ...]) -> float:

@@ -73,16 +73,6 @@ def answer_frequencies(acts: torch.Tensor, answer_coords: torch.Tensor, n: int) 
     return key_frequencies(sums / counts[:, None])
 
 
-def harmonic_of(f: int, keys: tuple[int, ...], n: int, max_multiple: int = 4) -> str | None:
-    """"2x20" when frequency f is m * k (folded into 1..n/2) for a key k and m in 2..max_multiple
-    (the smallest such m), else None."""
-    for m in range(2, max_multiple + 1):
-        for k in keys:
-            if (m * k) % n in (f, n - f):
-                return f"{m}x{k}"
-    return None
-
-
 def project_onto(acts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """Least-squares projection of the centred columns of acts (n, N) onto span(directions)
     (n, m) over the n inputs (QR, so the directions need not be orthogonal on a partial grid).

@@ -206,9 +206,9 @@ def test_answer_frequencies_carry_relu_harmonics_and_nothing_off_the_answer():
     shares = {k + 1: float(v) for k, v in enumerate(norms)}
     carried = fo.keys_by_share(shares)
     assert 3 in carried and 6 in carried and 5 not in carried
-    assert ff.harmonic_of(6, (3,), P) == "2x3"
-    assert ff.harmonic_of(P - 9, (3,), P) == "3x3"  # 9 folded: cos(w_9) = cos(w_(P-9))
-    assert ff.harmonic_of(7, (3,), P) is None
+    assert fo.harmonic_of(6, (3,), P) == "2x3"
+    assert fo.harmonic_of(P - 9, (3,), P) == "3x3"  # 9 folded: cos(w_9) = cos(w_(P-9))
+    assert fo.harmonic_of(7, (3,), P) is None
 
 
 def test_chunked_computations_match_one_chunk(monkeypatch):
