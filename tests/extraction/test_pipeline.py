@@ -90,6 +90,13 @@ def test_cli_errors_are_one_line(tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "--ablation" in res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "circuitlab", "extract", str(tmp_path), "--precision", "fp16"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "precision" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_verified_signature_becomes_a_function_and_implements_edge(run_dir, tmp_path, monkeypatch):
