@@ -28,9 +28,9 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from _shared import independent_fourier_keys
 from rich.console import Console
 from rich.table import Table
 
@@ -99,12 +99,6 @@ def nanda_layout(state: dict[str, torch.Tensor], n_heads: int, d_head: int) -> d
     return out
 
 
-def independent_keys(w_e: np.ndarray, n_keys: int) -> list[int]:
-    p = w_e.shape[0]
-    power = (np.abs(np.fft.rfft(w_e - w_e.mean(0), axis=0)) ** 2).sum(1)[1 : (p - 1) // 2 + 1]
-    return sorted((np.argsort(power)[::-1][:n_keys] + 1).tolist())
-
-
 def measure(seed: int) -> list[dict]:
     root = RUNS / f"seed{seed}"
     root.mkdir(parents=True, exist_ok=True)
@@ -143,7 +137,7 @@ def measure(seed: int) -> list[dict]:
             logits = ours(tokens)[:, 0]
         report = fourier_fits.analyze(ours, get_task(TASK))
         keys = tuple(report.keys.frequencies)
-        reference = independent_keys(w_e, len(keys))
+        reference = independent_fourier_keys(w_e, len(keys))
         extracted = extract(out, None)
         rows.append(
             {

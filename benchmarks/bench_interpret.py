@@ -27,8 +27,8 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from _shared import independent_fourier_keys
 from rich.console import Console
 from rich.table import Table
 
@@ -91,9 +91,7 @@ def independent_keys(model, task, n_keys: int) -> tuple[list[int], str]:
         order, basis = [pow(g, i, p) for i in range(p - 1)], f"log base {g}"
     else:
         order, basis = list(range(p)), "residues"
-    emb = model.param("embed.W_E").detach().double().numpy()[order]
-    power = (np.abs(np.fft.rfft(emb - emb.mean(0), axis=0)) ** 2).sum(1)[1:]
-    return sorted((np.argsort(power)[::-1][:n_keys] + 1).tolist()), basis
+    return independent_fourier_keys(model.param("embed.W_E").detach().numpy(), n_keys, order), basis
 
 
 def measure(task_spec: str, seed: int, anneal: int) -> dict:

@@ -10,8 +10,12 @@ fp32 and bf16 (recipe field `precision`).
    attention kernels; element-wise work is not counted), seconds per step (median after
    warm-up, 2 torch threads), achieved GFLOP/s and its fraction of the peak of the same
    precision at 2 threads, and the bf16 / fp32 speed-up.
+3. Whole trainings: the default transcoder on the shared grokked model's activations (wall time
+   and NMSE per precision), and `fast` on add_mod_113 for 5 seeds per precision (steps to 99%
+   validation; each model's key frequencies against numpy's DFT of its embedding). The models
+   go to benchmarks/runs/roofline/ and are reused; --quick skips this part.
 
-    python benchmarks/bench_roofline.py            # ~2 minutes; run it on an idle machine
+    python benchmarks/bench_roofline.py            # ~5 minutes; run it on an idle machine
     python benchmarks/bench_roofline.py --quick    # tiny sizes, < 1 minute: a smoke test whose
                                                    # numbers mean nothing (written to a temp file)
 
@@ -34,19 +38,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _shared import independent_fourier_keys
 from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from circuitlab import _precision
+from circuitlab.extraction import fourier_fits
 from circuitlab.extraction.activations import mlp_activations, task_tokens
-from circuitlab.extraction.transcoder import TranscoderConfig, train_transcoder
+from circuitlab.extraction.transcoder import TranscoderConfig, evaluate, train_transcoder
 from circuitlab.models import Transformer
 from circuitlab.tasks import get_task
-from circuitlab.training import RunSpec, get_recipe
+from circuitlab.training import RunSpec, get_recipe, load_run, read_run
+from circuitlab.training.parallel import train_many
 from circuitlab.training.trainer import _Stack, _stack_data
 
 RESULTS = Path(__file__).parent / "results" / "roofline.json"
+GROK_RUNS = Path(__file__).parent / "runs" / "roofline"
 QUICK_RESULTS = Path(tempfile.gettempdir()) / "circuitlab-roofline-quick.json"
 console = Console()
 PRECISIONS = ("fp32", "bf16")
@@ -168,6 +176,77 @@ def add_ratios(entry: dict, peak: dict) -> None:
     entry["speedup_bf16_over_fp32"] = entry["fp32"]["seconds"] / entry["bf16"]["seconds"]
 
 
+# --- 3. does bf16 training grok as fp32 does? -------------------------------------------------
+def bench_grok(seeds: list[int], workers: int) -> dict:
+    """`fast` on add_mod_113 per precision and seed, trained into benchmarks/runs/roofline/
+    (reused when finished): steps to 99% validation, the median per precision, and whether each
+    model's key frequencies equal numpy's DFT of its embedding."""
+    task = get_task("add_mod_113")
+    specs = {
+        (precision, seed): RunSpec(
+            "add_mod_113",
+            get_recipe("fast").replace(precision=precision),
+            seed,
+            GROK_RUNS / f"fast-{precision}-seed{seed}",
+        )
+        for precision in PRECISIONS
+        for seed in seeds
+    }
+    todo = [s for s in specs.values() if not (s.run_dir / "summary.json").is_file()]
+    if todo:
+        console.print(f"training {len(todo)} model(s) into {GROK_RUNS} ...")
+        train_many(todo, workers=workers, resume=True, threads=1)
+    out: dict = {p: {"runs": []} for p in PRECISIONS}
+    for (precision, seed), spec in specs.items():
+        info = read_run(spec.run_dir)
+        _, model = load_run(spec.run_dir)
+        split = task.split(info.recipe.train_fraction, seed)
+        keys = list(
+            fourier_fits.analyze(model, task, train_index=split.train_index).keys.frequencies
+        )
+        truth = independent_fourier_keys(model.param("embed.W_E").detach().numpy(), len(keys))
+        out[precision]["runs"].append(
+            {
+                "seed": seed,
+                "precision_used": info.summary.get("precision", precision),
+                "grokked_at": info.summary.get("grokked_at"),
+                "final_val_acc": info.summary["final"]["val_acc"],
+                "keys": keys,
+                "independent_keys": truth,
+                "keys_match": sorted(keys) == truth,
+            }
+        )
+    for precision in PRECISIONS:
+        steps = [r["grokked_at"] for r in out[precision]["runs"]]
+        out[precision]["grokked"] = sum(s is not None for s in steps)
+        done = [s for s in steps if s is not None]
+        out[precision]["median_steps"] = statistics.median(done) if done else None
+        out[precision]["keys_match"] = sum(r["keys_match"] for r in out[precision]["runs"])
+    fp32, bf16 = out["fp32"]["median_steps"], out["bf16"]["median_steps"]
+    out["median_ratio_bf16_over_fp32"] = bf16 / fp32 if fp32 and bf16 else None
+    return out
+
+
+def bench_transcoder_training(threads: int) -> dict:
+    """Whole transcoder trainings (default config) per precision on the shared grokked model's
+    activations: wall time and the NMSE reached, measured the way extraction measures it."""
+    from _shared import shared_run
+
+    _, model = load_run(shared_run())
+    tokens, _ = task_tokens(get_task("add_mod_113"))
+    acts = mlp_activations(model, tokens)
+    out: dict = {}
+    for precision in PRECISIONS:
+        start = time.perf_counter()
+        tc, log = train_transcoder(acts, TranscoderConfig(precision=precision), threads=threads)
+        seconds = time.perf_counter() - start
+        nmse = evaluate(tc, model, tokens, acts=acts).nmse
+        out[precision] = {"precision_used": log.precision, "seconds": seconds, "nmse": nmse}
+    out["speedup_bf16_over_fp32"] = out["fp32"]["seconds"] / out["bf16"]["seconds"]
+    out["nmse_relative_change"] = out["bf16"]["nmse"] / out["fp32"]["nmse"] - 1
+    return out
+
+
 # --- report ----------------------------------------------------------------------------------
 def print_tables(res: dict) -> None:
     peak = res["peak"]
@@ -202,6 +281,37 @@ def print_tables(res: dict) -> None:
                 f"{entry['speedup_bf16_over_fp32']:.2f}x" if precision == "bf16" else "",
             )
     console.print(table)
+    if "transcoder_training" in res:
+        tt = res["transcoder_training"]
+        table = Table(title=f"transcoder training, default config ({STEP_THREADS} threads)")
+        for col in ("precision", "seconds", "NMSE"):
+            table.add_column(col)
+        for precision in PRECISIONS:
+            run = tt[precision]
+            table.add_row(run["precision_used"], f"{run['seconds']:.1f}", f"{run['nmse']:.4f}")
+        console.print(table)
+        console.print(
+            f"bf16 speed-up {tt['speedup_bf16_over_fp32']:.2f}x (target >= 2x), NMSE change "
+            f"{tt['nmse_relative_change']:+.1%} (target within 10%)"
+        )
+    if "grok" in res:
+        grok = res["grok"]
+        table = Table(title="grokking add_mod_113 with fast: steps to 99% validation")
+        for col in ("precision", "steps per seed", "median", "final val", "keys = DFT"):
+            table.add_column(col)
+        for precision in PRECISIONS:
+            entry = grok[precision]
+            table.add_row(
+                precision,
+                " ".join(str(r["grokked_at"]) for r in entry["runs"]),
+                str(entry["median_steps"]),
+                " ".join(f"{r['final_val_acc']:.3f}" for r in entry["runs"]),
+                f"{entry['keys_match']}/{len(entry['runs'])}",
+            )
+        console.print(table)
+        ratio = grok["median_ratio_bf16_over_fp32"]
+        if ratio is not None:
+            console.print(f"median steps bf16 / fp32 = {ratio:.2f} (target within 20%)")
     load = res["machine"]
     console.print(
         f"load average {load['load_average_at_start'][0]:.1f} at the start, "
@@ -232,6 +342,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help=f"results file (default {RESULTS})")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per measurement")
+    parser.add_argument(
+        "--grok-seeds", type=int, default=5, help="seeds trained per precision (default 5)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="processes training them")
     args = parser.parse_args()
     out_path = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     repeats = args.repeats or (3 if args.quick else 20)
@@ -262,6 +376,12 @@ def main() -> None:
     }
     add_ratios(entry, res["peak"])
     res["steps"]["transcoder"] = entry
+    if not args.quick:
+        console.print("[bold]transcoder training[/]: default config, fp32 and bf16")
+        res["transcoder_training"] = bench_transcoder_training(STEP_THREADS)
+        seeds = list(range(args.grok_seeds))
+        console.print(f"[bold]grokking[/]: fast on add_mod_113, seeds {seeds}, fp32 and bf16")
+        res["grok"] = bench_grok(seeds, workers=args.workers)
     torch.set_num_threads(threads_before)
 
     res["machine"] = {
