@@ -13,9 +13,11 @@ Parts (each merges its results into benchmarks/results/prune_lora.json as it fin
    the trained basis at 95% with the same fine-tuning.
  - structured: MLP neurons removed by mean-ablation importance (no fine-tuning) against the
    number of key-frequency neurons of the Fourier analysis; attention heads one at a time.
- - tickets: grokking tickets (40% sparsity, Minegishi et al.'s released config; mask from the
-   grokked model, weights rewound to init, same recipe and seed) against the dense run, for
-   `fast` and `nanda` (`tickets-fast`, `tickets-nanda`); target <= 1/2 of the dense steps.
+ - tickets-sweep: `fast` grokking tickets (mask from the grokked model, weights rewound to
+   init, same recipe and seed) at 20-80% sparsity and at 40% in 3 rounds, seeds 0-2: how the
+   ticket sparsity (TICKET_SPARSITY, 30%) was chosen.
+ - tickets-fast, tickets-nanda: tickets at TICKET_SPARSITY against the dense run, for `fast`
+   (seeds given and held-out seeds 3, 4) and `nanda`; target <= 1/2 of the dense steps.
  - lora: add_mod_113 -> sub_mod_113 adapters (rank 8 on W_V, W_O; up to 3,000 steps) against
    sub_mod_113 trained from scratch with `fast` (same seed); target >= 99% validation, <= 5%
    trainable, fewer steps; and a 600-step trial of add -> mul_mod_113.
@@ -47,11 +49,19 @@ PARTS = (
     "magnitude",
     "magnitude-principal",
     "structured",
+    "tickets-sweep",
     "tickets-fast",
     "tickets-nanda",
     "lora",
     "compare",
 )
+# Grokking tickets: Minegishi et al.'s released config is 40%; with `fast` it passed on 2 of 3
+# seeds (seed 0's ticket hovered below 99% until step 260). The sweep part (seeds 0-2) found 20%
+# and 30% within the target on all three; 30% is used, and checked on seeds 3 and 4, which
+# took no part in choosing it.
+TICKET_SPARSITY = 0.3
+SWEEP_SPARSITIES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+HELD_OUT_SEEDS = (3, 4)
 LORA_RANK = 8
 LORA_TARGETS = ("W_V", "W_O")  # attention OV: 4.5% of the parameters at rank 8
 
@@ -246,36 +256,65 @@ def first_step(run: Path, threshold: float) -> int | None:
     return next((r["step"] for r in read_metrics(run) if (r["val_acc"] or 0) >= threshold), None)
 
 
-def tickets(work: Path, seeds: list[int], recipe: str) -> dict:
+def ticket(work: Path, recipe: str, seed: int, sparsity: float, rounds: int = 1) -> dict:
+    """A grokking ticket of the `recipe` parent of `seed` against its dense run."""
     from circuitlab.training.prune import PruneConfig, prune
 
-    out = {}
-    for seed in seeds:
-        run = parent(work, TASK, recipe, seed)
-        dense = read_run(run).summary
-        start = time.perf_counter()
-        # budget: the dense run's grokking step (the target is half of it); the recipes train
-        # on to 100% validation, which a ticket may hover just under for thousands of steps
-        budget = max(dense["grokked_at"] or dense["steps"], 300)
-        config = PruneConfig("lottery", (0.4,), max_steps=budget)
-        _, (p,) = prune(run, config, work / "tickets" / recipe / str(seed), overwrite=True)
-        ratio = (
+    run = parent(work, TASK, recipe, seed)
+    dense = read_run(run).summary
+    start = time.perf_counter()
+    # budget: the dense run's grokking step (the target is half of it), 3x for `fast`'s short
+    # runs; the recipes train on to 100% validation, which a ticket may hover just under for
+    # thousands of steps
+    budget = max(dense["grokked_at"] or dense["steps"], 100) * (3 if recipe == "fast" else 1)
+    config = PruneConfig("lottery", (sparsity,), rounds=rounds, max_steps=budget)
+    name = f"{seed}" if (sparsity, rounds) == (TICKET_SPARSITY, 1) else f"{seed}-s{sparsity}"
+    name += f"-r{rounds}" if rounds > 1 else ""
+    _, (p,) = prune(run, config, work / "tickets" / recipe / name, overwrite=True)
+    return {
+        "dense_grokked_at": dense["grokked_at"],
+        "ticket_grokked_at": p.grokked_at,
+        "ratio": (
             None
             if p.grokked_at is None or not dense["grokked_at"]
             else p.grokked_at / dense["grokked_at"]
-        )
-        out[f"seed{seed}"] = {
-            "dense_grokked_at": dense["grokked_at"],
-            "ticket_grokked_at": p.grokked_at,
-            "ratio": ratio,
-            "dense_val95_at": first_step(run, 0.95),
-            "ticket_val95_at": first_step(Path(p.run), 0.95),
-            "ticket_acc_all": p.acc_all,
-            "sparsity": 0.4,
-            "budget": budget,
-            "wall_s": round(time.perf_counter() - start, 1),
-        }
+        ),
+        "dense_val95_at": first_step(run, 0.95),
+        "ticket_val95_at": first_step(Path(p.run), 0.95),
+        "ticket_acc_all": p.acc_all,
+        "sparsity": sparsity,
+        "rounds": rounds,
+        "budget": budget,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def tickets(work: Path, seeds: list[int], recipe: str) -> dict:
+    """Tickets at TICKET_SPARSITY for `seeds` and, for `fast`, the held-out seeds."""
+    extra = HELD_OUT_SEEDS if recipe == "fast" else ()
+    out = {}
+    for seed in [*seeds, *(s for s in extra if s not in seeds)]:
+        out[f"seed{seed}"] = ticket(work, recipe, seed, TICKET_SPARSITY)
+        out[f"seed{seed}"]["held_out"] = seed in extra
         print(recipe, seed, out[f"seed{seed}"], flush=True)
+    return out
+
+
+def ticket_sweep(work: Path, seeds: list[int]) -> dict:
+    """`fast` tickets at every sparsity of SWEEP_SPARSITIES (one round) and at 40% in 3 rounds
+    of iterative magnitude pruning: how TICKET_SPARSITY was chosen, on seeds 0-2 only."""
+    out: dict = {}
+    for seed in seeds:
+        rows = [ticket(work, "fast", seed, s) for s in SWEEP_SPARSITIES]
+        rows.append(ticket(work, "fast", seed, 0.4, rounds=3))
+        out[f"seed{seed}"] = [
+            {
+                k: r[k]
+                for k in ("sparsity", "rounds", "ticket_grokked_at", "ratio", "ticket_acc_all")
+            }
+            for r in rows
+        ]
+        print("sweep", seed, out[f"seed{seed}"], flush=True)
     return out
 
 
@@ -416,13 +455,21 @@ def table() -> None:
                 f"(fine-tuned {m['fewest_neurons_at_100pct_finetuned']})",
             )
         )
+    for seed, sweep in sorted(r.get("tickets-sweep", {}).items()):
+        text = ", ".join(
+            f"{t['sparsity']:.0%}{'x' + str(t['rounds']) if t['rounds'] > 1 else ''}: "
+            + (f"{t['ratio']:.2f}" if t["ratio"] is not None else "never")
+            for t in sweep
+        )
+        rows.append(("ticket sweep, ratio", seed, text))
     for part in ("tickets-fast", "tickets-nanda"):
         for seed, t in sorted(r.get(part, {}).items()):
             rows.append(
                 (
                     f"{part} <= 1/2 steps",
-                    seed,
-                    f"99% at {t['ticket_grokked_at']} vs dense {t['dense_grokked_at']}",
+                    seed + (" (held out)" if t.get("held_out") else ""),
+                    f"{t['sparsity']:.0%}: 99% at {t['ticket_grokked_at']} vs dense "
+                    f"{t['dense_grokked_at']}",
                 )
             )
     for seed, m in sorted(r.get("lora", {}).items()):
@@ -459,6 +506,8 @@ def main() -> None:
             save(part, magnitude_principal(args.work, seeds))
         elif part == "structured":
             save(part, structured(args.work, seeds))
+        elif part == "tickets-sweep":
+            save(part, ticket_sweep(args.work, seeds))
         elif part.startswith("tickets-"):
             save(part, tickets(args.work, seeds, part.split("-", 1)[1]))
         elif part == "lora":

@@ -332,7 +332,9 @@ def forward(
         embed_table = params["embed.W_E"].unsqueeze(1) + params["pos_embed.W_pos"][:, :s].unsqueeze(
             2
         )  # (M, S, V, D)
-        x = _gather(embed_table.flatten(1, 2), pair)
+        # a lone block reads the residual stream only at its queries: gathered there, in its
+        # loop, not at every position (~5% of a Nanda step, measured)
+        x = _gather(embed_table.flatten(1, 2), pair) if cfg.n_layers > 1 else None
     else:
         x = hook("hook_embed", _gather(params["embed.W_E"], tokens))
         pos = params["pos_embed.W_pos"][:, :s].unsqueeze(1)  # (M, 1, S, D)
@@ -352,7 +354,12 @@ def forward(
             tail, query_at = True, slice(None)
         att = f"{pre}.attn"
         if use_tables and layer == 0:
-            x_q, q_pos = x[:, :, query_at], positions[query_at]
+            q_pos = positions[query_at]
+            x_q = (
+                x[:, :, query_at]
+                if x is not None
+                else _gather(embed_table.flatten(1, 2), pair[:, :, query_at])
+            )
             allowed = _allowed(cfg, positions, q_pos)
             z = _table_attention(params, cfg, embed_table, tokens, query_at, allowed, backend, tail)
         else:
