@@ -124,6 +124,11 @@ def register(app: typer.Typer) -> None:
         ),
         lr: float = typer.Option(0.0, "--lr", help="Learning rate (0 = the LoRA recipe's)."),
         max_steps: int = typer.Option(0, "--max-steps", help="Step budget (0 = recipe's)."),
+        weight_decay: float = typer.Option(
+            None,
+            "--weight-decay",
+            help="AdamW weight decay on the adapter's A and B (default: the LoRA recipe's, 0).",
+        ),
         seed: int = typer.Option(0, "--seed", help="Data split and adapter init seed."),
         adapter: Path = typer.Option(
             None, "--adapter", help="Use this trained adapter (peft format) instead of training."
@@ -154,6 +159,8 @@ def register(app: typer.Typer) -> None:
                 changes = {"lr": lr} if lr else {}
                 if max_steps:
                     changes["max_steps"] = max_steps
+                if weight_decay is not None:
+                    changes["weight_decay"] = weight_decay
                 names = tuple(t.strip() for t in targets.split(",") if t.strip())
                 spec = LoraSpec(
                     rank,

@@ -106,6 +106,7 @@ def test_cli_adapt_errors_are_one_line(runs, tmp_path):
         ["--task", "sub_mod_13"],
         ["--task", "sub_mod_11", "--rank", "99"],
         ["--task", "sub_mod_11", "--adapter", str(tmp_path)],
+        ["--task", "sub_mod_11", "--weight-decay", "-1"],
     ):
         res = subprocess.run(
             [
@@ -125,6 +126,37 @@ def test_cli_adapt_errors_are_one_line(runs, tmp_path):
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o").exists()
+
+
+def test_cli_adapt_weight_decay_reaches_the_adapter_recipe(runs, tmp_path):
+    base, _ = runs
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "circuitlab",
+            "adapt",
+            str(base),
+            "--task",
+            "sub_mod_11",
+            "--rank",
+            "2",
+            "--max-steps",
+            "3",
+            "--weight-decay",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    (run,) = [d for d in tmp_path.iterdir() if d.is_dir()]
+    info = read_run(run)
+    assert info.recipe.weight_decay == 0.5
+    assert info.recipe.max_steps == 3
 
 
 def test_weight_table_keeps_parameter_names():
