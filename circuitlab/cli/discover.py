@@ -99,6 +99,25 @@ def register(app: typer.Typer) -> None:
             "candidate modulus, bitwise and comparisons when the data look like it).",
             show_default=False,
         ),
+        search_rows: str | None = typer.Option(
+            None,
+            "--search-rows",
+            metavar="N",
+            help="Training rows every candidate is evaluated on, at least 8 (default 256): a "
+            "larger table is searched on a seeded sample of its rows (and at most N/2 held-out "
+            "rows), so memory and time follow N, not the table; a fit found on the sample is "
+            "accepted only if it holds on every row.",
+            show_default=False,
+        ),
+        memory: str | None = typer.Option(
+            None,
+            "--memory",
+            metavar="SIZE",
+            help="Memory budget of each search: bytes, or a size such as 512M or 2G (powers of "
+            "1024; default 2G). The search keeps as many distinct candidates as fit (at most "
+            "400,000) and says which limit stopped it.",
+            show_default=False,
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Discover the simplest function that reproduces DATA exactly (or approximately).
@@ -128,6 +147,9 @@ def register(app: typer.Typer) -> None:
                 approximate=approximate,
                 groups=groups,  # a comma list, checked by DiscoveryConfig
                 moduli=None if modulus is None else ",".join(modulus),
+                # strings, checked (and a size such as 2G read) by DiscoveryConfig
+                **({} if search_rows is None else {"search_rows": search_rows}),
+                **({} if memory is None else {"memory_bytes": memory}),
             )
             if save:  # a name taken by another function is refused before any work
                 check_register_name(reg, fname, examples, cfg.rtol)

@@ -2,7 +2,12 @@
 
 1. Validate the examples (equal rows, numbers only, finite outputs, enough rows for the
    unknowns) and split them (seeded) into training and held-out rows; draw fresh probe inputs
-   from each column's observed domain.
+   from each column's observed domain. A table of more than `search_rows` rows is searched on
+   a seeded sample of them (`search_sample`: search_rows training rows, half as many held-out
+   rows), so memory and time follow the sample; a fit found there is accepted only if it holds,
+   constants as fitted, on every row, and one that does not sends the search back to the start
+   with the rows where it failed added to the sample (at most MAX_RESTARTS times per stage,
+   then such fits are only rejected).
 2. Search (`search.py`): bottom-up enumeration over primitives and registered functions,
    deduplicated by observational equivalence, with affine constants fitted by least squares.
    A registered function is applied only inside its declared input domains, and at equal cost
@@ -39,14 +44,23 @@ import numpy as np
 
 from circuitlab import __version__
 from circuitlab.registry.build import Builder
-from circuitlab.registry.domains import Domain, RegistryError
+from circuitlab.registry.domains import Domain, Kind, RegistryError
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.function import Function, Provenance
 from circuitlab.registry.ops import NUMERIC_GROUPS, build_ops
 from circuitlab.registry.proposer import Proposer, UniformProposer
 from circuitlab.registry.registration import check_register_name, register_found
 from circuitlab.registry.registry import Registry
+from circuitlab.registry.sampling import (
+    Sample,
+    check_memory,
+    check_search_rows,
+    sample_sizes,
+    split_rows,
+)
 from circuitlab.registry.search import (
+    Hypothesis,
+    Op,
     Rows,
     SearchConfig,
     Searcher,
@@ -56,6 +70,9 @@ from circuitlab.registry.search import (
 from circuitlab.registry.stages import Stage, plan_stages
 
 ROUND_STEP = 2  # rounds of a staged search raise the cost limit by this much
+# searches of one stage begun again with the rows where a fit to the sample failed; after
+# that, such fits are rejected and the search goes on
+MAX_RESTARTS = 3
 
 
 class DiscoveryError(RegistryError):
@@ -76,6 +93,14 @@ class DiscoveryConfig:
     max_cost: int | None = None  # None: 9, or approximate_max_cost in approximate mode
     max_seconds: float = 60.0
     max_bank: int = 400_000  # ~330 MB of float64 values at 100 rows
+    # bytes a search may hold (its bank of candidate values and pair-fit vectors, and its
+    # evaluation batches): the bank keeps at most min(max_bank, what fits) candidates. A size
+    # such as "512M" or "2G" (powers of 1024) is accepted too
+    memory_bytes: int = 2 * 1024**3
+    # training rows every candidate is evaluated on: a seeded sample of them when there are
+    # more (and at most search_rows // 2 held-out rows), so a 10,000-row table costs what 256
+    # rows do; an accepted fit is still checked on every row (see the module docstring)
+    search_rows: int = 256
     rtol: float = 1e-9
     pairs: bool = True
     approximate: bool = False  # on failure, return the best fit by description length
@@ -102,6 +127,8 @@ class DiscoveryConfig:
             raise RegistryError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.stage_cost < 1:
             raise RegistryError(f"stage_cost must be at least 1, got {self.stage_cost}")
+        self.search_rows = check_search_rows(self.search_rows)
+        self.memory_bytes = check_memory(self.memory_bytes)
         if self.groups is not None:
             self.groups = check_groups(self.groups)
         if self.moduli is not None:
@@ -198,6 +225,7 @@ class DiscoveryResult:
             "max_cost": self.stats.max_cost,
             "stopped": self.stats.stopped,
             "refine": self.stats.refine,
+            "restarts": self.stats.restarts,
             "seconds": round(self.stats.seconds, 4),
             "relevance": self.relevance,
             "proposer": self.proposer,
@@ -306,10 +334,14 @@ def search(
     search of an earlier one. A fit found within `stage_cost` is compared with what the
     later stages of its round find up to its cost, and the smallest wins (ties: the earlier
     stage). The statistics add up every stage run; `DiscoveryResult.stages` lists them.
-    Approximate mode searches the first stage only."""
+    Approximate mode searches the first stage only.
+
+    A table of more than `search_rows` rows is searched on a sample of them (`Sample`), every
+    accepted fit checked on all of them; approximate fits are fitted and scored on the sample."""
     cfg = config or DiscoveryConfig()
     data = Examples.coerce(examples, names)
-    rows, domains = _rows(data, cfg, oracle)
+    full, domains = _rows(data, cfg, oracle)
+    sample = Sample.of(full, data.n, cfg)
     kinds = [d.kind for d in domains]
     reg = registry if cfg.use_registry else None
     resolve = registry.resolve if registry is not None else None
@@ -328,6 +360,8 @@ def search(
             i for i in range(len(stages)) if i not in done and (final or not stages[i].last_resort)
         ]
         best: _Found | None = None
+        searcher: Searcher | None = None
+        builder: Builder | None = None
         for n, i in enumerate(todo):
             left = cfg.max_seconds * share - (time.perf_counter() - t0)
             if left <= 0 and runs:
@@ -340,24 +374,28 @@ def search(
                 max_cost=cap,
                 max_seconds=max(left, 1e-3) / (len(todo) - n),
                 max_bank=cfg.max_bank,
+                memory_bytes=cfg.memory_bytes,
                 rtol=cfg.rtol,
                 pairs=cfg.pairs,
                 seed=cfg.seed,
             )
             ops = build_ops(kinds, reg, cfg, stage, exclude=name)
-            searcher = Searcher(rows, kinds, ops, prop, scfg)
-            outcome = searcher.run()
+            searcher = builder = None  # the last stage's bank goes before this one's grows
+            searcher, outcome = _search_stage(sample, kinds, ops, prop, scfg)
             run = StageRun(stage, cap, scfg.max_seconds, outcome.stats, bool(outcome.accepted))
             runs.append(run)
-            builder = Builder(searcher, data, domains, resolve)
-            prov = _provenance(data, rows, cfg, prop.name, runs, stage)
+            builder = _Builder(searcher, data, domains, resolve)
+            prov = _provenance(data, sample, cfg, prop.name, runs, stage)
             if cfg.approximate:
                 outcome.stats = _total(runs, cfg, time.perf_counter() - t0)
                 return _conclude(outcome, builder, name, prov, data, cfg, prop.name, runs)
             if outcome.accepted:
                 key, fn, rel = _best_exact(outcome, builder, name, prov)
                 if best is None or key < best.key:
-                    best = _Found(key, fn, rel, outcome, builder, run)
+                    # the table now, while this search's bank is at hand, rather than keeping
+                    # the bank alive beside the later stages' (the memory budget is per search)
+                    table = _entries(outcome, builder, name, prov, data, exact=fn)
+                    best = _Found(key, fn, rel, table, run)
                 if outcome.stats.level > cfg.stage_cost:
                     break
                 continue
@@ -372,9 +410,9 @@ def search(
                 "",
                 best.run.stats.refine,
             )
-            prov = _provenance(data, rows, cfg, prop.name, runs, best.run.stage)
+            prov = _provenance(data, sample, cfg, prop.name, runs, best.run.stage)
             fn = replace(best.fn, provenance=prov)
-            table = _front(_entries(best.outcome, best.builder, name, prov, data, exact=fn), True)
+            table = _front(best.entries, True)
             return DiscoveryResult(
                 fn,
                 "exact",
@@ -389,6 +427,22 @@ def search(
     return _failed(stats, entries, cfg, prop.name, runs)
 
 
+class _Builder(Builder):
+    """A `Builder` whose functions are made with every row in view: simplification (outputs
+    unchanged), relevance (resampling a column) and the output's domain read all the rows,
+    not only those searched; constants and approximate fits stay on the searched rows, where
+    the bank's values are."""
+
+    def function(
+        self, hyp: Hypothesis, name: str, status: str, provenance: Provenance
+    ) -> tuple[Function, dict[str, bool]]:
+        self.rows = self.s.all_rows
+        try:
+            return super().function(hyp, name, status, provenance)
+        finally:
+            self.rows = self.s.rows
+
+
 @dataclass
 class _Found:
     """The best exact fit of a round so far, with the search that found it."""
@@ -396,9 +450,54 @@ class _Found:
     key: tuple[Any, ...]  # smaller is better: complexity, constants, registered calls
     fn: Function
     rel: dict[str, bool]
-    outcome: SearchOutcome
-    builder: Builder
+    entries: list[_Entry]  # its search's fits for the results table, this one included
     run: StageRun
+
+
+def _search_stage(
+    sample: Sample,
+    kinds: Sequence[Kind],
+    ops: list[Op],
+    prop: Proposer,
+    scfg: SearchConfig,
+) -> tuple[Searcher, SearchOutcome]:
+    """One stage's search on the sample. When a fit to the sample fails on the full rows, the
+    search stops and begins again with the rows where it failed added to the sample (they
+    tell apart candidates the sample had kept as one), at most MAX_RESTARTS times within the
+    stage's time; the last attempt rejects such fits and goes on. The statistics add up every
+    attempt; `sample` keeps the rows added, for the later stages."""
+    t0 = time.perf_counter()
+    restarts, candidates, pairs = 0, 0, 0
+    while True:
+        left = scfg.max_seconds - (time.perf_counter() - t0)
+        attempt = replace(
+            scfg,
+            max_seconds=max(left, 1e-3),
+            restart_on_counterexample=sample.full is not None and restarts < MAX_RESTARTS,
+        )
+        searcher = Searcher(sample.rows, kinds, ops, prop, attempt, full=sample.full)
+        outcome = searcher.run()
+        restart = attempt.restart_on_counterexample and not outcome.accepted
+        restart = restart and bool(searcher.counterexamples)
+        if not restart:
+            break
+        if time.perf_counter() - t0 >= scfg.max_seconds:
+            outcome.stats.stopped = (
+                f"time budget of {scfg.max_seconds:g} s ran out at cost {outcome.stats.level}"
+            )
+            break
+        sample.add(searcher.counterexamples)
+        restarts += 1
+        candidates += outcome.stats.candidates
+        pairs += outcome.stats.pairs
+        searcher = outcome = None  # type: ignore[assignment]  # free the bank first
+    if restarts:
+        stats = outcome.stats
+        stats.candidates += candidates
+        stats.pairs += pairs
+        stats.restarts = restarts
+        stats.seconds = time.perf_counter() - t0
+    return searcher, outcome
 
 
 def _best_exact(
@@ -430,13 +529,14 @@ def _rounds(cfg: DiscoveryConfig, n_stages: int) -> list[tuple[int, float]]:
 
 def _provenance(
     data: Examples,
-    rows: Rows,
+    sample: Sample,
     cfg: DiscoveryConfig,
     proposer: str,
     runs: list[StageRun],
     stage: Stage,
 ) -> Provenance:
     stats = _total(runs, cfg, sum(r.stats.seconds for r in runs))
+    rows = sample.full or sample.rows
     return Provenance(
         source="discovered",
         data_hash=data.data_hash(),
@@ -449,12 +549,16 @@ def _provenance(
             "stages_run": len(runs),
             "candidates": stats.candidates,
             "pairs": stats.pairs,
+            "restarts": stats.restarts,
             "seconds": round(stats.seconds, 4),
             "columns": list(data.names),  # the row layout it was found on (see on_columns)
             "rows": {
                 "train": rows.n_train,
                 "held_out": rows.n_hold,
                 "probes": int(rows.X.shape[0] - rows.n_train - rows.n_hold),
+                # those every candidate was evaluated on (all, at most search_rows rows)
+                "searched_train": sample.rows.n_train,
+                "searched_held_out": sample.rows.n_hold,
             },
         },
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -475,6 +579,7 @@ def _total(runs: list[StageRun], cfg: DiscoveryConfig, seconds: float) -> Search
         seconds=seconds,
         stopped=last.stats.stopped,
         refine=last.stats.refine,
+        restarts=sum(r.stats.restarts for r in runs),
     )
     if last.found:
         return out
@@ -484,11 +589,10 @@ def _total(runs: list[StageRun], cfg: DiscoveryConfig, seconds: float) -> Search
             out.stopped += f" of {last.stage.label}, after {len(runs)} stage searches"
     elif len(runs) > 1:
         full = {r.stage for r in runs if r.max_cost == cfg.cost_limit}
-        bank = sorted({r.stage.label for r in runs if r.stats.stopped.startswith("bank")})
+        banked = [r for r in runs if r.stats.stopped.startswith("bank")]
+        bank = sorted({r.stage.label for r in banked})
         out.stopped = f"no exact fit up to cost {cfg.cost_limit} in {len(full)} stages" + (
-            f" (bank limit of {cfg.max_bank:,} distinct candidates reached in {'; '.join(bank)})"
-            if bank
-            else ""
+            f" (in {'; '.join(bank)}: {banked[-1].stats.stopped})" if bank else ""
         )
     return out
 
@@ -497,15 +601,29 @@ def _total(runs: list[StageRun], cfg: DiscoveryConfig, seconds: float) -> Search
 # rows and operations
 
 
+def search_sample(
+    examples: Any,
+    *,
+    names: Sequence[str] | None = None,
+    config: DiscoveryConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which example rows (indices) a discovery evaluates candidates on, training and
+    held-out, before any counterexample rows join them: all rows of a table of at most
+    search_rows rows, else the first search_rows of the seeded shuffle of the training rows
+    and the first search_rows // 2 of the held-out rows (a seeded sample)."""
+    cfg = config or DiscoveryConfig()
+    data = Examples.coerce(examples, names)
+    tr, ho = split_rows(data, cfg, np.random.default_rng(cfg.seed))
+    n_tr, n_ho = sample_sizes(data.n, len(tr), len(ho), cfg)
+    return tr[:n_tr], ho[:n_ho]
+
+
 def _rows(
     data: Examples, cfg: DiscoveryConfig, oracle: Callable[..., Any] | None
 ) -> tuple[Rows, list[Domain]]:
+    """All the rows, [training | held-out | probes], and each column's domain."""
     rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(data.n)
-    n_hold = int(round(cfg.holdout * data.n)) if data.n >= 4 else 0
-    n_hold = min(n_hold, data.n - max(2, data.k + 1)) if n_hold else 0
-    n_hold = max(n_hold, 0)
-    tr, ho = order[: data.n - n_hold], order[data.n - n_hold :]
+    tr, ho = split_rows(data, cfg, rng)
     domains = data.domains()
     probes = (
         np.stack([d.sample(rng, cfg.probes) for d in domains], axis=1)

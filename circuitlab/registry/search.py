@@ -3,7 +3,10 @@
 Method (bottom-up enumeration as in TRANSIT / EUSolver / BUSTLE, with fitted linear constants):
 1. Rows. The examples are split (seeded) into training and held-out rows; fresh in-domain probe
    inputs are drawn from each column's observed domain. Every candidate is evaluated on all three
-   at once (a (candidates, rows) array), but only the training outputs guide the search.
+   at once (a (candidates, rows) array), but only the training outputs guide the search. On a
+   large table the search runs on a seeded sample of those rows (`discover.py`, search_rows),
+   so memory and time follow the sample, not the table; the full rows (`Searcher.full`) only
+   check what the sample accepts (4).
 2. Bank. Cost 1 holds the input columns. Cost c holds every application of an operation of cost
    o to arguments whose costs sum to c - o, for every operation the proposer offers (primitives
    and registered functions, the latter after every primitive of the same cost so that a tie
@@ -18,17 +21,25 @@ Method (bottom-up enumeration as in TRANSIT / EUSolver / BUSTLE, with fitted lin
    made by primitives, once among those made by registered functions). Three cost levels
    after a candidate's own, it is also tried inside EXP/SIN/COS(c*f) and f**c with c found by
    a vectorised grid of starts and scipy's least_squares (a and b solved exactly for each c).
-4. Acceptance. A fit must agree exactly (within rtol) on every training row, on the held-out
-   rows, be defined on every probe, and match the oracle on the probes when one is given.
+4. Acceptance. A fit must agree exactly (within rtol of max|y| over all rows) on every training
+   row, on the held-out rows, be defined on every probe, and match the oracle on the probes when
+   one is given. When the search runs on a sample, a fit accepted there is then checked, with
+   its constants as fitted on the sample, on every training and held-out row of the full data
+   (its candidates rebuilt there from how the bank made them, `Bank.replay`); one that fails is
+   rejected and its worst rows kept as counterexamples (`Searcher.counterexamples`), for which
+   `discover.py` restarts the search on the sample plus those rows (`restart_on_counterexample`):
+   two candidates equal on the sample were kept once, and the extra rows tell them apart.
 5. The search stops at the end of the first batch that yields an accepted hypothesis (when that
    fit has constants, after the level's registered functions, which may give a smaller one),
    or when the cost, candidate or time budget runs out; it then reports the best approximate
-   fits seen.
+   fits seen. The candidate budget is the smaller of max_bank and what memory_bytes holds: each
+   candidate keeps its values on every search row and, as the representative of an affine
+   class, a unit vector over the training rows (`Searcher.bank_limit`); the evaluation batches
+   (`chunk`) and the pair tests are sized within the same budget.
 """
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,13 +48,21 @@ from typing import Any
 import numpy as np
 
 from circuitlab.registry import expr as ex
+from circuitlab.registry.bank import Bank, Pages, Ref, _affine_keys, _keys, _new_keys
 from circuitlab.registry.constants import Form
 from circuitlab.registry.domains import Kind
 from circuitlab.registry.proposer import OpInfo, Proposal, Proposer, TaskView, UniformProposer
 
 KINDS = (Kind.BOOL, Kind.INT, Kind.REAL)
 KCODE = {k: i for i, k in enumerate(KINDS)}
-Ref = tuple[int, int]  # (cost level, index in level)
+
+# memory of one candidate beside its values: its keys in the hash sets, kind, how it was
+# built, its pair projections and its share of a pair-test block (16 rows per representative)
+CANDIDATE_OVERHEAD = 512
+WORK_COPIES = 16  # arrays the size of one evaluation batch alive at once (arguments, keys, fits)
+# candidates' values on the full rows kept for the checks (at most memory_bytes / 16)
+FULL_CACHE_BYTES = 64 * 1024**2
+COUNTEREXAMPLES = 4  # rows kept from a fit that fails on the full rows, worst first
 
 
 # An integer literal inside a candidate, such as the 3 of ADDMOD(a, 3, p=7), is a Const whose
@@ -105,6 +124,7 @@ class SearchStats:
     seconds: float = 0.0
     stopped: str = ""  # why the search ended without an exact answer
     refine: int = 0  # candidates tried after the first solution, looking for a smaller one
+    restarts: int = 0  # searches begun again with rows where a fit to the sample failed
 
     @property
     def evaluated(self) -> int:
@@ -134,20 +154,33 @@ class Rows:
     def probes(self) -> slice:
         return slice(self.n_train + self.n_hold, None)
 
+    def subset(self, train: np.ndarray, hold: np.ndarray) -> Rows:
+        """These training and held-out rows (positions within each part) and every probe."""
+        X = np.concatenate(
+            [self.X[self.train][train], self.X[self.hold][hold], self.X[self.probes]]
+        )
+        return Rows(X, self.y_train[train], self.y_hold[hold], len(train), len(hold), self.oracle_y)
+
 
 @dataclass
 class SearchConfig:
     max_cost: int = 9  # highest cost level enumerated
     max_seconds: float = 60.0
     max_bank: int = 400_000  # distinct candidates kept in memory at most (~330 MB at 100 rows)
+    # bytes the bank (values on every row, pair-fit vectors) and the evaluation batches may take:
+    # the bank's limit is the smaller of max_bank and what fits (`Searcher.bank_limit`)
+    memory_bytes: int = 2 * 1024**3
     rtol: float = 1e-9  # exact means |error| <= rtol * max|y|
     pairs: bool = True  # test a*f1 + b*f2 + c
-    chunk: int = 1 << 20  # values per evaluation batch (rows x candidates)
+    chunk: int = 1 << 20  # values per evaluation batch (rows x candidates; less on a small budget)
     seed: int = 0
     track_approximate: bool = True
     nonlinear_max_cost: int = 2  # levels whose candidates are tried inside EXP/SIN/COS/POW
     nonlinear_limit: int = 200  # representatives per level tried that way
     refine_candidates: int = 20_000  # budget for a smaller single after a fitted-term solution
+    # on a sample of the rows: stop at the first fit that fails on the full rows, so that the
+    # caller can search again with its counterexample rows (else reject it and go on)
+    restart_on_counterexample: bool = False
 
 
 @dataclass
@@ -155,144 +188,6 @@ class SearchOutcome:
     accepted: list[Hypothesis]
     stats: SearchStats
     approximate: dict[int, tuple[float, Hypothesis]] = field(default_factory=dict)
-
-
-@dataclass
-class Batch:
-    """How a run of consecutive bank entries was built: op `oi` (-1 for input columns) applied
-    to arguments picks[a][r] of cost split[a]."""
-
-    start: int
-    oi: int
-    split: tuple[int, ...]
-    picks: np.ndarray  # (arity, m) indices into the argument levels (columns for oi = -1)
-
-
-class Bank:
-    """Distinct candidates by cost level: values on all rows, kind and how each was built."""
-
-    def __init__(self) -> None:
-        self.vals: dict[int, np.ndarray] = {}
-        self.kinds: dict[int, np.ndarray] = {}
-        self.batches: dict[int, list[Batch]] = {}
-        self._pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        self._sizes: dict[int, int] = {}
-        self._exprs: dict[Ref, ex.Expr] = {}
-
-    def add(
-        self,
-        level: int,
-        vals: np.ndarray,
-        kinds: np.ndarray,
-        oi: int,
-        split: tuple[int, ...],
-        picks: np.ndarray,
-    ) -> int:
-        """Queue entries for `level`; returns the index of the first one."""
-        start = self._sizes.get(level, 0)
-        self._pending.setdefault(level, []).append((vals, kinds))
-        self.batches.setdefault(level, []).append(Batch(start, oi, split, picks))
-        self._sizes[level] = start + len(vals)
-        return start
-
-    def size_of(self, level: int) -> int:
-        return self._sizes.get(level, 0)
-
-    def value(self, ref: Ref) -> np.ndarray:
-        level, i = ref
-        if level in self.vals and i < len(self.vals[level]):
-            return self.vals[level][i]
-        i -= len(self.vals[level]) if level in self.vals else 0
-        for v, _ in self._pending[level]:
-            if i < len(v):
-                return v[i]
-            i -= len(v)
-        raise IndexError(ref)
-
-    def finish(self, level: int) -> None:
-        parts = self._pending.pop(level, [])
-        if level in self.vals:
-            parts.insert(0, (self.vals[level], self.kinds[level]))
-        if not parts:
-            return
-        self.vals[level] = np.concatenate([p[0] for p in parts])
-        self.kinds[level] = np.concatenate([p[1] for p in parts])
-
-    def expr(self, ref: Ref, ops: Sequence[Op]) -> ex.Expr:
-        if ref in self._exprs:
-            return self._exprs[ref]
-        level, i = ref
-        batches = self.batches[level]
-        k = bisect.bisect_right([bt.start for bt in batches], i) - 1
-        bt = batches[k]
-        r = i - bt.start
-        if bt.oi < 0:
-            out: ex.Expr = ex.Var(int(bt.picks[0][r]))
-        else:
-            args = [
-                self.expr((bt.split[a], int(bt.picks[a][r])), ops) for a in range(len(bt.split))
-            ]
-            out = ops[bt.oi].build(args)
-        self._exprs[ref] = out
-        return out
-
-
-_MULTIPLIERS: dict[int, np.ndarray] = {}
-
-
-def _hash_rows(bits: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row of a uint64 array (vectorised; wraps modulo 2**64)."""
-    n = bits.shape[1]
-    if n not in _MULTIPLIERS:
-        rng = np.random.default_rng(20250101 + n)
-        _MULTIPLIERS[n] = rng.integers(1, 2**63, size=n, dtype=np.uint64) * np.uint64(
-            2
-        ) + np.uint64(1)
-    # mix every element first (murmur3's finaliser): the sum below is linear, and without this
-    # a difference confined to the top bit (a sign) cancels in pairs (2 * 2**63 = 0 mod 2**64)
-    x = bits ^ (bits >> np.uint64(33))
-    x *= np.uint64(0xFF51AFD7ED558CCD)
-    x ^= x >> np.uint64(33)
-    x *= np.uint64(0xC4CEB9FE1A85EC53)
-    x ^= x >> np.uint64(33)
-    h = (x * _MULTIPLIERS[n]).sum(axis=1, dtype=np.uint64)
-    h ^= h >> np.uint64(31)
-    h *= np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(29)
-    return h
-
-
-def _truncated_bits(vals: np.ndarray, drop: int) -> np.ndarray:
-    """float64 bit patterns with the lowest `drop` mantissa bits cleared (and -0.0 as 0.0)."""
-    bits = np.ascontiguousarray(vals + 0.0, dtype=np.float64).view(np.uint64)
-    return bits & np.uint64(~((1 << drop) - 1) & (2**64 - 1))
-
-
-def _keys(vals: np.ndarray) -> np.ndarray:
-    """Observational-equivalence keys: values with 32 of 52 mantissa bits (~2e-10 relative), so
-    rounding noise merges while values that differ at the acceptance tolerance (rtol 1e-9)
-    usually stay apart."""
-    return _hash_rows(_truncated_bits(vals, 20))
-
-
-def _affine_keys(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keys equal for candidates equal up to a*f + b; and which candidates vary at all."""
-    centred = vals - vals.mean(axis=1, keepdims=True)
-    norm = np.sqrt((centred**2).sum(axis=1))
-    varies = norm > 1e-12 * (np.abs(vals).max(axis=1) + 1e-300)
-    unit = centred / np.where(varies, norm, 1.0)[:, None]
-    first = np.argmax(np.abs(unit) > 1e-6, axis=1)
-    sign = np.sign(unit[np.arange(len(unit)), first])
-    unit = unit * np.where(sign == 0, 1.0, sign)[:, None]
-    return _hash_rows(_truncated_bits(np.round(unit, 9), 24)), varies
-
-
-def _new_keys(keys: np.ndarray, seen: set[int]) -> np.ndarray:
-    """Indices of the first occurrence of each key not yet in `seen` (which is updated)."""
-    uniq, first = np.unique(keys, return_index=True)
-    fresh = np.array([k not in seen for k in uniq.tolist()], dtype=bool)
-    seen.update(uniq[fresh].tolist())
-    return np.sort(first[fresh])
 
 
 class Searcher:
@@ -305,8 +200,21 @@ class Searcher:
         ops: Sequence[Op],
         proposer: Proposer | None = None,
         config: SearchConfig | None = None,
+        full: Rows | None = None,
     ) -> None:
+        """rows: where candidates are evaluated; full: all the rows, when `rows` is a sample
+        of them (the same probes): an accepted fit must hold there too (`_verify_full`)."""
         self.rows, self.col_kinds, self.cfg = rows, tuple(kinds), config or SearchConfig()
+        self.full = full if full is not None and full is not rows else None
+        self.all_rows = self.full or rows
+        # positions in the full [training | held-out] rows where a fit to the sample failed
+        self.counterexamples: list[int] = []
+        self._full_cache: dict[Ref, np.ndarray] = {}
+        if self.full is not None:
+            f = self.full
+            self._full_X = f.X[: f.n_train + f.n_hold]
+            self._full_y = np.concatenate([f.y_train, f.y_hold])
+        self._size_budget()
         self.proposer = proposer or UniformProposer()
         view = TaskView(rows.X[rows.train], rows.y_train, self.col_kinds)
         infos = [OpInfo(o.name, o.group, o.arity) for o in ops]
@@ -330,11 +238,14 @@ class Searcher:
         self.affine_seen: dict[bool, set[int]] = {False: set(), True: set()}
         self.stats = SearchStats()
         y = rows.y_train
-        self.scale = float(max(np.abs(y).max(), np.abs(rows.y_hold).max(initial=0.0), 1e-300))
+        big = self.all_rows  # exact is relative to max|y| over every row, sampled or not
+        self.scale = float(
+            max(np.abs(big.y_train).max(), np.abs(big.y_hold).max(initial=0.0), 1e-300)
+        )
         self.tol = self.cfg.rtol * self.scale
         # pair stage state: representatives of affine classes (train rows, centred, unit norm)
         self.rep_refs: list[Ref] = []
-        self.rep_unit: list[np.ndarray] = []  # blocks of (m, n_train) unit vectors
+        self.rep_unit = Pages(rows.n_train)  # (representatives, n_train) unit vectors
         self.rep_proj: list[np.ndarray] = []  # blocks of (m, 3) projections
         self.rep_akeys: list[np.ndarray] = []  # blocks of affine keys
         self.rep_registered: list[np.ndarray] = []  # blocks: made by a registered function?
@@ -350,6 +261,30 @@ class Searcher:
         self.accepted: list[Hypothesis] = []
         self.t0 = 0.0
         self._refine_limit: int | None = None
+
+    def _size_budget(self) -> None:
+        """Fit the search in memory_bytes: evaluation batches (`chunk` values, several arrays
+        of that size alive at once) take at most a quarter, and the bank what is left, at
+        8 bytes per row of each candidate's values and of its pair-fit unit vector
+        (training rows) plus CANDIDATE_OVERHEAD; `bank_limit` is that or max_bank."""
+        mem, n = self.cfg.memory_bytes, self.rows.X.shape[0]
+        work = min(self.cfg.chunk * 8 * WORK_COPIES, mem // 4)
+        self.chunk = max(n, work // (8 * WORK_COPIES))  # values per batch: at least one candidate
+        per = 8 * (n + self.rows.n_train) + CANDIDATE_OVERHEAD
+        fits = max(0, mem - work) // per
+        self.bank_limit = min(self.cfg.max_bank, fits)
+        self.bank_bound = "candidates" if self.cfg.max_bank <= fits else "bytes"
+
+    def bank_message(self, level: int) -> str:
+        """Why the bank is full: which limit bound it, and what to raise."""
+        head = f"bank limit of {self.bank_limit:,} distinct candidates reached at cost {level}"
+        if self.bank_bound == "candidates":
+            return f"{head}, set by max_bank (raise it to search further)"
+        n = self.rows.X.shape[0]
+        return (
+            f"{head}, set by the memory budget of {_bytes(self.cfg.memory_bytes)} at {n} rows "
+            "per candidate (raise memory_bytes, --memory, or lower search_rows, --search-rows)"
+        )
 
     # -- public --------------------------------------------------------------------------------
 
@@ -463,7 +398,7 @@ class Searcher:
         N = self.rows.X.shape[0]
         shape = tuple(len(i) for i in idx)
         total = int(np.prod(shape))
-        step = max(1, self.cfg.chunk // N)
+        step = max(1, self.chunk // N)
         found = False
         for start in range(0, total, step):
             flat = np.arange(start, min(total, start + step))
@@ -477,7 +412,7 @@ class Searcher:
                 picks = [p[keep] for p in picks]
             if len(picks[0]) == 0:
                 continue
-            args = [self.bank.vals[split[a]][picks[a]] for a in range(op.arity)]
+            args = [self.bank.vals[split[a]].take(picks[a]) for a in range(op.arity)]
             vals = op.apply(*args)
             kinds = np.full(len(vals), KCODE[out_kind], dtype=np.int8)
             found |= self._accept_batch(
@@ -590,12 +525,12 @@ class Searcher:
             return False
         P = _stack(self.rep_proj)  # (M, 3)
         if self.cfg.track_approximate:
-            self._track_pairs(_stack(self.rep_unit))
+            self._track_pairs(self.rep_unit)
         q = np.cross(self.y_proj[None, :], P[new])  # (a, 3): det[y, f1, f2] = f2 . (y x f1)
         M = len(P)
         # small row chunks: the search stops at the first chunk with an accepted pair, so the
         # count of pairs tested reflects the proposer's order rather than the chunk size
-        step = max(1, min(16, self.cfg.chunk // max(M, 1)))
+        step = max(1, min(16, self.chunk // max(M, 1)))
         registered = _stack(self.rep_registered)[new]
         earlier, reg, plain = np.flatnonzero(levels < level), new[registered], new[~registered]
         # (rows, columns, pair a row only with earlier columns): every pair once, those of two
@@ -660,15 +595,16 @@ class Searcher:
             return None
         return Hypothesis([(float(coef[0]), r1), (float(coef[1]), r2)], float(coef[2]))
 
-    def _track_pairs(self, Uall: np.ndarray) -> None:
+    def _track_pairs(self, Uall: Pages) -> None:
         """Best pair fit (by R^2) per complexity among the candidates most correlated with y.
 
         Only for the approximate table: exact pairs are found by the triple-product test over
         all pairs; here the K = 400 representatives with the highest |correlation| stand in.
         """
-        r = Uall @ self.y_unit
+        r = Uall.matvec(self.y_unit)
         top = np.argsort(-np.abs(r))[:400]
-        G = Uall[top] @ Uall[top].T
+        Ut = Uall.take(top)
+        G = Ut @ Ut.T
         ri, rj = r[top][:, None], r[top][None, :]
         with np.errstate(all="ignore"):
             r2 = (ri**2 + rj**2 - 2 * ri * rj * G) / (1 - G**2)
@@ -732,12 +668,17 @@ class Searcher:
                 continue
             self.stats.candidates += int(ok.sum())
             self._check_budget()
-            G = u(F[ok][:, None, :], starts[None, :, None])  # (R', K, n)
-            Gc = G - G.mean(axis=2, keepdims=True)
-            gg = (Gc**2).sum(axis=2)
-            gy = Gc @ yc
-            r2 = np.where(np.isfinite(gg) & (gg > 0), gy**2 / (gg * syy), 0.0)
-            r2 = np.nan_to_num(r2, nan=0.0)
+            # (R', K, n) values at a time: blocks of candidates within one evaluation batch
+            block = max(1, self.chunk // (len(starts) * len(y)))
+            r2_blocks = []
+            for sel in np.array_split(np.flatnonzero(ok), -(-int(ok.sum()) // block)):
+                G = u(F[sel][:, None, :], starts[None, :, None])  # (R', K, n)
+                Gc = G - G.mean(axis=2, keepdims=True)
+                gg = (Gc**2).sum(axis=2)
+                gy = Gc @ yc
+                del G, Gc
+                r2_blocks.append(np.where(np.isfinite(gg) & (gg > 0), gy**2 / (gg * syy), 0.0))
+            r2 = np.nan_to_num(np.concatenate(r2_blocks), nan=0.0)
             for i_ok, i in enumerate(np.flatnonzero(ok)):
                 best = np.argsort(-r2[i_ok])[:2]
                 if r2[i_ok, best[0]] < 0.5:
@@ -767,10 +708,12 @@ class Searcher:
         return False
 
     def verify(self, hyp: Hypothesis) -> bool:
-        """The acceptance test: exact on training and held-out rows, defined on the probes."""
-        return self._verify(hyp)
+        """The acceptance test: exact on training and held-out rows (all of them, when the
+        search runs on a sample), defined on the probes. Records no counterexample: the
+        builder tries constants here that are meant to fail."""
+        return self._verify(hyp, record=False)
 
-    def _verify(self, hyp: Hypothesis) -> bool:
+    def _verify(self, hyp: Hypothesis, record: bool = True) -> bool:
         pred = self.predict(hyp)
         r = self.rows
         if np.abs(pred[r.train] - r.y_train).max(initial=0.0) > self.tol:
@@ -779,16 +722,51 @@ class Searcher:
             return False
         if not np.isfinite(pred[r.probes]).all():
             return False
-        if r.oracle_y is None:
-            return True
-        oracle_tol = self.cfg.rtol * max(np.abs(r.oracle_y).max(initial=0.0), self.scale)
-        return bool(np.abs(pred[r.probes] - r.oracle_y).max(initial=0.0) <= oracle_tol)
+        if r.oracle_y is not None:
+            oracle_tol = self.cfg.rtol * max(np.abs(r.oracle_y).max(initial=0.0), self.scale)
+            if not np.abs(pred[r.probes] - r.oracle_y).max(initial=0.0) <= oracle_tol:
+                return False
+        return self.full is None or self._verify_full(self.predict_full(hyp), record)
 
     def _verify_constant(self, hyp: Hypothesis) -> bool:
         r = self.rows
         if np.abs(r.y_hold - hyp.intercept).max(initial=0.0) > self.tol:
             return False
-        return r.oracle_y is None or bool(np.all(r.oracle_y == hyp.intercept))
+        if r.oracle_y is not None and not np.all(r.oracle_y == hyp.intercept):
+            return False
+        if self.full is None:
+            return True
+        return self._verify_full(np.full(len(self._full_y), hyp.intercept), record=True)
+
+    def predict_full(self, hyp: Hypothesis) -> np.ndarray:
+        """`predict` on the full training and held-out rows (a search on a sample), with the
+        constants as fitted on the sample: each term rebuilt there by `Bank.replay`."""
+        assert self.full is not None
+        X = self._full_X
+        if len(self._full_cache) * 8 * len(X) > min(FULL_CACHE_BYTES, self.cfg.memory_bytes // 16):
+            self._full_cache.clear()
+        out = np.full(len(X), hyp.intercept, dtype=np.float64)
+        for coef, ref in hyp.terms:
+            with np.errstate(all="ignore"):
+                f = self.bank.replay(ref, self.ops, X, self._full_cache)
+                if hyp.wrap is not None:
+                    f = NONLINEAR[hyp.wrap[0]](f, hyp.wrap[1])
+                out = out + coef * f
+        return out
+
+    def _verify_full(self, pred: np.ndarray, record: bool) -> bool:
+        """Exact (within the same tolerance) and defined on every full row; else, when
+        `record`, keep the worst rows as counterexamples for a new search."""
+        with np.errstate(all="ignore"):
+            err = np.abs(pred - self._full_y)
+        bad = np.flatnonzero(~(err <= self.tol))  # NaN and inf fail too
+        if len(bad) == 0:
+            return True
+        if record:
+            worst = bad[np.argsort(-np.nan_to_num(err[bad], nan=np.inf), kind="stable")]
+            known = set(self.counterexamples)
+            self.counterexamples += [int(i) for i in worst[:COUNTEREXAMPLES] if int(i) not in known]
+        return False
 
     def _check_budget(self) -> None:
         if self._refine_limit is not None and self.stats.candidates > self._refine_limit:
@@ -797,15 +775,26 @@ class Searcher:
             raise _Budget(
                 f"time budget of {self.cfg.max_seconds:g} s ran out at cost {self.stats.level}"
             )
-        if self.stats.bank > self.cfg.max_bank:
+        if self.stats.bank > self.bank_limit:
+            raise _Budget(self.bank_message(self.stats.level))
+        if self.counterexamples and self.cfg.restart_on_counterexample and not self.accepted:
             raise _Budget(
-                f"bank limit of {self.cfg.max_bank:,} distinct candidates reached at "
-                f"cost {self.stats.level}"
+                f"counterexample: a fit to the {self.rows.n_train + self.rows.n_hold} rows "
+                f"searched failed on the full rows at cost {self.stats.level}"
             )
 
     def _done(self, accepted: list[Hypothesis]) -> SearchOutcome:
         self.stats.seconds = time.perf_counter() - self.t0
         return SearchOutcome(accepted, self.stats, self.approx)
+
+
+def _bytes(n: int) -> str:
+    """2.0 GiB, 512 MiB, 65,536 bytes."""
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f} GiB"
+    if n >= 1024**2:
+        return f"{n / 1024**2:.0f} MiB"
+    return f"{n:,} bytes"
 
 
 def _bare(hyp: Hypothesis) -> bool:

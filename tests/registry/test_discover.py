@@ -247,7 +247,7 @@ def test_constants_inside_nonlinear_functions(truth, expected):
 
 
 def test_observational_keys_separate_sign_flips_and_merge_rounding_noise():
-    from circuitlab.registry.search import _keys
+    from circuitlab.registry.bank import _keys
 
     rng = np.random.default_rng(0)
     v = rng.integers(-1, 2, (50_000, 12)).astype(np.float64)
