@@ -52,6 +52,12 @@ PURE_THRESHOLD = 0.85  # Nanda et al.: ~85% of neurons are > 85% explained by on
 # the logits: 7-37% for each embedding key, 0.4% for the next frequency (17, which 5% of the
 # neurons are dominated by, counted unweighted).
 KEY_SHARE = 0.02
+# A ReLU neuron of key frequency k also carries 2k, 3k, 4k, and the logits may use them: the
+# restricted loss keeps such a harmonic of a key when it holds at least this share of the last
+# MLP's answer power (a grokked sub mod 113: the keys {4, 6, 14, 21} and 2x4 made a restricted
+# loss of 8e-3 against a full 6e-4; adding the harmonics above 0.1%, 42 = 2x21, 12 = 3x4,
+# 50 = 3x21, 28 = 2x14 and 16 = 4x4, 4e-4)
+HARMONIC_SHARE = 0.001
 # float64 elements per temporary when a computation over all p*p inputs goes by chunks (8 MiB)
 CHUNK_ELEMENTS = 1 << 20
 

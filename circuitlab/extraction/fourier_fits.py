@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from circuitlab.extraction.fourier import (
     ADDITIVE_OPS,
     CHUNK_ELEMENTS,
+    HARMONIC_SHARE,
     LOG_FORMULAS,
     PURE_THRESHOLD,
     Coordinates,
@@ -29,6 +30,7 @@ from circuitlab.extraction.fourier import (
     KeyFrequencies,
     activation_grid,
     frequency_shares,
+    harmonic_of,
     key_frequencies,
     keys_by_share,
     logit_weights,
@@ -71,6 +73,24 @@ def answer_frequencies(acts: torch.Tensor, answer_coords: torch.Tensor, n: int) 
         sums.index_add_(0, coords[lo : lo + step], acts[lo : lo + step].to(torch.float64))
     counts = torch.bincount(coords, minlength=n).clamp(min=1).to(torch.float64)
     return key_frequencies(sums / counts[:, None])
+
+
+def restricted_frequencies(
+    keys: tuple[int, ...], carried: KeyFrequencies, n: int
+) -> tuple[int, ...]:
+    """What the restricted loss keeps: the embedding's keys and, when the last MLP's answer
+    spectrum (`answer_frequencies`) is sparse, the frequencies holding >= KEY_SHARE of its
+    power and the harmonics of the keys (`harmonic_of`) holding >= HARMONIC_SHARE of it."""
+    if not carried.sparse:
+        return tuple(keys)
+    power = {k + 1: v**2 for k, v in enumerate(carried.norms)}
+    total = sum(power.values())
+    harmonics = {
+        f
+        for f, v in power.items()
+        if v >= HARMONIC_SHARE * total and harmonic_of(f, keys, n) is not None
+    }
+    return tuple(sorted(set(keys) | set(keys_by_share(power)) | harmonics))
 
 
 def project_onto(acts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -434,12 +454,7 @@ def analyze(
     shares = frequency_shares(units, weights)
     carried = answer_frequencies(post, coords.of(answers), coords.n)
     del post
-    # restricted to the embedding's keys and, when the MLP's answer spectrum is sparse, the
-    # frequencies holding >= KEY_SHARE of it (ReLU harmonics of the keys among them)
-    restricted_keys = keys.frequencies
-    if carried.sparse:
-        power = {k + 1: v**2 for k, v in enumerate(carried.norms)}
-        restricted_keys = tuple(sorted(set(keys.frequencies) | set(keys_by_share(power))))
+    restricted_keys = restricted_frequencies(keys.frequencies, carried, coords.n)
     timings["neuron_frequencies"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -177,7 +177,12 @@ SUITE: dict[str, TracrProgram] = {
         TracrProgram(
             # an even length: at an odd one no full-length input is balanced and the task's
             # answer would be constant
-            "shuffle_dyck", _shuffle_dyck, _PARENS, 6, True, description="balanced parentheses"
+            "shuffle_dyck",
+            _shuffle_dyck,
+            _PARENS,
+            6,
+            True,
+            description="balanced parentheses",
         ),
         TracrProgram(
             "count_less_freq",
