@@ -100,6 +100,15 @@ def test_bad_adaptations_write_nothing(runs, tmp_path, task, spec, message):
     assert list(tmp_path.iterdir()) == []
 
 
+def _adapt_cli(base, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "circuitlab", "adapt", str(base), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_cli_adapt_errors_are_one_line(runs, tmp_path):
     base, result = runs
     for args in (
@@ -108,21 +117,7 @@ def test_cli_adapt_errors_are_one_line(runs, tmp_path):
         ["--task", "sub_mod_11", "--adapter", str(tmp_path)],
         ["--task", "sub_mod_11", "--weight-decay", "-1"],
     ):
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "circuitlab",
-                "adapt",
-                str(base),
-                *args,
-                "--out",
-                str(tmp_path / "o"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        res = _adapt_cli(base, *args, "--out", str(tmp_path / "o"))
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o").exists()
@@ -130,28 +125,10 @@ def test_cli_adapt_errors_are_one_line(runs, tmp_path):
 
 def test_cli_adapt_weight_decay_reaches_the_adapter_recipe(runs, tmp_path):
     base, _ = runs
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "circuitlab",
-            "adapt",
-            str(base),
-            "--task",
-            "sub_mod_11",
-            "--rank",
-            "2",
-            "--max-steps",
-            "3",
-            "--weight-decay",
-            "0.5",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = _adapt_cli(
+        base, "--task", "sub_mod_11", "--rank", "2", "--max-steps", "3", "--weight-decay", "0.5",
+        "--out", str(tmp_path),
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     (run,) = [d for d in tmp_path.iterdir() if d.is_dir()]
     info = read_run(run)
