@@ -25,17 +25,128 @@ from circuitlab.registry.constants import Form, fitted_bits, forms
 from circuitlab.registry.domains import Domain, Input, Kind, RegistryError, join
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.function import Function, Provenance
-from circuitlab.registry.search import Hypothesis, Searcher, literal_value
+from circuitlab.registry.search import Hypothesis, Rows, Searcher, literal_value
 
 ZERO = Form(0.0, literal=0.0)  # no intercept: nothing to write
 
 
-class Builder:
+class Finisher:
+    """Steps 3-4 for an expression made by anyone (a search's fit, the power law): simplify
+    it, decide column relevance, make the `Function`. Needs only the rows, not a search."""
+
+    def __init__(
+        self,
+        rows: Rows,
+        data: Examples,
+        domains: list[Domain],
+        resolve: ex.Resolver | None,
+        seed: int,
+    ) -> None:
+        self.rows, self.data, self.domains, self.resolve = rows, data, domains, resolve
+        self.seed = seed  # of the resampling that decides relevance
+
+    def simplify(self, expr: ex.Expr, consts: dict[str, float]) -> ex.Expr:
+        """Apply algebraic rewrites, each kept only if it shrinks the expression and leaves its
+        outputs on every row (training, held-out, probes) bit-for-bit unchanged."""
+        cols = list(self.rows.X.T)
+
+        def out(e: ex.Expr) -> np.ndarray:
+            with np.errstate(all="ignore"):
+                return np.broadcast_to(
+                    np.asarray(ex.evaluate(e, cols, consts, self.resolve), dtype=np.float64),
+                    (len(self.rows.X),),
+                )
+
+        target = out(expr)
+        changed = True
+        while changed:
+            changed = False
+            for candidate in _rewrites(expr):
+                if ex.size(candidate) < ex.size(expr) and np.array_equal(
+                    out(candidate), target, equal_nan=True
+                ):
+                    expr, changed = candidate, True
+                    break
+        return expr
+
+    def relevance(self, expr: ex.Expr, consts: dict[str, float]) -> dict[int, bool]:
+        """Column j is relevant iff resampling it (all rows and probes) changes the output."""
+        X = self.rows.X
+        cols = list(X.T)
+        base = np.asarray(ex.evaluate(expr, cols, consts, self.resolve), dtype=np.float64)
+        base = np.broadcast_to(base, (len(X),))
+        rng = np.random.default_rng(self.seed + 1)
+        out = {}
+        for j in range(X.shape[1]):
+            changed = False
+            for _ in range(3):
+                trial = cols.copy()
+                trial[j] = np.concatenate(
+                    [rng.permutation(X[:, j]), self.domains[j].sample(rng, 64)]
+                )[: len(X)]
+                if len(trial[j]) < len(X):
+                    continue
+                got = np.broadcast_to(
+                    np.asarray(ex.evaluate(expr, trial, consts, self.resolve), dtype=np.float64),
+                    (len(X),),
+                )
+                same = np.isclose(got, base, rtol=1e-12, atol=0.0) | (
+                    np.isnan(got) & np.isnan(base)
+                )
+                if not same.all():
+                    changed = True
+                    break
+            out[j] = changed
+        return out
+
+    def finish(
+        self,
+        expr: ex.Expr,
+        consts: dict[str, float],
+        name: str,
+        status: str,
+        provenance: Provenance,
+    ) -> tuple[Function, dict[str, bool]]:
+        """The function of `expr` (simplified; its inputs the relevant columns), and the
+        relevance of every column."""
+        expr = self.simplify(expr, consts)
+        rel = self.relevance(expr, consts)
+        used = sorted(ex.variables(expr))
+        keep = [j for j in used if rel[j]]
+        if len(keep) != len(used):  # an input the output does not depend on: not an input
+            raise RegistryError("internal: expression reads a column it does not depend on")
+        mapping = {j: ex.Var(i) for i, j in enumerate(keep)}
+        expr = ex.substitute(expr, mapping)
+        inputs = [Input(self.data.names[j], self.domains[j]) for j in keep]
+        y = np.concatenate([self.rows.y_train, self.rows.y_hold])
+        out_dom = Domain.infer(y)
+        if out_dom.kind is Kind.BOOL and join(*(d.kind for d in self.domains)) is Kind.REAL:
+            out_dom = Domain(Kind.INT, 0.0, 1.0)
+        fn = Function.new(
+            name,
+            inputs,
+            expr,
+            output=out_dom,
+            constants=consts,
+            status=status,
+            provenance=provenance,
+        )
+        return fn, {self.data.names[j]: rel[j] for j in range(self.data.k)}
+
+
+class Builder(Finisher):
+    """Steps 1-2 for a search's accepted fits (`Hypothesis` over its bank), then `finish`."""
+
     def __init__(
         self, searcher: Searcher, data: Examples, domains: list[Domain], resolve: ex.Resolver | None
     ) -> None:
-        self.s, self.data, self.domains, self.resolve = searcher, data, domains, resolve
-        self.rows = searcher.rows
+        super().__init__(searcher.rows, data, domains, resolve, searcher.cfg.seed)
+        self.s = searcher
+
+    def function(
+        self, hyp: Hypothesis, name: str, status: str, provenance: Provenance
+    ) -> tuple[Function, dict[str, bool]]:
+        return self.finish(*self.expression(hyp), name, status, provenance)
 
     # -- exact fits ----------------------------------------------------------------------------
 
@@ -271,30 +382,6 @@ class Builder:
             acc = ex.call("ADD" if b > 0 else "SUB", acc, number(abs(b)))
         return acc, consts
 
-    def simplify(self, expr: ex.Expr, consts: dict[str, float]) -> ex.Expr:
-        """Apply algebraic rewrites, each kept only if it shrinks the expression and leaves its
-        outputs on every row (training, held-out, probes) bit-for-bit unchanged."""
-        cols = list(self.rows.X.T)
-
-        def out(e: ex.Expr) -> np.ndarray:
-            with np.errstate(all="ignore"):
-                return np.broadcast_to(
-                    np.asarray(ex.evaluate(e, cols, consts, self.resolve), dtype=np.float64),
-                    (len(self.rows.X),),
-                )
-
-        target = out(expr)
-        changed = True
-        while changed:
-            changed = False
-            for candidate in _rewrites(expr):
-                if ex.size(candidate) < ex.size(expr) and np.array_equal(
-                    out(candidate), target, equal_nan=True
-                ):
-                    expr, changed = candidate, True
-                    break
-        return expr
-
     @staticmethod
     def _wrapped(
         e: ex.Expr,
@@ -308,64 +395,6 @@ class Builder:
         if name == "POW":
             return ex.call("POW", e, number(c))
         return ex.call(name, e if c == 1 else times(c, e))
-
-    def relevance(self, expr: ex.Expr, consts: dict[str, float]) -> dict[int, bool]:
-        """Column j is relevant iff resampling it (all rows and probes) changes the output."""
-        X = self.rows.X
-        cols = list(X.T)
-        base = np.asarray(ex.evaluate(expr, cols, consts, self.resolve), dtype=np.float64)
-        base = np.broadcast_to(base, (len(X),))
-        rng = np.random.default_rng(self.s.cfg.seed + 1)
-        out = {}
-        for j in range(X.shape[1]):
-            changed = False
-            for _ in range(3):
-                trial = cols.copy()
-                trial[j] = np.concatenate(
-                    [rng.permutation(X[:, j]), self.domains[j].sample(rng, 64)]
-                )[: len(X)]
-                if len(trial[j]) < len(X):
-                    continue
-                got = np.broadcast_to(
-                    np.asarray(ex.evaluate(expr, trial, consts, self.resolve), dtype=np.float64),
-                    (len(X),),
-                )
-                same = np.isclose(got, base, rtol=1e-12, atol=0.0) | (
-                    np.isnan(got) & np.isnan(base)
-                )
-                if not same.all():
-                    changed = True
-                    break
-            out[j] = changed
-        return out
-
-    def function(
-        self, hyp: Hypothesis, name: str, status: str, provenance: Provenance
-    ) -> tuple[Function, dict[str, bool]]:
-        expr, consts = self.expression(hyp)
-        expr = self.simplify(expr, consts)
-        rel = self.relevance(expr, consts)
-        used = sorted(ex.variables(expr))
-        keep = [j for j in used if rel[j]]
-        if len(keep) != len(used):  # an input the output does not depend on: not an input
-            raise RegistryError("internal: expression reads a column it does not depend on")
-        mapping = {j: ex.Var(i) for i, j in enumerate(keep)}
-        expr = ex.substitute(expr, mapping)
-        inputs = [Input(self.data.names[j], self.domains[j]) for j in keep]
-        y = np.concatenate([self.rows.y_train, self.rows.y_hold])
-        out_dom = Domain.infer(y)
-        if out_dom.kind is Kind.BOOL and join(*(d.kind for d in self.domains)) is Kind.REAL:
-            out_dom = Domain(Kind.INT, 0.0, 1.0)
-        fn = Function.new(
-            name,
-            inputs,
-            expr,
-            output=out_dom,
-            constants=consts,
-            status=status,
-            provenance=provenance,
-        )
-        return fn, {self.data.names[j]: rel[j] for j in range(self.data.k)}
 
 
 def _rename_consts(e: ex.Expr, names: dict[str, str]) -> ex.Expr:

@@ -238,11 +238,8 @@ class Searcher:
         self.affine_seen: dict[bool, set[int]] = {False: set(), True: set()}
         self.stats = SearchStats()
         y = rows.y_train
-        big = self.all_rows  # exact is relative to max|y| over every row, sampled or not
-        self.scale = float(
-            max(np.abs(big.y_train).max(), np.abs(big.y_hold).max(initial=0.0), 1e-300)
-        )
-        self.tol = self.cfg.rtol * self.scale
+        # exact is relative to max|y| over every row, sampled or not
+        self.scale, self.tol = tolerance(self.all_rows, self.cfg.rtol)
         # pair stage state: representatives of affine classes (train rows, centred, unit norm)
         self.rep_refs: list[Ref] = []
         self.rep_unit = Pages(rows.n_train)  # (representatives, n_train) unit vectors
@@ -714,18 +711,8 @@ class Searcher:
         return self._verify(hyp, record=False)
 
     def _verify(self, hyp: Hypothesis, record: bool = True) -> bool:
-        pred = self.predict(hyp)
-        r = self.rows
-        if np.abs(pred[r.train] - r.y_train).max(initial=0.0) > self.tol:
+        if not agrees(self.predict(hyp), self.rows, self.tol, self.cfg.rtol, self.scale):
             return False
-        if np.abs(pred[r.hold] - r.y_hold).max(initial=0.0) > self.tol:
-            return False
-        if not np.isfinite(pred[r.probes]).all():
-            return False
-        if r.oracle_y is not None:
-            oracle_tol = self.cfg.rtol * max(np.abs(r.oracle_y).max(initial=0.0), self.scale)
-            if not np.abs(pred[r.probes] - r.oracle_y).max(initial=0.0) <= oracle_tol:
-                return False
         return self.full is None or self._verify_full(self.predict_full(hyp), record)
 
     def _verify_constant(self, hyp: Hypothesis) -> bool:
@@ -786,6 +773,32 @@ class Searcher:
     def _done(self, accepted: list[Hypothesis]) -> SearchOutcome:
         self.stats.seconds = time.perf_counter() - self.t0
         return SearchOutcome(accepted, self.stats, self.approx)
+
+
+def tolerance(rows: Rows, rtol: float) -> tuple[float, float]:
+    """(scale, tol) of the acceptance test on `rows`: exact means |error| <= tol = rtol * scale,
+    scale = max|y| over the training and held-out rows."""
+    scale = float(max(np.abs(rows.y_train).max(), np.abs(rows.y_hold).max(initial=0.0), 1e-300))
+    return scale, rtol * scale
+
+
+def agrees(pred: np.ndarray, rows: Rows, tol: float, rtol: float, scale: float) -> bool:
+    """The acceptance test of a prediction on `rows` [training | held-out | probes]: within
+    `tol` on every training and held-out row (NaN fails), finite on every probe, and within
+    rtol * max(max|oracle|, scale) of the oracle on the probes when there is one. Every fit
+    passes it: the search's (`Searcher.verify`) and the power law's (`powerlaw.py`)."""
+    with np.errstate(all="ignore"):
+        if not (np.abs(pred[rows.train] - rows.y_train) <= tol).all():
+            return False
+        if not (np.abs(pred[rows.hold] - rows.y_hold) <= tol).all():
+            return False
+        if not np.isfinite(pred[rows.probes]).all():
+            return False
+        if rows.oracle_y is not None:
+            oracle_tol = rtol * max(np.abs(rows.oracle_y).max(initial=0.0), scale)
+            if not (np.abs(pred[rows.probes] - rows.oracle_y) <= oracle_tol).all():
+                return False
+    return True
 
 
 def _bytes(n: int) -> str:
