@@ -56,10 +56,14 @@ class Stage:
     modulus: int | None = None
     constants: tuple[int, ...] = ()
     last_resort: bool = False  # searched only once every other stage has had its full turn
+    # "" for an enumerative search over the groups; else how the fit was made instead, as
+    # "power law" (powerlaw.py: the groups are those of the primitives its formula uses)
+    method: str = ""
 
     @property
     def label(self) -> str:
-        return "+".join(self.groups) + (f" p={self.modulus}" if self.modulus else "")
+        groups = "+".join(self.groups) + (f" p={self.modulus}" if self.modulus else "")
+        return f"{self.method} ({groups})" if self.method else groups
 
 
 def plan_stages(
