@@ -97,8 +97,8 @@ class PowerLaw:
 
 def fit(X: np.ndarray, y: np.ndarray, columns: Sequence[int] | None = None) -> Monomial | None:
     """The monomial in `columns` (default: all) whose log fits log|y| on these rows, exponents
-    rounded (module docstring, step 1); its coefficient is left at 1 (`coefficient` fits
-    it on the formula as written). None when the rows say it is not one."""
+    rounded (module docstring, step 1); its coefficient is left at 1 (`power_law` fits C on
+    the formula as written). None when the rows say it is not one."""
     k = X.shape[1]
     cols = list(range(k)) if columns is None else list(columns)
     with np.errstate(all="ignore"):
