@@ -201,7 +201,7 @@ def register(app: typer.Typer) -> None:
                 f"{s.seconds:.2f} s (cost level {s.level}, proposer {result.proposer}); "
                 f"{cfg.cost_limit_note}"
             )
-            if len(result.stages) > 1:
+            if len(result.stages) > 1 or any(r.stage.method for r in result.stages):
                 console.print("stages: " + escape("; ".join(_stage_line(r) for r in result.stages)))
             if s.stopped.startswith(("time", "bank")):
                 console.print(f"search stopped early: {escape(s.stopped)}")
@@ -232,7 +232,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _stage_line(run: StageRun) -> str:
-    """`arithmetic to cost 5: no fit`, one stage search of the run."""
+    """`arithmetic to cost 5: no fit`, one stage search of the run (`power law (arithmetic),
+    cost 7: exact` for a fit made without a search)."""
+    if run.stage.method:
+        return f"{run.stage.label}, cost {run.max_cost}: {'exact' if run.found else 'no fit'}"
     if run.found:
         what = "exact"
     elif run.stats.stopped.startswith("time"):

@@ -20,10 +20,11 @@ and stops at the first exact fit:
 Before them, `discover.search` tries a power law (powerlaw.py: a monomial fitted in log
 space), listed as a stage of its own when it is exact. It runs the stages in rounds of rising
 cost limit (5, 7, 9). A fit found within the first round's cost is compared with what the
-later stages find up to its cost, and the smallest formula wins (ADDMOD(a, 3, p=7) over one made of MOD and FLOORDIV); a fit found
-deeper ends the search, even where a later stage has a smaller formula: the order is the
-order of plausibility. Given groups (`DiscoveryConfig.groups`) are searched as they are, in
-one stage (one per modulus when they include modular ones).
+later stages find up to its cost, and the smallest formula wins (ADDMOD(a, 3, p=7) over one
+made of MOD and FLOORDIV); a fit found deeper ends the search, even where a later stage has a
+smaller formula: the order is the order of plausibility. Given groups
+(`DiscoveryConfig.groups`) are searched as they are, in one stage (one per modulus when they
+include modular ones).
 """
 
 from __future__ import annotations

@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 import sympy
+from typer.testing import CliRunner
 
+from circuitlab.cli import app
 from circuitlab.registry import Registry
 from circuitlab.registry.discover import DiscoveryConfig, discover, search
 from circuitlab.registry.powerlaw import Monomial, fit, write
@@ -176,3 +179,16 @@ def test_a_smaller_registered_function_still_wins():
     other = search((X, y), names=list("abc"), registry=reg)
     assert other.function.render() == "DIV(MUL(a, b), c)" and not other.function.uses()
     assert [r.stage.method for r in other.stages][:2] == ["power law", ""]  # then searched
+
+
+def test_cli_names_the_power_law_stage(tmp_path: Path):
+    X, y = _data(lambda a, b, c, d: a * b * c / d, 4, rows=60)
+    path = tmp_path / "drift.csv"
+    rows = "".join(
+        ",".join(repr(float(v)) for v in (*x, t)) + "\n" for x, t in zip(X, y, strict=True)
+    )
+    path.write_text("mu,q,V,d,v\n" + rows)
+    args = ["discover", str(path), "--no-register", "--registry", str(tmp_path / "r")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "stages: power law (arithmetic), cost 7: exact" in res.output
