@@ -313,6 +313,8 @@ def print_tables(res: dict) -> None:
         if ratio is not None:
             console.print(f"median steps bf16 / fp32 = {ratio:.2f} (target within 20%)")
     load = res["machine"]
+    flags = ", ".join(load.get("bf16_cpu_flags", [])) or "none"
+    console.print(f"CPU {load['cpu']}; bf16 flags: {flags}")
     console.print(
         f"load average {load['load_average_at_start'][0]:.1f} at the start, "
         f"{load['load_average_at_end'][0]:.1f} at the end (numbers from a busy machine mean "
@@ -388,6 +390,10 @@ def main() -> None:
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "bf16": _precision.bf16_unsupported("cpu") or "native",
+        # AMX tiles roughly double bf16's matmul peak over AVX512-BF16: say which this CPU has
+        "bf16_cpu_flags": sorted(
+            (_precision._cpu_flags() or set()) & {"avx512_bf16", "amx_bf16", "amx_tile"}
+        ),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "load_average_at_start": load0,
