@@ -25,15 +25,6 @@ if TYPE_CHECKING:
 
 # the primitive groups a numeric discovery can search (grids have their own: grid_search.py)
 NUMERIC_GROUPS = tuple(g for g in GROUPS if g != "grid")
-NUMERIC_GROUPS = (
-    "arithmetic",
-    "integer",
-    "modular",
-    "bitwise",
-    "comparison",
-    "control",
-    "elementary",
-)
 
 
 def build_ops(
