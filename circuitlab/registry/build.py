@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from circuitlab.registry import expr as ex
-from circuitlab.registry.constants import Form, fitted_bits, forms
+from circuitlab.registry.constants import Form, fitted_bits, forms, write_number, write_times
 from circuitlab.registry.domains import Domain, Input, Kind, RegistryError, join
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.function import Function, Provenance
@@ -321,20 +321,10 @@ class Builder(Finisher):
             return ex.Const(key)
 
         def number(v: float) -> ex.Expr:
-            """The constant v, written in its form when it has one (DIV(1, 3))."""
-            form = hyp.forms.get(abs(v))
-            if form is None or not form.exact:
-                return const(v)
-            e = form.expr(const)
-            return e if v > 0 else ex.call("NEG", e)
+            return write_number(v, hyp.forms.get(abs(v)), const)
 
         def times(v: float, e: ex.Expr) -> ex.Expr:
-            """v * e: MUL(v, e), or DIV(e, D) when v's form is 1/D."""
-            form = hyp.forms.get(abs(v))
-            if form is None or not form.exact:
-                return ex.call("MUL", const(v), e)
-            out = form.times(e, const)
-            return out if v > 0 else ex.call("NEG", out)
+            return write_times(v, hyp.forms.get(abs(v)), e, const)
 
         bound: dict[int, ex.Const] = {}
 

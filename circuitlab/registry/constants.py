@@ -123,6 +123,23 @@ class Form:
         return num if self.q == 1 else f"{num}/{self.q}"
 
 
+def write_number(v: float, form: Form | None, const: Alloc) -> ex.Expr:
+    """The constant v in its exact form when it has one (DIV(1, 3); NEG of it below 0), else a
+    stored constant."""
+    if form is None or not form.exact:
+        return const(v)
+    e = form.expr(const)
+    return e if v > 0 else ex.call("NEG", e)
+
+
+def write_times(v: float, form: Form | None, e: ex.Expr, const: Alloc) -> ex.Expr:
+    """v * e: MUL(v, e), or DIV(e, D) when v's exact form is 1/D (NEG of it below 0)."""
+    if form is None or not form.exact:
+        return ex.call("MUL", const(v), e)
+    out = form.times(e, const)
+    return out if v > 0 else ex.call("NEG", out)
+
+
 @cache
 def _value(form: Form) -> float:
     consts: dict[str, float] = {}

@@ -46,7 +46,7 @@ from fractions import Fraction
 import numpy as np
 
 from circuitlab.registry import expr as ex
-from circuitlab.registry.constants import Form, forms
+from circuitlab.registry.constants import Form, forms, write_number, write_times
 from circuitlab.registry.primitives import get_primitive
 from circuitlab.registry.search import Rows, agrees, tolerance
 
@@ -201,25 +201,14 @@ def _write(m: Monomial, value: float, form: Form | None, style: str, const: Allo
                 num.append(ex.call("POW", _prod(neg), _exponent(-mag, const)))
             else:
                 den.append(_power(_prod(neg), mag, const))
-    exact = form is not None and form.exact
-
-    def number(v: float) -> ex.Expr:  # as Builder.expression writes a constant
-        if not exact:
-            return const(v)
-        e = form.expr(const)
-        return e if v > 0 else ex.call("NEG", e)
-
     if not num:  # C / (...)
-        return ex.call("DIV", number(value), _chain(den))
+        return ex.call("DIV", write_number(value, form, const), _chain(den))
     body = _chain(num) if not den else ex.call("DIV", _chain(num), _chain(den))
     if value == 1.0:
         return body
     if value == -1.0:
         return ex.call("NEG", body)
-    if not exact:
-        return ex.call("MUL", const(value), body)
-    out = form.times(body, const)
-    return out if value > 0 else ex.call("NEG", out)
+    return write_times(value, form, body, const)
 
 
 def _prod(cols: list[int]) -> ex.Expr:
