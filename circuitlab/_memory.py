@@ -50,10 +50,12 @@ def _cgroup_limit() -> int | None:
 
 
 def format_bytes(n: float) -> str:
-    """1.5 GiB, 320 MiB: the unit a reader compares at a glance."""
+    """1.5 GiB, 320 MiB, 65,536 bytes: the unit a reader compares at a glance."""
     if n >= GIB:
         return f"{n / GIB:.1f} GiB"
-    return f"{n / 1024**2:.0f} MiB"
+    if n >= 1024**2:
+        return f"{n / 1024**2:.0f} MiB"
+    return f"{int(n):,} bytes"
 
 
 def check_fits(estimate: float, what: str, remedy: str, available: int | None = None) -> None:

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from circuitlab._memory import format_bytes
 from circuitlab.registry import expr as ex
 from circuitlab.registry.bank import Bank, Pages, Ref, _affine_keys, _keys, _new_keys
 from circuitlab.registry.constants import Form
@@ -278,8 +279,9 @@ class Searcher:
         if self.bank_bound == "candidates":
             return f"{head}, set by max_bank (raise it to search further)"
         n = self.rows.X.shape[0]
+        budget = format_bytes(self.cfg.memory_bytes)
         return (
-            f"{head}, set by the memory budget of {_bytes(self.cfg.memory_bytes)} at {n} rows "
+            f"{head}, set by the memory budget of {budget} at {n} rows "
             "per candidate (raise memory_bytes, --memory, or lower search_rows, --search-rows)"
         )
 
@@ -799,15 +801,6 @@ def agrees(pred: np.ndarray, rows: Rows, tol: float, rtol: float, scale: float) 
             if not (np.abs(pred[rows.probes] - rows.oracle_y) <= oracle_tol).all():
                 return False
     return True
-
-
-def _bytes(n: int) -> str:
-    """2.0 GiB, 512 MiB, 65,536 bytes."""
-    if n >= 1024**3:
-        return f"{n / 1024**3:.1f} GiB"
-    if n >= 1024**2:
-        return f"{n / 1024**2:.0f} MiB"
-    return f"{n:,} bytes"
 
 
 def _bare(hyp: Hypothesis) -> bool:
