@@ -264,8 +264,9 @@ def first_step(run: Path, threshold: float) -> int | None:
 
 
 def ticket(work: Path, recipe: str, seed: int, sparsity: float, rounds: int = 1) -> dict:
-    """A grokking ticket of the `recipe` parent of `seed` against its dense run."""
-    from circuitlab.training.prune import PruneConfig, prune
+    """A grokking ticket of the `recipe` parent of `seed` against its dense run (read back when
+    its sweep is there: the sweep part and tickets-fast share the 30% tickets)."""
+    from circuitlab.training.prune import PruneConfig
 
     run = parent(work, TASK, recipe, seed)
     dense = read_run(run).summary
@@ -277,18 +278,18 @@ def ticket(work: Path, recipe: str, seed: int, sparsity: float, rounds: int = 1)
     config = PruneConfig("lottery", (sparsity,), rounds=rounds, max_steps=budget)
     name = f"{seed}" if (sparsity, rounds) == (TICKET_SPARSITY, 1) else f"{seed}-s{sparsity}"
     name += f"-r{rounds}" if rounds > 1 else ""
-    _, (p,) = prune(run, config, work / "tickets" / recipe / name, overwrite=True)
+    (p,) = sweep(run, config, work / "tickets" / recipe / name)
     return {
         "dense_grokked_at": dense["grokked_at"],
-        "ticket_grokked_at": p.grokked_at,
+        "ticket_grokked_at": p["grokked_at"],
         "ratio": (
             None
-            if p.grokked_at is None or not dense["grokked_at"]
-            else p.grokked_at / dense["grokked_at"]
+            if p["grokked_at"] is None or not dense["grokked_at"]
+            else p["grokked_at"] / dense["grokked_at"]
         ),
         "dense_val95_at": first_step(run, 0.95),
-        "ticket_val95_at": first_step(Path(p.run), 0.95),
-        "ticket_acc_all": p.acc_all,
+        "ticket_val95_at": first_step(Path(p["run"]), 0.95),
+        "ticket_acc_all": p["acc_all"],
         "sparsity": sparsity,
         "rounds": rounds,
         "budget": budget,
