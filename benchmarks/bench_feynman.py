@@ -80,6 +80,10 @@ from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "feynman_equations.csv"
+# each variable's units as exponents of m, s, kg, T (kelvin), V (volt): the benchmark's own
+# units table (AI Feynman's units.csv, as copied in PhySO's benchmarking/FeynmanBenchmark), plus
+# Gamma, which the equations spell with a capital and the table does not list
+UNITS = HERE / "data" / "feynman_units.csv"
 RESULTS = HERE / "results" / "feynman.json"
 RESULTS_NOISY = HERE / "results" / "feynman_noisy.json"
 REFERENCE = {"AI Feynman": 100, "Eureqa": 71}  # noise-free, of 100 (Udrescu & Tegmark 2020)
@@ -320,6 +324,7 @@ class Options:
     structure_rtol: float = 1e-3
     simplify_seconds: float = 10.0
     memory: str = "2G"
+    units: bool = True  # give discovery the variables' units (dimensional analysis)
 
     def config(self) -> dict[str, Any]:
         """What a result depends on (compared by --resume)."""
@@ -360,8 +365,19 @@ def run_equation(eq: Equation, opts: Options) -> dict[str, Any]:
         max_cost=opts.cost_limit,
         memory_bytes=opts.memory,
     )
+    units = None
+    data: Any = (X, y)
+    if opts.units:
+        from circuitlab.registry import Examples, Units
+
+        table = Units.read(UNITS)
+        cols = eq.columns()  # identifiers: a renamed column keeps its variable's units
+        out = eq.output if eq.output not in cols else eq.output + "_out"
+        dims = {c: table.of(n) for n, c in zip(eq.names, cols, strict=True)}
+        units = Units(table.base, {**dims, out: table.of(eq.output)})
+        data = Examples.from_arrays(X, y, cols, out)
     t0 = time.perf_counter()
-    result = search((X, y), names=eq.columns(), name="F", config=cfg)
+    result = search(data, names=eq.columns(), name="F", config=cfg, units=units)
     rec["seconds"] = time.perf_counter() - t0
     fn = result.function
     rec.update(
@@ -370,6 +386,7 @@ def run_equation(eq: Equation, opts: Options) -> dict[str, Any]:
         level=result.stats.level,
         candidates=result.stats.candidates,
         pairs=result.stats.pairs,
+        units=result.units,
         found=fn.render() if fn else None,
         found_sympy=None,
         cost=fn.complexity if fn else None,
@@ -671,6 +688,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--structure-rtol", type=float, default=1e-3, help="noisy criterion (1e-3)")
     ap.add_argument("--simplify-seconds", type=float, default=10.0, help="sympy time limit (10)")
     ap.add_argument("--memory", default="2G", help="bytes each search may hold (2G)")
+    ap.add_argument(
+        "--no-units",
+        action="store_true",
+        help="search without the variables' units (no dimensional analysis)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="equations at a time (1)")
     ap.add_argument("--out", help="results JSON (default results/feynman[_noisy].json)")
     ap.add_argument("--resume", action="store_true", help="skip equations already in --out")
@@ -692,6 +714,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         structure_rtol=args.structure_rtol,
         simplify_seconds=args.simplify_seconds,
         memory=args.memory,
+        units=not args.no_units,
     )
     config = json.loads(json.dumps(opts.config()))
     done: dict[str, Any] = {}

@@ -118,6 +118,17 @@ def register(app: typer.Typer) -> None:
             "400,000) and says which limit stopped it.",
             show_default=False,
         ),
+        units: Path | None = typer.Option(
+            None,
+            "--units",
+            metavar="CSV",
+            help="Physical units of the columns, for dimensional analysis: a CSV with a "
+            "header, one row a variable (its name as in DATA, optional description columns, "
+            "then its exponent of each base dimension, e.g. 'v,Velocity,1,-1,0' for m, s, kg), "
+            "the output included. The search then looks for y = P * f(g), P a product of powers "
+            "with the units of y and g the dimensionless groups, before the plain search.",
+            show_default=False,
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Discover the simplest function that reproduces DATA exactly (or approximately).
@@ -160,8 +171,14 @@ def register(app: typer.Typer) -> None:
                     "columns renamed to identifiers: "
                     + escape(", ".join(f"{h!r} -> {i}" for h, i in examples.renamed))
                 )
+            dims = None if units is None else _units(units, examples)
             result = search(
-                examples, name=fname, registry=reg, config=cfg, proposer=_proposer(proposer)
+                examples,
+                name=fname,
+                registry=reg,
+                config=cfg,
+                proposer=_proposer(proposer),
+                units=dims,
             )
             stored, written = None, False
             if result.function is not None and save:
@@ -203,6 +220,8 @@ def register(app: typer.Typer) -> None:
             )
             if len(result.stages) > 1 or any(r.stage.method for r in result.stages):
                 console.print("stages: " + escape("; ".join(_stage_line(r) for r in result.stages)))
+            if result.units:
+                console.print(escape(result.units))
             if s.stopped.startswith(("time", "bank")):
                 console.print(f"search stopped early: {escape(s.stopped)}")
         if result.function is None:
@@ -245,6 +264,16 @@ def _stage_line(run: StageRun) -> str:
     else:
         what = "no fit"
     return f"{run.stage.label} to cost {run.max_cost}: {what}"
+
+
+def _units(path: Path, examples):
+    """The units table at `path`, keyed by the columns' identifiers (a header renamed to an
+    identifier keeps its row)."""
+    from circuitlab.registry import Units
+
+    table = Units.read(path)
+    ident = dict(examples.renamed)
+    return Units(table.base, {ident.get(k, k): v for k, v in table.table.items()})
 
 
 def _proposer(name: str):

@@ -6,6 +6,7 @@ ke = discover((X, y), names=["m", "v"], name="KE", registry=reg, register=True)
 reg.call("KE", 2.0, 3.0)              # -> 9.0
 """
 
+from circuitlab.registry.dimensions import Units, UnitsError
 from circuitlab.registry.discover import (
     DiscoveryConfig,
     DiscoveryError,
@@ -46,6 +47,8 @@ __all__ = [
     "Registry",
     "RegistryError",
     "UniformProposer",
+    "Units",
+    "UnitsError",
     "Var",
     "call",
     "discover",

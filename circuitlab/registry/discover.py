@@ -53,11 +53,12 @@ import numpy as np
 from circuitlab import __version__
 from circuitlab.registry import expr as ex
 from circuitlab.registry.build import Builder, Finisher
+from circuitlab.registry.dimensions import Units, reduce
 from circuitlab.registry.domains import Domain, Kind, RegistryError
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.function import Function, Provenance
 from circuitlab.registry.ops import NUMERIC_GROUPS, build_ops
-from circuitlab.registry.powerlaw import power_law
+from circuitlab.registry.powerlaw import groups_of, power_law
 from circuitlab.registry.proposer import Proposer, UniformProposer
 from circuitlab.registry.registration import check_register_name, register_found
 from circuitlab.registry.registry import Registry
@@ -76,9 +77,14 @@ from circuitlab.registry.search import (
     Searcher,
     SearchOutcome,
     SearchStats,
+    agrees,
+    tolerance,
 )
 from circuitlab.registry.stages import Stage, plan_stages
 
+# the share of the time budget the dimensionless problem gets when units are given; the
+# original problem has the rest
+UNITS_SHARE = 0.5
 ROUND_STEP = 2  # rounds of a staged search raise the cost limit by this much
 # searches of one stage begun again with the rows where a fit to the sample failed; after
 # that, such fits are rejected and the search goes on
@@ -129,6 +135,10 @@ class DiscoveryConfig:
     # small modular formula is not kept waiting by a deep arithmetic search); each later round
     # raises it by ROUND_STEP, up to cost_limit
     stage_cost: int = 5
+    # after the first round finds nothing, search transforms of the output (1/y, y^2, log y,
+    # arcsin y, ...) up to stage_cost and invert the fit (`_transform_stage`; real data, exact
+    # mode)
+    transforms: bool = True
 
     def __post_init__(self) -> None:
         if self.max_cost is not None and self.max_cost < 1:
@@ -226,6 +236,9 @@ class DiscoveryResult:
     # "" when it was not tried (given groups, approximate mode); listed in `stages` only
     # when exact
     power_law: str = ""
+    # dimensional analysis (dimensions.py): "y = P * f(g): exact", why it found nothing, or ""
+    # when no units were given
+    units: str = ""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -245,6 +258,7 @@ class DiscoveryResult:
             "proposer": self.proposer,
             "stages": [r.to_dict() for r in self.stages],
             "power_law": self.power_law,
+            "units": self.units,
             "message": self.message,
         }
 
@@ -293,6 +307,7 @@ def discover(
     config: DiscoveryConfig | None = None,
     oracle: Callable[..., Any] | None = None,
     register: bool = False,
+    units: Units | None = None,
 ) -> Function:
     """The simplest function that fits `examples` exactly (or approximately, when configured).
 
@@ -301,8 +316,9 @@ def discover(
     stored there, unless the registry already holds a function of that name with the same
     definition, which is returned instead (re-running a discovery is idempotent); a name held
     by a different function is refused. oracle: a callable of all the columns giving the true
-    outputs on the probe inputs, when the examples come from a known process. Raises
-    `DiscoveryError` when nothing fits, leaving the registry untouched.
+    outputs on the probe inputs, when the examples come from a known process. units: each
+    column's and the output's physical units (`dimensions.Units`), for dimensional analysis.
+    Raises `DiscoveryError` when nothing fits, leaving the registry untouched.
     """
     data = Examples.coerce(examples, names)
     rtol = (config or DiscoveryConfig()).rtol
@@ -317,6 +333,7 @@ def discover(
         proposer=proposer,
         config=config,
         oracle=oracle,
+        units=units,
     )
     if result.function is None:
         raise DiscoveryError(result.message, result)
@@ -335,6 +352,7 @@ def search(
     proposer: Proposer | None = None,
     config: DiscoveryConfig | None = None,
     oracle: Callable[..., Any] | None = None,
+    units: Units | None = None,
 ) -> DiscoveryResult:
     """Like `discover` but returns the full result (statistics, table) and never raises on a
     failed search (only on bad input). It writes nothing, so `name` may be taken: the function
@@ -356,6 +374,12 @@ def search(
     functions are offered: the stages are then searched up to its complexity - 1, and it is
     kept unless they find a smaller fit. `DiscoveryResult.power_law` says what it found.
 
+    With `units` (exact mode), dimensional analysis comes first (`dimensions.py`): y = P(x) *
+    f(g), with P a monomial of the units of y and g the dimensionless groups; f is searched on
+    the table (g, y / P) within UNITS_SHARE of the time budget, and P * f(g) taken if it passes
+    the acceptance test on the original rows. Otherwise the original problem is searched in
+    the time left. `DiscoveryResult.units` says what it did.
+
     A table of more than `search_rows` rows is searched on a sample of them (`Sample`), every
     accepted fit checked on all of them; approximate fits are fitted and scored on the sample."""
     cfg = config or DiscoveryConfig()
@@ -371,6 +395,15 @@ def search(
         stages = stages[:1]
     t0 = time.perf_counter()
     runs: list[StageRun] = []
+    units_note = ""
+    if units is not None and not cfg.approximate:
+        found, run, units_note = _units_stage(
+            data, units, sample, domains, resolve, cfg, prop.name, name
+        )
+        if run is not None:
+            runs.append(run)
+        if found is not None:
+            return _noted(_exact(found, runs, data, sample, cfg, prop.name, t0, ""), units_note)
     # the power law first (automatic staging, exact mode): an exact monomial is the answer,
     # unless registered functions are offered, which may write it smaller: then the search
     # runs below its complexity, and the monomial is kept if it finds nothing smaller
@@ -383,12 +416,22 @@ def search(
             runs.append(law.run)
             cap = min(cfg.cost_limit, law.key[0] - 1)
             if not _offers_registered(reg, name) or cap < 1:
-                return _exact(law, runs, data, sample, cfg, prop.name, t0, note)
+                return _noted(_exact(law, runs, data, sample, cfg, prop.name, t0, note), units_note)
             search_cfg = replace(cfg, max_cost=cap)
-    rounds = _rounds(search_cfg, len(stages))
+    transforms = cfg.transforms and "elementary" in stages[0].groups
+    rounds = _rounds(search_cfg, len(stages), transforms)
     entries: list[_Entry] = []  # approximate fits of the stages that found nothing
     done: set[int] = set()  # stages that a further round cannot help
-    for limit, share in rounds:
+    for round_no, (limit, share) in enumerate(rounds):
+        if round_no == 1 and transforms:
+            found, tried = _transform_stage(
+                data, sample, domains, resolve, cfg, prop.name, name, t0
+            )
+            runs += tried
+            if found is not None:
+                return _noted(
+                    _exact(found, runs, data, sample, cfg, prop.name, t0, note), units_note
+                )
         final = limit == search_cfg.cost_limit
         todo = [
             i for i in range(len(stages)) if i not in done and (final or not stages[i].last_resort)
@@ -440,12 +483,17 @@ def search(
         if best is not None:
             if law is not None and law.key <= best.key:  # a tie: the plain monomial
                 best = law
-            return _exact(best, runs, data, sample, cfg, prop.name, t0, note)
+            return _noted(_exact(best, runs, data, sample, cfg, prop.name, t0, note), units_note)
     if law is not None:
-        return _exact(law, runs, data, sample, cfg, prop.name, t0, note)
+        return _noted(_exact(law, runs, data, sample, cfg, prop.name, t0, note), units_note)
     stats = _total(runs, cfg, time.perf_counter() - t0)
     result = _failed(stats, entries, cfg, prop.name, runs)
     result.power_law = note
+    return _noted(result, units_note)
+
+
+def _noted(result: DiscoveryResult, units: str) -> DiscoveryResult:
+    result.units = units
     return result
 
 
@@ -469,7 +517,8 @@ def _exact(
     prov = _provenance(data, sample, cfg, proposer, runs, best.run.stage)
     fn = replace(best.fn, provenance=prov)
     table = _front(best.entries, True)
-    how = "a monomial fitted in log space" if best.run.stage.method else ""
+    method = best.run.stage.method
+    how = METHODS.get(method, "the transformed output searched, the fit inverted" if method else "")
     return DiscoveryResult(
         fn,
         "exact",
@@ -482,6 +531,13 @@ def _exact(
         runs,
         note,
     )
+
+
+# how a stage that is not an enumerative search made its fit, for the result's message
+METHODS = {
+    "power law": "a monomial fitted in log space",
+    "units": "a dimensionless problem searched, then scaled back",
+}
 
 
 def _offers_registered(registry: Registry | None, name: str) -> bool:
@@ -521,17 +577,195 @@ def _power_law(
         fn, rel = finisher.finish(law.expr, law.consts, name, "exact", prov)
     except RegistryError as exc:  # a column it reads but does not depend on: not taken
         return None, f"not taken: {exc}"
+    stats.seconds = time.perf_counter() - t0
+    return _found(fn, rel, run, sample, resolve), note
+
+
+def _found(
+    fn: Function,
+    rel: dict[str, bool],
+    run: StageRun,
+    sample: Sample,
+    resolve: ex.Resolver | None,
+) -> _Found:
+    """An exact function made without a search (power law, units) as the best fit of its
+    stage; its cost level is the formula's complexity (not bounded by the cost limit)."""
     try:
         sym = str(fn.sympy(resolve))
     except Exception:  # as in `_entries`: the table shows the rest
         sym = ""
-    # its cost level is the formula's complexity (not bounded by the search's cost limit)
-    stats.level = run.max_cost = fn.complexity
-    stats.seconds = time.perf_counter() - t0
+    run.stats.level = run.max_cost = fn.complexity
     var = float(np.var(sample.rows.y_train)) or 1.0
     entry = _Entry(fn.complexity, 0.0, fn, None, -math.inf, sym, var)
     key = (fn.complexity, len(fn.constants), bool(fn.uses()))
-    return _Found(key, fn, rel, [entry], run), note
+    return _Found(key, fn, rel, [entry], run)
+
+
+def _units_stage(
+    data: Examples,
+    units: Units,
+    sample: Sample,
+    domains: list[Domain],
+    resolve: ex.Resolver | None,
+    cfg: DiscoveryConfig,
+    proposer: str,
+    name: str,
+) -> tuple[_Found | None, StageRun | None, str]:
+    """Dimensional analysis as a stage (see `search`): the exact function P * f(g), or None;
+    the stage run (None when there was nothing to reduce); and a note."""
+    red = reduce(units, data.names, data.output_name)
+    if not red.changes:
+        return None, None, "units: every column is dimensionless and so is the output"
+    note = f"units: {data.output_name} = {red.render(data.names)}"
+    G, yr = red.table(data.X, data.y)
+    if not (np.isfinite(G).all() and np.isfinite(yr).all()):
+        return None, None, f"{note}: not finite on some row (a zero column?), not searched"
+    t0 = time.perf_counter()
+    sub = Examples.from_arrays(G, yr, red.names, data.output_name)
+    sub_cfg = replace(cfg, max_seconds=cfg.max_seconds * UNITS_SHARE, use_registry=False)
+    inner = search(sub, name=name, config=sub_cfg)
+    stats = replace(inner.stats, seconds=time.perf_counter() - t0)
+    run = StageRun(
+        Stage(("arithmetic",), method="units"), stats.level, sub_cfg.max_seconds, stats, False
+    )
+    if inner.function is None:
+        return None, run, f"{note}: no exact f ({inner.stats.stopped})"
+    f = inner.function
+    expr, consts = red.lift(f.expr, dict(f.constants), [i.name for i in f.inputs])
+    found, why = _lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
+    if found is None:
+        return None, run, f"{note}: f = {f.render()} {why}"
+    return found, found.run, f"{note}, f = {f.render()}"
+
+
+def _lifted(
+    expr: ex.Expr,
+    consts: dict[str, float],
+    run: StageRun,
+    data: Examples,
+    sample: Sample,
+    domains: list[Domain],
+    resolve: ex.Resolver | None,
+    cfg: DiscoveryConfig,
+    proposer: str,
+    name: str,
+) -> tuple[_Found | None, str]:
+    """A formula of the original columns made from a fit to a derived problem (units, an
+    output transform), taken only if it passes the acceptance test on every original row;
+    `run` is the derived search's. None and why when it does not."""
+    rows = sample.full or sample.rows
+    scale, tol = tolerance(rows, cfg.rtol)
+    with np.errstate(all="ignore"):
+        pred = np.broadcast_to(
+            np.asarray(ex.evaluate(expr, list(rows.X.T), consts, resolve), dtype=np.float64),
+            (len(rows.X),),
+        )
+    if not agrees(pred, rows, tol, cfg.rtol, scale):
+        return None, "fails on the original rows"
+    run = replace(run, stage=replace(run.stage, groups=groups_of(expr)), found=True)
+    finisher = Finisher(rows, data, domains, resolve, cfg.seed)
+    prov = _provenance(data, sample, cfg, proposer, [run], run.stage)
+    try:
+        fn, rel = finisher.finish(expr, consts, name, "exact", prov)
+    except RegistryError as exc:  # a column it reads but does not depend on: not taken
+        return None, f"not taken: {exc}"
+    return _found(fn, rel, run, sample, resolve), ""
+
+
+# output transforms: (name, whether it applies to y, T(y), the inverse as a formula of f = T(y))
+TRANSFORM_SHARE = 0.04  # of the time budget, each
+TRANSFORMS: tuple[tuple[str, Callable[[np.ndarray], bool], Callable, Callable], ...] = (
+    ("1/y", lambda y: bool((y != 0).all()), lambda y: 1 / y, lambda f, one: ex.call("DIV", one, f)),
+    ("y^2", lambda y: bool((y > 0).all()), np.square, lambda f, one: ex.call("SQRT", f)),
+    ("sqrt(y)", lambda y: bool((y > 0).all()), np.sqrt, lambda f, one: ex.call("SQUARE", f)),
+    (
+        "1/y^2",
+        lambda y: bool((y > 0).all()),
+        lambda y: 1 / np.square(y),
+        lambda f, one: ex.call("DIV", one, ex.call("SQRT", f)),
+    ),
+    ("log(y)", lambda y: bool((y > 0).all()), np.log, lambda f, one: ex.call("EXP", f)),
+    (
+        "arcsin(y)",
+        lambda y: bool((np.abs(y) <= 1).all()),
+        np.arcsin,
+        lambda f, one: ex.call("SIN", f),
+    ),
+    ("sin(y)", lambda y: True, np.sin, lambda f, one: ex.call("ASIN", f)),
+    (
+        "artanh(y)",
+        lambda y: bool((np.abs(y) < 1).all()),
+        np.arctanh,
+        lambda f, one: ex.call("TANH", f),
+    ),
+)
+
+
+def _transform_stage(
+    data: Examples,
+    sample: Sample,
+    domains: list[Domain],
+    resolve: ex.Resolver | None,
+    cfg: DiscoveryConfig,
+    proposer: str,
+    name: str,
+    t0: float,
+) -> tuple[_Found | None, list[StageRun]]:
+    """Search T(y) for each output transform T up to stage_cost (TRANSFORM_SHARE of the budget
+    each, the power law included), and write y = T^-1(f) in the original columns: AI Feynman's
+    brute force tries the same inverses. 1/sqrt(1 - g^2) is cost 7 for the search, but
+    1/y^2 = 1 - g^2 is cost 4. The first that passes the acceptance test on every row wins."""
+    runs: list[StageRun] = []
+    banned = set(cfg.exclude) - {"POW"}  # POW is left out of the enumeration, not banned
+    sub_cfg = replace(
+        cfg,
+        max_cost=min(cfg.stage_cost, cfg.cost_limit),
+        transforms=False,
+        use_registry=False,
+    )
+    for label, applies, forward, inverse in TRANSFORMS:
+        left = cfg.max_seconds - (time.perf_counter() - t0)
+        if left <= 0:
+            break
+        if not applies(data.y) or _ops(inverse(ex.Var(0), ex.Var(0))) & banned:
+            continue
+        with np.errstate(all="ignore"):
+            ty = forward(data.y)
+        if not np.isfinite(ty).all():
+            continue
+        started = time.perf_counter()
+        sub = Examples.from_arrays(data.X, ty, data.names, data.output_name)
+        budget = min(left, cfg.max_seconds * TRANSFORM_SHARE)
+        inner = search(sub, name=name, config=replace(sub_cfg, max_seconds=budget))
+        stats = replace(inner.stats, seconds=time.perf_counter() - started)
+        run = StageRun(
+            Stage(("arithmetic",), method=f"y from {label}"), stats.level, budget, stats, False
+        )
+        runs.append(run)
+        f = inner.function
+        if f is None:
+            continue
+        consts = dict(f.constants)
+        one = ex.Const(_fresh_const(consts))
+        consts[one.name] = 1.0
+        mapping = {i: ex.Var(data.names.index(inp.name)) for i, inp in enumerate(f.inputs)}
+        expr = inverse(ex.substitute(f.expr, mapping), one)
+        found, _ = _lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
+        if found is not None:
+            runs[-1] = found.run
+            return found, runs
+    return None, runs
+
+
+def _ops(e: ex.Expr) -> set[str]:
+    return {n.op for n in ex.walk(e) if isinstance(n, ex.Call)}
+
+
+def _fresh_const(taken: dict[str, float]) -> str:
+    i = 0
+    while f"t{i}" in taken:
+        i += 1
+    return f"t{i}"
 
 
 class _Builder(Builder):
@@ -623,13 +857,22 @@ def _best_exact(
     return best[0][:3], best[1], best[2]
 
 
-def _rounds(cfg: DiscoveryConfig, n_stages: int) -> list[tuple[int, float]]:
+def _rounds(
+    cfg: DiscoveryConfig, n_stages: int, transforms: bool = False
+) -> list[tuple[int, float]]:
     """(cost limit, share of the time budget by the end of the round) of each round of a
     staged search: stage_cost, then every second cost up to the limit (5, 7, 9), so a stage
     searches deeper only after every stage has had its turn at the cost below; one round
-    for a single stage."""
-    if n_stages == 1 or cfg.stage_cost >= cfg.cost_limit:
+    for a single stage, or two (stage_cost, then the limit) when output transforms are
+    searched between them."""
+    if cfg.stage_cost >= cfg.cost_limit:
         return [(cfg.cost_limit, 1.0)]
+    if n_stages == 1:
+        return (
+            [(cfg.stage_cost, 0.25), (cfg.cost_limit, 1.0)]
+            if transforms
+            else [(cfg.cost_limit, 1.0)]
+        )
     costs = [*range(cfg.stage_cost, cfg.cost_limit, ROUND_STEP), cfg.cost_limit]
     return [(c, (i + 1) / len(costs)) for i, c in enumerate(costs)]
 

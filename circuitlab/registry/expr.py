@@ -366,6 +366,8 @@ def _sympy_prim(node: Call, a: list[Any]) -> Any:
         "LOG": lambda: sympy.log(a[0]),
         "SIN": lambda: sympy.sin(a[0]),
         "COS": lambda: sympy.cos(a[0]),
+        "ASIN": lambda: sympy.asin(a[0]),
+        "TANH": lambda: sympy.tanh(a[0]),
         "POW": lambda: a[0] ** a[1],
     }
     if op in table:

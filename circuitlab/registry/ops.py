@@ -49,7 +49,7 @@ def build_ops(
     for prim in primitives().values():
         if prim.group not in stage.groups or prim.group not in NUMERIC_GROUPS:
             continue
-        if prim.name in cfg.exclude or prim.name == "LOOP":
+        if prim.name in cfg.exclude or prim.name == "LOOP" or not prim.enumerated:
             continue
         if prim.params == ("p",):
             p = stage.modulus

@@ -179,10 +179,12 @@ def write(
         consts[key] = float(v)
         return ex.Const(key)
 
-    return _write(m, value, form, style, const), consts
+    return write_with(m, value, form, style, const), consts
 
 
-def _write(m: Monomial, value: float, form: Form | None, style: str, const: Alloc) -> ex.Expr:
+def write_with(m: Monomial, value: float, form: Form | None, style: str, const: Alloc) -> ex.Expr:
+    """`write`, its constants made by `const` (a caller that has constants of its own names
+    them apart)."""
     # columns grouped by |exponent|, the groups in the order of their first column
     groups: dict[Fraction, tuple[list[int], list[int]]] = {}
     for j in m.columns:

@@ -36,6 +36,8 @@ class Primitive:
     params: tuple[str, ...] = ()
     commutative: bool = False
     sympy_name: str | None = None  # rendered as sympy.Function(sympy_name) when no closed form
+    # False: never a candidate of the enumeration, only written into fitted or inverted forms
+    enumerated: bool = True
 
     def out_kind(self, kinds: tuple[Kind, ...]) -> Kind | None:
         return self.kind_rule(kinds) if len(kinds) == self.arity else None
@@ -295,6 +297,17 @@ for _p in [
         "a ** b, NaN where undefined (used for fitted exponents)",
     ),
     Primitive("COS", 1, _real, _safe(np.cos), "elementary", "cos(a)"),
+    # the inverses of output transforms (discover.TRANSFORMS), never enumerated
+    Primitive(
+        "ASIN",
+        1,
+        _real,
+        _safe(np.arcsin),
+        "elementary",
+        "arcsin(a), NaN outside [-1, 1]",
+        enumerated=False,
+    ),
+    Primitive("TANH", 1, _real, _safe(np.tanh), "elementary", "tanh(a)", enumerated=False),
     # grids: (..., H, W) integer colour arrays, as in the grid tasks
     Primitive(
         "ROT90",
