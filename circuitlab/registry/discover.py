@@ -8,28 +8,37 @@
    constants as fitted, on every row, and one that does not sends the search back to the start
    with the rows where it failed added to the sample (at most MAX_RESTARTS times per stage,
    then such fits are only rejected).
-2. Power law (`powerlaw.py`, automatic staging in exact mode only): y = C * prod x_j^a_j,
+2. Units (`dimensions.py`, exact mode, when the columns' units are given): dimensional
+   analysis writes y = P(x) * f(g), P a monomial with the units of y and g the dimensionless
+   groups; f is searched (this whole procedure, on the table (g, y / P)) within UNITS_SHARE
+   of the budget, and P * f(g) is taken if it passes the acceptance test on the original rows.
+   Otherwise the original problem is searched in the time left.
+3. Power law (`powerlaw.py`, automatic staging in exact mode only): y = C * prod x_j^a_j,
    exponents from a least-squares fit of log|y| on log|x_j| rounded to p/q (q <= 3), C by
-   least squares and snapped as in 4, taken only if it passes the search's acceptance test on
+   least squares and snapped as in 5, taken only if it passes the search's acceptance test on
    every row (exact on all training and held-out rows, defined on the probes). In
    milliseconds it finds what the search reaches only at cost 7 or beyond (mu*q*V/d). An
    exact monomial is the answer, shown as the stage "power law (groups)"; when registered
    functions are offered, the search still runs below the monomial's complexity and a
    smaller formula found there wins. Otherwise the search runs as without it.
-3. Search (`search.py`): bottom-up enumeration over primitives and registered functions,
+4. Search (`search.py`): bottom-up enumeration over primitives and registered functions,
    deduplicated by observational equivalence, with affine constants fitted by least squares.
    A registered function is applied only inside its declared input domains, and at equal cost
    a plain formula wins over a call of a registered function. The search is staged
    (`stages.py`): a sequence of smaller searches, each over a few primitive groups chosen from
    the data (arithmetic first, then integer division, then modular arithmetic with each
-   inferred modulus, ...), in rounds of rising cost, stopping at the first exact fit.
-4. Simplify each accepted fit: constants snapped to their shortest exact form that keeps exact
+   inferred modulus, ...), in rounds of rising cost, stopping at the first exact fit. After
+   the first round (real data), output transforms are searched up to its cost: T(y) for T in
+   1/y, y^2, sqrt(y), 1/y^2, log(y), arcsin(y), sin(y), artanh(y), the fit inverted
+   (1/sqrt(1 - g^2) is cost 7; 1/y = sqrt(1 - g^2) is cost 5). The stages that make a fit
+   without enumerating the original problem (2, 3 and the transforms) live in `derived.py`.
+5. Simplify each accepted fit: constants snapped to their shortest exact form that keeps exact
    agreement (an integer, a short decimal, p/q, or p/q times pi, e or sqrt(k): 1/(2*pi) rather
    than 0.159155), unit coefficients and zero terms dropped, `x + 1` written INC(x).
-5. Decide column relevance by intervention: resample one column at a time across all rows and
+6. Decide column relevance by intervention: resample one column at a time across all rows and
    probes; a column is relevant only if the function's output changes. The function's inputs are
    the relevant columns, never chosen by correlation.
-6. Return the simplest accepted function (status exact), or, on noisy data when asked, the fit
+7. Return the simplest accepted function (status exact), or, on noisy data when asked, the fit
    with the shortest description length among the Pareto front (status approximate), with a
    PySR-style table (complexity, loss, score, expression, sympy form). Approximate fits keep an
    exact constant (0.5, 1/(4*pi)) or an intercept only as far as the description length says
@@ -41,27 +50,38 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from circuitlab import __version__
-from circuitlab.registry import expr as ex
-from circuitlab.registry.build import Builder, Finisher
-from circuitlab.registry.dimensions import Units, reduce
+from circuitlab.registry.build import Builder
+from circuitlab.registry.derived import METHODS, power_law_stage, transform_stage, units_stage
+from circuitlab.registry.dimensions import Units
 from circuitlab.registry.domains import Domain, Kind, RegistryError
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.function import Function, Provenance
 from circuitlab.registry.ops import NUMERIC_GROUPS, build_ops
-from circuitlab.registry.powerlaw import groups_of, power_law
 from circuitlab.registry.proposer import Proposer, UniformProposer
 from circuitlab.registry.registration import check_register_name, register_found
 from circuitlab.registry.registry import Registry
+from circuitlab.registry.results import (
+    DiscoveryConfig,
+    DiscoveryError,
+    DiscoveryResult,
+    Entry,
+    Found,
+    StageRun,
+    TableRow,
+    check_groups,
+    check_moduli,
+    pareto_front,
+    provenance,
+    total_stats,
+)
 from circuitlab.registry.sampling import (
     Sample,
     check_memory,
@@ -77,220 +97,32 @@ from circuitlab.registry.search import (
     Searcher,
     SearchOutcome,
     SearchStats,
-    agrees,
-    tolerance,
 )
-from circuitlab.registry.stages import Stage, plan_stages
+from circuitlab.registry.stages import plan_stages
 
-# the share of the time budget the dimensionless problem gets when units are given; the
-# original problem has the rest
-UNITS_SHARE = 0.5
+# re-exported: the discovery API has always been importable from here
+__all__ = [
+    "NUMERIC_GROUPS",
+    "DiscoveryConfig",
+    "DiscoveryError",
+    "DiscoveryResult",
+    "StageRun",
+    "TableRow",
+    "check_groups",
+    "check_memory",
+    "check_moduli",
+    "check_register_name",
+    "check_search_rows",
+    "discover",
+    "register_found",
+    "search",
+    "search_sample",
+]
+
 ROUND_STEP = 2  # rounds of a staged search raise the cost limit by this much
 # searches of one stage begun again with the rows where a fit to the sample failed; after
 # that, such fits are rejected and the search goes on
 MAX_RESTARTS = 3
-
-
-class DiscoveryError(RegistryError):
-    """No function fits the examples within the search budget; nothing was registered."""
-
-    def __init__(self, message: str, result: DiscoveryResult | None = None) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-@dataclass
-class DiscoveryConfig:
-    """Settings of one discovery (recorded in the function's provenance)."""
-
-    seed: int = 0
-    holdout: float = 0.25  # fraction of rows held out for acceptance (none below 4 rows)
-    probes: int = 64  # fresh in-domain inputs every accepted function must be defined on
-    max_cost: int | None = None  # None: 9, or approximate_max_cost in approximate mode
-    max_seconds: float = 60.0
-    max_bank: int = 400_000  # ~330 MB of float64 values at 100 rows
-    # bytes a search may hold (its bank of candidate values and pair-fit vectors, and its
-    # evaluation batches): the bank keeps at most min(max_bank, what fits) candidates. A size
-    # such as "512M" or "2G" (powers of 1024) is accepted too
-    memory_bytes: int = 2 * 1024**3
-    # training rows every candidate is evaluated on: a seeded sample of them when there are
-    # more (and at most search_rows // 2 held-out rows), so a 10,000-row table costs what 256
-    # rows do; an accepted fit is still checked on every row (see the module docstring)
-    search_rows: int = 256
-    rtol: float = 1e-9
-    pairs: bool = True
-    approximate: bool = False  # on failure, return the best fit by description length
-    # approximate mode never stops at an exact fit, so it would use the whole budget: a lower
-    # default limit, used only when max_cost is not given
-    approximate_max_cost: int = 5
-    # primitive groups searched, all at once (a comma list is accepted too); None: a staged
-    # search, groups chosen from the data (stages.py)
-    groups: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ("POW",)  # primitives left out by name (POW: fitted only)
-    # moduli of the modular operations, each tried in its own stage in this order (an int or
-    # a comma list is accepted too); None: inferred from the data (stages.infer_moduli)
-    moduli: tuple[int, ...] | None = None
-    use_registry: bool = True  # offer registered functions as building blocks
-    # the cost limit of a staged search's first round (every stage up to this cost, so that a
-    # small modular formula is not kept waiting by a deep arithmetic search); each later round
-    # raises it by ROUND_STEP, up to cost_limit
-    stage_cost: int = 5
-    # after the first round finds nothing, search transforms of the output (1/y, y^2, log y,
-    # arcsin y, ...) up to stage_cost and invert the fit (`_transform_stage`; real data, exact
-    # mode)
-    transforms: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_cost is not None and self.max_cost < 1:
-            raise RegistryError(f"max_cost must be at least 1, got {self.max_cost}")
-        if not 0 <= self.holdout < 1:
-            raise RegistryError(f"holdout must be in [0, 1), got {self.holdout}")
-        if self.stage_cost < 1:
-            raise RegistryError(f"stage_cost must be at least 1, got {self.stage_cost}")
-        self.search_rows = check_search_rows(self.search_rows)
-        self.memory_bytes = check_memory(self.memory_bytes)
-        if self.groups is not None:
-            self.groups = check_groups(self.groups)
-        if self.moduli is not None:
-            self.moduli = check_moduli(self.moduli)
-            if self.groups is not None and "modular" not in self.groups:
-                raise RegistryError(
-                    "moduli are for the modular group, which the groups given leave out; "
-                    "add modular to them"
-                )
-
-    @property
-    def cost_limit(self) -> int:
-        """The highest cost searched: max_cost when given, else 9 (approximate mode: 5)."""
-        if self.max_cost is not None:
-            return self.max_cost
-        return self.approximate_max_cost if self.approximate else 9
-
-    @property
-    def cost_limit_note(self) -> str:
-        """The limit and where it comes from (said in the output, never applied silently)."""
-        if self.max_cost is None and self.approximate:
-            return (
-                f"cost limit {self.cost_limit} (the approximate-mode default; raise it with "
-                "--max-cost)"
-            )
-        return f"cost limit {self.cost_limit}"
-
-
-def check_groups(groups: Sequence[str] | str) -> tuple[str, ...]:
-    """`groups` (names, or one comma list) as a tuple without repeats; refuses an empty list
-    or a name that is not a numeric primitive group, naming the known ones."""
-    items = groups.split(",") if isinstance(groups, str) else groups
-    out = tuple(dict.fromkeys(str(g).strip() for g in items))
-    unknown = [g for g in out if g not in NUMERIC_GROUPS]
-    if unknown or not out:
-        what = f"unknown primitive group {', '.join(map(repr, unknown))}" if unknown else "no group"
-        raise RegistryError(f"{what}; the groups are {', '.join(NUMERIC_GROUPS)}")
-    return out
-
-
-def check_moduli(moduli: Sequence[Any] | int | str) -> tuple[int, ...]:
-    """`moduli` (integers, one integer, or a comma list) as a tuple of ints without repeats;
-    refuses anything not an integer in [2, 2**31)."""
-    if isinstance(moduli, str):
-        moduli = moduli.split(",")
-    elif isinstance(moduli, int | np.integer):
-        moduli = [moduli]
-    out: list[int] = []
-    for m in moduli:
-        try:
-            if isinstance(m, bool) or not isinstance(m, int | np.integer | str):
-                raise ValueError
-            value = int(m.strip() if isinstance(m, str) else m)
-        except ValueError:
-            raise RegistryError(f"a modulus must be an integer, got {m!r}") from None
-        if not 2 <= value < 2**31:
-            raise RegistryError(f"a modulus must be in [2, 2**31), got {value}")
-        out.append(value)
-    if not out:
-        raise RegistryError("no modulus given")
-    return tuple(dict.fromkeys(out))
-
-
-@dataclass
-class TableRow:
-    complexity: int
-    loss: float  # mean squared error on the training rows
-    score: float  # -d ln(loss) / d complexity against the previous row (PySR's score)
-    expression: str
-    sympy: str
-    chosen: bool = False
-
-
-@dataclass
-class DiscoveryResult:
-    function: Function | None
-    status: str  # exact | approximate | failed
-    stats: SearchStats
-    table: list[TableRow] = field(default_factory=list)
-    relevance: dict[str, bool] = field(default_factory=dict)
-    message: str = ""
-    proposer: str = "uniform"
-    stages: list[StageRun] = field(default_factory=list)  # the searches run, in order
-    # the power-law stage's outcome (powerlaw.py): "exact: ...", why it was no monomial, or
-    # "" when it was not tried (given groups, approximate mode); listed in `stages` only
-    # when exact
-    power_law: str = ""
-    # dimensional analysis (dimensions.py): "y = P * f(g): exact", why it found nothing, or ""
-    # when no units were given
-    units: str = ""
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "function": self.function.render() if self.function else None,
-            "candidates": self.stats.candidates,
-            "pairs": self.stats.pairs,
-            "evaluated": self.stats.evaluated,
-            "bank": self.stats.bank,
-            "level": self.stats.level,
-            "max_cost": self.stats.max_cost,
-            "stopped": self.stats.stopped,
-            "refine": self.stats.refine,
-            "restarts": self.stats.restarts,
-            "seconds": round(self.stats.seconds, 4),
-            "relevance": self.relevance,
-            "proposer": self.proposer,
-            "stages": [r.to_dict() for r in self.stages],
-            "power_law": self.power_law,
-            "units": self.units,
-            "message": self.message,
-        }
-
-
-@dataclass
-class StageRun:
-    """One search of a staged discovery: its stage, cost limit, time budget and outcome."""
-
-    stage: Stage
-    max_cost: int
-    budget: float  # seconds allowed
-    stats: SearchStats
-    found: bool
-
-    @property
-    def outcome(self) -> str:
-        if self.found:
-            return "exact"
-        return self.stats.stopped or f"no exact fit up to cost {self.max_cost}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage.label,
-            "groups": list(self.stage.groups),
-            "modulus": self.stage.modulus,
-            "max_cost": self.max_cost,
-            "level": self.stats.level,
-            "candidates": self.stats.candidates,
-            "pairs": self.stats.pairs,
-            "seconds": round(self.stats.seconds, 4),
-            "outcome": self.outcome,
-        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,8 +229,8 @@ def search(
     runs: list[StageRun] = []
     units_note = ""
     if units is not None and not cfg.approximate:
-        found, run, units_note = _units_stage(
-            data, units, sample, domains, resolve, cfg, prop.name, name
+        found, run, units_note = units_stage(
+            data, units, sample, domains, resolve, cfg, prop.name, name, search
         )
         if run is not None:
             runs.append(run)
@@ -407,11 +239,11 @@ def search(
     # the power law first (automatic staging, exact mode): an exact monomial is the answer,
     # unless registered functions are offered, which may write it smaller: then the search
     # runs below its complexity, and the monomial is kept if it finds nothing smaller
-    law: _Found | None = None
+    law: Found | None = None
     note = ""
     search_cfg = cfg
     if cfg.groups is None and not cfg.approximate:
-        law, note = _power_law(data, sample, domains, resolve, cfg, prop.name, name)
+        law, note = power_law_stage(data, sample, domains, resolve, cfg, prop.name, name)
         if law is not None:
             runs.append(law.run)
             cap = min(cfg.cost_limit, law.key[0] - 1)
@@ -420,12 +252,12 @@ def search(
             search_cfg = replace(cfg, max_cost=cap)
     transforms = cfg.transforms and "elementary" in stages[0].groups
     rounds = _rounds(search_cfg, len(stages), transforms)
-    entries: list[_Entry] = []  # approximate fits of the stages that found nothing
+    entries: list[Entry] = []  # approximate fits of the stages that found nothing
     done: set[int] = set()  # stages that a further round cannot help
     for round_no, (limit, share) in enumerate(rounds):
         if round_no == 1 and transforms:
-            found, tried = _transform_stage(
-                data, sample, domains, resolve, cfg, prop.name, name, t0
+            found, tried = transform_stage(
+                data, sample, domains, resolve, cfg, prop.name, name, t0, search
             )
             runs += tried
             if found is not None:
@@ -436,7 +268,7 @@ def search(
         todo = [
             i for i in range(len(stages)) if i not in done and (final or not stages[i].last_resort)
         ]
-        best: _Found | None = None
+        best: Found | None = None
         searcher: Searcher | None = None
         builder: Builder | None = None
         for n, i in enumerate(todo):
@@ -462,9 +294,9 @@ def search(
             run = StageRun(stage, cap, scfg.max_seconds, outcome.stats, bool(outcome.accepted))
             runs.append(run)
             builder = _Builder(searcher, data, domains, resolve)
-            prov = _provenance(data, sample, cfg, prop.name, runs, stage)
+            prov = provenance(data, sample, cfg, prop.name, runs, stage)
             if cfg.approximate:
-                outcome.stats = _total(runs, cfg, time.perf_counter() - t0)
+                outcome.stats = total_stats(runs, cfg, time.perf_counter() - t0)
                 return _conclude(outcome, builder, name, prov, data, cfg, prop.name, runs)
             if outcome.accepted:
                 key, fn, rel = _best_exact(outcome, builder, name, prov)
@@ -472,7 +304,7 @@ def search(
                     # the table now, while this search's bank is at hand, rather than keeping
                     # the bank alive beside the later stages' (the memory budget is per search)
                     table = _entries(outcome, builder, name, prov, data, exact=fn)
-                    best = _Found(key, fn, rel, table, run)
+                    best = Found(key, fn, rel, table, run)
                 if outcome.stats.level > cfg.stage_cost:
                     break
                 continue
@@ -486,7 +318,7 @@ def search(
             return _noted(_exact(best, runs, data, sample, cfg, prop.name, t0, note), units_note)
     if law is not None:
         return _noted(_exact(law, runs, data, sample, cfg, prop.name, t0, note), units_note)
-    stats = _total(runs, cfg, time.perf_counter() - t0)
+    stats = total_stats(runs, cfg, time.perf_counter() - t0)
     result = _failed(stats, entries, cfg, prop.name, runs)
     result.power_law = note
     return _noted(result, units_note)
@@ -498,7 +330,7 @@ def _noted(result: DiscoveryResult, units: str) -> DiscoveryResult:
 
 
 def _exact(
-    best: _Found,
+    best: Found,
     runs: list[StageRun],
     data: Examples,
     sample: Sample,
@@ -508,15 +340,15 @@ def _exact(
     note: str,
 ) -> DiscoveryResult:
     """The result of a staged discovery whose best exact fit is `best`."""
-    stats = _total(runs, cfg, time.perf_counter() - t0)
+    stats = total_stats(runs, cfg, time.perf_counter() - t0)
     stats.level, stats.stopped, stats.refine = (
         best.run.stats.level,
         "",
         best.run.stats.refine,
     )
-    prov = _provenance(data, sample, cfg, proposer, runs, best.run.stage)
+    prov = provenance(data, sample, cfg, proposer, runs, best.run.stage)
     fn = replace(best.fn, provenance=prov)
-    table = _front(best.entries, True)
+    table = pareto_front(best.entries, True)
     method = best.run.stage.method
     how = METHODS.get(method, "the transformed output searched, the fit inverted" if method else "")
     return DiscoveryResult(
@@ -533,13 +365,6 @@ def _exact(
     )
 
 
-# how a stage that is not an enumerative search made its fit, for the result's message
-METHODS = {
-    "power law": "a monomial fitted in log space",
-    "units": "a dimensionless problem searched, then scaled back",
-}
-
-
 def _offers_registered(registry: Registry | None, name: str) -> bool:
     """Whether a search would offer registered functions (numeric ones, other than `name`)."""
     if registry is None:
@@ -550,222 +375,6 @@ def _offers_registered(registry: Registry | None, name: str) -> bool:
         and all(i.domain.kind is not Kind.GRID for i in fn.inputs)
         for fn in registry.functions()
     )
-
-
-def _power_law(
-    data: Examples,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
-) -> tuple[_Found | None, str]:
-    """The power-law stage (powerlaw.py) as a stage run: its exact monomial as a function,
-    or None; and its note. Fitted on the rows searched, checked on every row."""
-    t0 = time.perf_counter()
-    rows = sample.full or sample.rows
-    law, note = power_law(sample.rows, rows, cfg.rtol, cfg.exclude, data.names)
-    if law is None:
-        return None, note
-    stage = Stage(law.groups, method="power law")
-    stats = SearchStats(candidates=law.checked, max_cost=cfg.cost_limit)
-    run = StageRun(stage, 0, cfg.max_seconds, stats, True)
-    finisher = Finisher(rows, data, domains, resolve, cfg.seed)
-    prov = _provenance(data, sample, cfg, proposer, [run], stage)
-    try:
-        fn, rel = finisher.finish(law.expr, law.consts, name, "exact", prov)
-    except RegistryError as exc:  # a column it reads but does not depend on: not taken
-        return None, f"not taken: {exc}"
-    stats.seconds = time.perf_counter() - t0
-    return _found(fn, rel, run, sample, resolve), note
-
-
-def _found(
-    fn: Function,
-    rel: dict[str, bool],
-    run: StageRun,
-    sample: Sample,
-    resolve: ex.Resolver | None,
-) -> _Found:
-    """An exact function made without a search (power law, units) as the best fit of its
-    stage; its cost level is the formula's complexity (not bounded by the cost limit)."""
-    try:
-        sym = str(fn.sympy(resolve))
-    except Exception:  # as in `_entries`: the table shows the rest
-        sym = ""
-    run.stats.level = run.max_cost = fn.complexity
-    var = float(np.var(sample.rows.y_train)) or 1.0
-    entry = _Entry(fn.complexity, 0.0, fn, None, -math.inf, sym, var)
-    key = (fn.complexity, len(fn.constants), bool(fn.uses()))
-    return _Found(key, fn, rel, [entry], run)
-
-
-def _units_stage(
-    data: Examples,
-    units: Units,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
-) -> tuple[_Found | None, StageRun | None, str]:
-    """Dimensional analysis as a stage (see `search`): the exact function P * f(g), or None;
-    the stage run (None when there was nothing to reduce); and a note."""
-    red = reduce(units, data.names, data.output_name)
-    if not red.changes:
-        return None, None, "units: every column is dimensionless and so is the output"
-    note = f"units: {data.output_name} = {red.render(data.names)}"
-    G, yr = red.table(data.X, data.y)
-    if not (np.isfinite(G).all() and np.isfinite(yr).all()):
-        return None, None, f"{note}: not finite on some row (a zero column?), not searched"
-    t0 = time.perf_counter()
-    sub = Examples.from_arrays(G, yr, red.names, data.output_name)
-    sub_cfg = replace(cfg, max_seconds=cfg.max_seconds * UNITS_SHARE, use_registry=False)
-    inner = search(sub, name=name, config=sub_cfg)
-    stats = replace(inner.stats, seconds=time.perf_counter() - t0)
-    run = StageRun(
-        Stage(("arithmetic",), method="units"), stats.level, sub_cfg.max_seconds, stats, False
-    )
-    if inner.function is None:
-        return None, run, f"{note}: no exact f ({inner.stats.stopped})"
-    f = inner.function
-    expr, consts = red.lift(f.expr, dict(f.constants), [i.name for i in f.inputs])
-    found, why = _lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
-    if found is None:
-        return None, run, f"{note}: f = {f.render()} {why}"
-    return found, found.run, f"{note}, f = {f.render()}"
-
-
-def _lifted(
-    expr: ex.Expr,
-    consts: dict[str, float],
-    run: StageRun,
-    data: Examples,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
-) -> tuple[_Found | None, str]:
-    """A formula of the original columns made from a fit to a derived problem (units, an
-    output transform), taken only if it passes the acceptance test on every original row;
-    `run` is the derived search's. None and why when it does not."""
-    rows = sample.full or sample.rows
-    scale, tol = tolerance(rows, cfg.rtol)
-    with np.errstate(all="ignore"):
-        pred = np.broadcast_to(
-            np.asarray(ex.evaluate(expr, list(rows.X.T), consts, resolve), dtype=np.float64),
-            (len(rows.X),),
-        )
-    if not agrees(pred, rows, tol, cfg.rtol, scale):
-        return None, "fails on the original rows"
-    run = replace(run, stage=replace(run.stage, groups=groups_of(expr)), found=True)
-    finisher = Finisher(rows, data, domains, resolve, cfg.seed)
-    prov = _provenance(data, sample, cfg, proposer, [run], run.stage)
-    try:
-        fn, rel = finisher.finish(expr, consts, name, "exact", prov)
-    except RegistryError as exc:  # a column it reads but does not depend on: not taken
-        return None, f"not taken: {exc}"
-    return _found(fn, rel, run, sample, resolve), ""
-
-
-# output transforms: (name, whether it applies to y, T(y), the inverse as a formula of f = T(y))
-TRANSFORM_SHARE = 0.04  # of the time budget, each
-TRANSFORMS: tuple[tuple[str, Callable[[np.ndarray], bool], Callable, Callable], ...] = (
-    ("1/y", lambda y: bool((y != 0).all()), lambda y: 1 / y, lambda f, one: ex.call("DIV", one, f)),
-    ("y^2", lambda y: bool((y > 0).all()), np.square, lambda f, one: ex.call("SQRT", f)),
-    ("sqrt(y)", lambda y: bool((y > 0).all()), np.sqrt, lambda f, one: ex.call("SQUARE", f)),
-    (
-        "1/y^2",
-        lambda y: bool((y > 0).all()),
-        lambda y: 1 / np.square(y),
-        lambda f, one: ex.call("DIV", one, ex.call("SQRT", f)),
-    ),
-    ("log(y)", lambda y: bool((y > 0).all()), np.log, lambda f, one: ex.call("EXP", f)),
-    (
-        "arcsin(y)",
-        lambda y: bool((np.abs(y) <= 1).all()),
-        np.arcsin,
-        lambda f, one: ex.call("SIN", f),
-    ),
-    ("sin(y)", lambda y: True, np.sin, lambda f, one: ex.call("ASIN", f)),
-    (
-        "artanh(y)",
-        lambda y: bool((np.abs(y) < 1).all()),
-        np.arctanh,
-        lambda f, one: ex.call("TANH", f),
-    ),
-)
-
-
-def _transform_stage(
-    data: Examples,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
-    t0: float,
-) -> tuple[_Found | None, list[StageRun]]:
-    """Search T(y) for each output transform T up to stage_cost (TRANSFORM_SHARE of the budget
-    each, the power law included), and write y = T^-1(f) in the original columns: AI Feynman's
-    brute force tries the same inverses. 1/sqrt(1 - g^2) is cost 7 for the search, but
-    1/y^2 = 1 - g^2 is cost 4. The first that passes the acceptance test on every row wins."""
-    runs: list[StageRun] = []
-    banned = set(cfg.exclude) - {"POW"}  # POW is left out of the enumeration, not banned
-    sub_cfg = replace(
-        cfg,
-        max_cost=min(cfg.stage_cost, cfg.cost_limit),
-        transforms=False,
-        use_registry=False,
-    )
-    for label, applies, forward, inverse in TRANSFORMS:
-        left = cfg.max_seconds - (time.perf_counter() - t0)
-        if left <= 0:
-            break
-        if not applies(data.y) or _ops(inverse(ex.Var(0), ex.Var(0))) & banned:
-            continue
-        with np.errstate(all="ignore"):
-            ty = forward(data.y)
-        if not np.isfinite(ty).all():
-            continue
-        started = time.perf_counter()
-        sub = Examples.from_arrays(data.X, ty, data.names, data.output_name)
-        budget = min(left, cfg.max_seconds * TRANSFORM_SHARE)
-        inner = search(sub, name=name, config=replace(sub_cfg, max_seconds=budget))
-        stats = replace(inner.stats, seconds=time.perf_counter() - started)
-        run = StageRun(
-            Stage(("arithmetic",), method=f"y from {label}"), stats.level, budget, stats, False
-        )
-        runs.append(run)
-        f = inner.function
-        if f is None:
-            continue
-        consts = dict(f.constants)
-        one = ex.Const(_fresh_const(consts))
-        consts[one.name] = 1.0
-        mapping = {i: ex.Var(data.names.index(inp.name)) for i, inp in enumerate(f.inputs)}
-        expr = inverse(ex.substitute(f.expr, mapping), one)
-        found, _ = _lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
-        if found is not None:
-            runs[-1] = found.run
-            return found, runs
-    return None, runs
-
-
-def _ops(e: ex.Expr) -> set[str]:
-    return {n.op for n in ex.walk(e) if isinstance(n, ex.Call)}
-
-
-def _fresh_const(taken: dict[str, float]) -> str:
-    i = 0
-    while f"t{i}" in taken:
-        i += 1
-    return f"t{i}"
 
 
 class _Builder(Builder):
@@ -782,17 +391,6 @@ class _Builder(Builder):
             return super().function(hyp, name, status, provenance)
         finally:
             self.rows = self.s.rows
-
-
-@dataclass
-class _Found:
-    """The best exact fit of a round so far, with the search that found it."""
-
-    key: tuple[Any, ...]  # smaller is better: complexity, constants, registered calls
-    fn: Function
-    rel: dict[str, bool]
-    entries: list[_Entry]  # its search's fits for the results table, this one included
-    run: StageRun
 
 
 def _search_stage(
@@ -877,80 +475,6 @@ def _rounds(
     return [(c, (i + 1) / len(costs)) for i, c in enumerate(costs)]
 
 
-def _provenance(
-    data: Examples,
-    sample: Sample,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    runs: list[StageRun],
-    stage: Stage,
-) -> Provenance:
-    stats = _total(runs, cfg, sum(r.stats.seconds for r in runs))
-    rows = sample.full or sample.rows
-    return Provenance(
-        source="discovered",
-        data_hash=data.data_hash(),
-        seed=cfg.seed,
-        search={
-            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-            "proposer": proposer,
-            "cost_limit": cfg.cost_limit,
-            "stage": stage.label,  # the groups (and modulus) it was found with
-            "stages_run": len(runs),
-            "candidates": stats.candidates,
-            "pairs": stats.pairs,
-            "restarts": stats.restarts,
-            "seconds": round(stats.seconds, 4),
-            "columns": list(data.names),  # the row layout it was found on (see on_columns)
-            "rows": {
-                "train": rows.n_train,
-                "held_out": rows.n_hold,
-                "probes": int(rows.X.shape[0] - rows.n_train - rows.n_hold),
-                # those every candidate was evaluated on (all, at most search_rows rows)
-                "searched_train": sample.rows.n_train,
-                "searched_held_out": sample.rows.n_hold,
-            },
-        },
-        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        package_version=__version__,
-    )
-
-
-def _total(runs: list[StageRun], cfg: DiscoveryConfig, seconds: float) -> SearchStats:
-    """The statistics of a staged search: counts added up over its runs, the level reached by
-    the last one, and why it stopped (said of the whole search, not of one stage)."""
-    last = runs[-1]
-    out = SearchStats(
-        candidates=sum(r.stats.candidates for r in runs),
-        pairs=sum(r.stats.pairs for r in runs),
-        bank=max(r.stats.bank for r in runs),
-        level=last.stats.level,
-        max_cost=cfg.cost_limit,
-        seconds=seconds,
-        stopped=last.stats.stopped,
-        refine=last.stats.refine,
-        restarts=sum(r.stats.restarts for r in runs),
-    )
-    if last.found:
-        return out
-    if last.stats.stopped.startswith("time") or seconds >= cfg.max_seconds:
-        out.stopped = f"time budget of {cfg.max_seconds:g} s ran out at cost {last.stats.level}"
-        if len(runs) > 1:
-            out.stopped += f" of {last.stage.label}, after {len(runs)} stage searches"
-    elif len(runs) > 1:
-        full = {r.stage for r in runs if r.max_cost == cfg.cost_limit}
-        banked = [r for r in runs if r.stats.stopped.startswith("bank")]
-        bank = sorted({r.stage.label for r in banked})
-        out.stopped = f"no exact fit up to cost {cfg.cost_limit} in {len(full)} stages" + (
-            f" (in {'; '.join(bank)}: {banked[-1].stats.stopped})" if bank else ""
-        )
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# rows and operations
-
-
 def search_sample(
     examples: Any,
     *,
@@ -1011,7 +535,7 @@ def _conclude(
     stats = outcome.stats
     if outcome.accepted:
         _, fn, rel = _best_exact(outcome, b, name, prov)
-        table = _front(_entries(outcome, b, name, prov, data, exact=fn), exact=True)
+        table = pareto_front(_entries(outcome, b, name, prov, data, exact=fn), exact=True)
         return DiscoveryResult(
             fn,
             "exact",
@@ -1023,7 +547,7 @@ def _conclude(
             runs,
         )
     entries = _entries(outcome, b, name, prov, data, refine=True)
-    table = _front(entries, exact=False)
+    table = pareto_front(entries, exact=False)
     if not table:
         return _failed(stats, entries, cfg, proposer, runs)
     chosen = next(r for r in table if r.chosen)
@@ -1044,13 +568,13 @@ def _conclude(
 
 def _failed(
     stats: SearchStats,
-    entries: list[_Entry],
+    entries: list[Entry],
     cfg: DiscoveryConfig,
     proposer: str,
     runs: list[StageRun],
 ) -> DiscoveryResult:
     """No exact fit in any stage: the Pareto front of every stage's approximate fits."""
-    table = _front(entries, exact=False)
+    table = pareto_front(entries, exact=False)
     hint = "" if cfg.approximate else "; ask for an approximate fit (--approximate) on noisy data"
     reason = stats.stopped or "no exact fit"
     best_loss = min((r.loss for r in table), default=float("nan"))
@@ -1072,19 +596,6 @@ def _stopped_early(stats: SearchStats) -> str:
     return f"; stopped: {stats.stopped}" if stats.stopped.startswith(("time", "bank")) else ""
 
 
-@dataclass
-class _Entry:
-    """A fit for the results table: its function, loss, and description length (bits)."""
-
-    complexity: int
-    loss: float
-    fn: Function
-    hyp: Any
-    dl: float
-    sympy: str
-    var: float  # variance of the training outputs (the scale of the scores)
-
-
 def _entries(
     outcome: SearchOutcome,
     b: Builder,
@@ -1093,7 +604,7 @@ def _entries(
     data: Examples,
     exact: Function | None = None,
     refine: bool = False,
-) -> list[_Entry]:
+) -> list[Entry]:
     """The best fit per complexity seen by one search, as functions (with `refine`,
     approximate mode, each fit's constants first snapped or dropped by description length,
     `Builder.refine`), and the exact fit if any. Made while that search's bank is at hand."""
@@ -1116,40 +627,7 @@ def _entries(
         except RegistryError:
             continue
         dl = b.description_length(hyp, fn.complexity, n_ops)
-        out.append(_Entry(fn.complexity, float(mse), fn, hyp, dl, sym(fn), var))
+        out.append(Entry(fn.complexity, float(mse), fn, hyp, dl, sym(fn), var))
     if exact is not None:
-        out.append(_Entry(exact.complexity, 0.0, exact, None, -math.inf, sym(exact), var))
+        out.append(Entry(exact.complexity, 0.0, exact, None, -math.inf, sym(exact), var))
     return out
-
-
-def _front(entries: list[_Entry], exact: bool) -> list[TableRow]:
-    """Pareto front of the fits (lower loss at every step up in complexity), with PySR's
-    score; the exact fit (the last row) is chosen, else the row with the shortest
-    description length."""
-    ordered = sorted(entries, key=lambda e: (e.complexity, e.loss))
-    front: list[_Entry] = []
-    for e in ordered:
-        if not front or e.loss < front[-1].loss * (1 - 1e-9):
-            if front and e.complexity == front[-1].complexity:
-                front[-1] = e
-            else:
-                front.append(e)
-    floor = 1e-30 * (front[0].var if front else 1.0)
-    rows: list[TableRow] = []
-    for i, e in enumerate(front):
-        if i == 0:
-            score = 0.0
-        else:
-            pc, pl = front[i - 1].complexity, front[i - 1].loss
-            score = -(math.log(max(e.loss, floor)) - math.log(max(pl, floor))) / max(
-                e.complexity - pc, 1
-            )
-        row = TableRow(e.complexity, e.loss, score, e.fn.render(), e.sympy)
-        row._hyp = e.hyp  # type: ignore[attr-defined]
-        rows.append(row)
-    if rows:
-        if exact:
-            rows[-1].chosen = True
-        else:
-            rows[int(np.argmin([e.dl for e in front]))].chosen = True
-    return rows

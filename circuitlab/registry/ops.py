@@ -21,7 +21,7 @@ from circuitlab.registry.search import Op, literal
 from circuitlab.registry.stages import DIVISORS, Stage, is_prime
 
 if TYPE_CHECKING:
-    from circuitlab.registry.discover import DiscoveryConfig
+    from circuitlab.registry.results import DiscoveryConfig
 
 # the primitive groups a numeric discovery can search (grids have their own: grid_search.py)
 NUMERIC_GROUPS = tuple(g for g in GROUPS if g != "grid")

@@ -17,7 +17,7 @@ from circuitlab.registry.examples import Examples
 from circuitlab.registry.search import Rows
 
 if TYPE_CHECKING:
-    from circuitlab.registry.discover import DiscoveryConfig
+    from circuitlab.registry.results import DiscoveryConfig
 
 MIN_SEARCH_ROWS = 8
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}

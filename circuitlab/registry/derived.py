@@ -1,0 +1,267 @@
+"""Stages that make a fit without enumerating the original problem: the power law (a
+monomial fitted in log space, `powerlaw.py`), dimensional analysis (the dimensionless problem
+searched, `dimensions.py`) and output transforms (T(y) searched, the fit inverted). Each gives
+a `Found` that `discover.search` weighs like a search's, and each fit passes the search's
+acceptance test on every original row before it is taken (`lifted`).
+
+The derived problems are searched by `discover.search` itself, passed in as `search_fn` (this
+module is below discover.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from circuitlab.registry import expr as ex
+from circuitlab.registry.build import Finisher
+from circuitlab.registry.dimensions import Units, reduce
+from circuitlab.registry.domains import Domain, RegistryError
+from circuitlab.registry.examples import Examples
+from circuitlab.registry.function import Function
+from circuitlab.registry.powerlaw import groups_of, power_law
+from circuitlab.registry.results import (
+    DiscoveryConfig,
+    DiscoveryResult,
+    Entry,
+    Found,
+    StageRun,
+    provenance,
+)
+from circuitlab.registry.sampling import Sample
+from circuitlab.registry.search import SearchStats, agrees, tolerance
+from circuitlab.registry.stages import Stage
+
+SearchFn = Callable[..., DiscoveryResult]
+# the share of the time budget the dimensionless problem gets when units are given; the
+# original problem has the rest
+UNITS_SHARE = 0.5
+
+
+# how a stage that is not an enumerative search made its fit, for the result's message
+METHODS = {
+    "power law": "a monomial fitted in log space",
+    "units": "a dimensionless problem searched, then scaled back",
+}
+
+
+def power_law_stage(
+    data: Examples,
+    sample: Sample,
+    domains: list[Domain],
+    resolve: ex.Resolver | None,
+    cfg: DiscoveryConfig,
+    proposer: str,
+    name: str,
+) -> tuple[Found | None, str]:
+    """The power-law stage (powerlaw.py) as a stage run: its exact monomial as a function,
+    or None; and its note. Fitted on the rows searched, checked on every row."""
+    t0 = time.perf_counter()
+    rows = sample.full or sample.rows
+    law, note = power_law(sample.rows, rows, cfg.rtol, cfg.exclude, data.names)
+    if law is None:
+        return None, note
+    stage = Stage(law.groups, method="power law")
+    stats = SearchStats(candidates=law.checked, max_cost=cfg.cost_limit)
+    run = StageRun(stage, 0, cfg.max_seconds, stats, True)
+    finisher = Finisher(rows, data, domains, resolve, cfg.seed)
+    prov = provenance(data, sample, cfg, proposer, [run], stage)
+    try:
+        fn, rel = finisher.finish(law.expr, law.consts, name, "exact", prov)
+    except RegistryError as exc:  # a column it reads but does not depend on: not taken
+        return None, f"not taken: {exc}"
+    stats.seconds = time.perf_counter() - t0
+    return found_fit(fn, rel, run, sample, resolve), note
+
+
+def found_fit(
+    fn: Function,
+    rel: dict[str, bool],
+    run: StageRun,
+    sample: Sample,
+    resolve: ex.Resolver | None,
+) -> Found:
+    """An exact function made without a search (power law, units) as the best fit of its
+    stage; its cost level is the formula's complexity (not bounded by the cost limit)."""
+    try:
+        sym = str(fn.sympy(resolve))
+    except Exception:  # as in `_entries`: the table shows the rest
+        sym = ""
+    run.stats.level = run.max_cost = fn.complexity
+    var = float(np.var(sample.rows.y_train)) or 1.0
+    entry = Entry(fn.complexity, 0.0, fn, None, -math.inf, sym, var)
+    key = (fn.complexity, len(fn.constants), bool(fn.uses()))
+    return Found(key, fn, rel, [entry], run)
+
+
+def units_stage(
+    data: Examples,
+    units: Units,
+    sample: Sample,
+    domains: list[Domain],
+    resolve: ex.Resolver | None,
+    cfg: DiscoveryConfig,
+    proposer: str,
+    name: str,
+    search_fn: SearchFn,
+) -> tuple[Found | None, StageRun | None, str]:
+    """Dimensional analysis as a stage (see `search`): the exact function P * f(g), or None;
+    the stage run (None when there was nothing to reduce); and a note."""
+    red = reduce(units, data.names, data.output_name)
+    if not red.changes:
+        return None, None, "units: every column is dimensionless and so is the output"
+    note = f"units: {data.output_name} = {red.render(data.names)}"
+    G, yr = red.table(data.X, data.y)
+    if not (np.isfinite(G).all() and np.isfinite(yr).all()):
+        return None, None, f"{note}: not finite on some row (a zero column?), not searched"
+    t0 = time.perf_counter()
+    sub = Examples.from_arrays(G, yr, red.names, data.output_name)
+    sub_cfg = replace(cfg, max_seconds=cfg.max_seconds * UNITS_SHARE, use_registry=False)
+    inner = search_fn(sub, name=name, config=sub_cfg)
+    stats = replace(inner.stats, seconds=time.perf_counter() - t0)
+    run = StageRun(
+        Stage(("arithmetic",), method="units"), stats.level, sub_cfg.max_seconds, stats, False
+    )
+    if inner.function is None:
+        return None, run, f"{note}: no exact f ({inner.stats.stopped})"
+    f = inner.function
+    expr, consts = red.lift(f.expr, dict(f.constants), [i.name for i in f.inputs])
+    found, why = lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
+    if found is None:
+        return None, run, f"{note}: f = {f.render()} {why}"
+    return found, found.run, f"{note}, f = {f.render()}"
+
+
+def lifted(
+    expr: ex.Expr,
+    consts: dict[str, float],
+    run: StageRun,
+    data: Examples,
+    sample: Sample,
+    domains: list[Domain],
+    resolve: ex.Resolver | None,
+    cfg: DiscoveryConfig,
+    proposer: str,
+    name: str,
+) -> tuple[Found | None, str]:
+    """A formula of the original columns made from a fit to a derived problem (units, an
+    output transform), taken only if it passes the acceptance test on every original row;
+    `run` is the derived search's. None and why when it does not."""
+    rows = sample.full or sample.rows
+    scale, tol = tolerance(rows, cfg.rtol)
+    with np.errstate(all="ignore"):
+        pred = np.broadcast_to(
+            np.asarray(ex.evaluate(expr, list(rows.X.T), consts, resolve), dtype=np.float64),
+            (len(rows.X),),
+        )
+    if not agrees(pred, rows, tol, cfg.rtol, scale):
+        return None, "fails on the original rows"
+    run = replace(run, stage=replace(run.stage, groups=groups_of(expr)), found=True)
+    finisher = Finisher(rows, data, domains, resolve, cfg.seed)
+    prov = provenance(data, sample, cfg, proposer, [run], run.stage)
+    try:
+        fn, rel = finisher.finish(expr, consts, name, "exact", prov)
+    except RegistryError as exc:  # a column it reads but does not depend on: not taken
+        return None, f"not taken: {exc}"
+    return found_fit(fn, rel, run, sample, resolve), ""
+
+
+# output transforms: (name, whether it applies to y, T(y), the inverse as a formula of f = T(y))
+TRANSFORM_SHARE = 0.04  # of the time budget, each
+TRANSFORMS: tuple[tuple[str, Callable[[np.ndarray], bool], Callable, Callable], ...] = (
+    ("1/y", lambda y: bool((y != 0).all()), lambda y: 1 / y, lambda f, one: ex.call("DIV", one, f)),
+    ("y^2", lambda y: bool((y > 0).all()), np.square, lambda f, one: ex.call("SQRT", f)),
+    ("sqrt(y)", lambda y: bool((y > 0).all()), np.sqrt, lambda f, one: ex.call("SQUARE", f)),
+    (
+        "1/y^2",
+        lambda y: bool((y > 0).all()),
+        lambda y: 1 / np.square(y),
+        lambda f, one: ex.call("DIV", one, ex.call("SQRT", f)),
+    ),
+    ("log(y)", lambda y: bool((y > 0).all()), np.log, lambda f, one: ex.call("EXP", f)),
+    (
+        "arcsin(y)",
+        lambda y: bool((np.abs(y) <= 1).all()),
+        np.arcsin,
+        lambda f, one: ex.call("SIN", f),
+    ),
+    ("sin(y)", lambda y: True, np.sin, lambda f, one: ex.call("ASIN", f)),
+    (
+        "artanh(y)",
+        lambda y: bool((np.abs(y) < 1).all()),
+        np.arctanh,
+        lambda f, one: ex.call("TANH", f),
+    ),
+)
+
+
+def transform_stage(
+    data: Examples,
+    sample: Sample,
+    domains: list[Domain],
+    resolve: ex.Resolver | None,
+    cfg: DiscoveryConfig,
+    proposer: str,
+    name: str,
+    t0: float,
+    search_fn: SearchFn,
+) -> tuple[Found | None, list[StageRun]]:
+    """Search T(y) for each output transform T up to stage_cost (TRANSFORM_SHARE of the budget
+    each, the power law included), and write y = T^-1(f) in the original columns: AI Feynman's
+    brute force tries the same inverses. 1/sqrt(1 - g^2) is cost 7 for the search, but
+    1/y^2 = 1 - g^2 is cost 4. The first that passes the acceptance test on every row wins."""
+    runs: list[StageRun] = []
+    banned = set(cfg.exclude) - {"POW"}  # POW is left out of the enumeration, not banned
+    sub_cfg = replace(
+        cfg,
+        max_cost=min(cfg.stage_cost, cfg.cost_limit),
+        transforms=False,
+        use_registry=False,
+    )
+    for label, applies, forward, inverse in TRANSFORMS:
+        left = cfg.max_seconds - (time.perf_counter() - t0)
+        if left <= 0:
+            break
+        if not applies(data.y) or _ops(inverse(ex.Var(0), ex.Var(0))) & banned:
+            continue
+        with np.errstate(all="ignore"):
+            ty = forward(data.y)
+        if not np.isfinite(ty).all():
+            continue
+        started = time.perf_counter()
+        sub = Examples.from_arrays(data.X, ty, data.names, data.output_name)
+        budget = min(left, cfg.max_seconds * TRANSFORM_SHARE)
+        inner = search_fn(sub, name=name, config=replace(sub_cfg, max_seconds=budget))
+        stats = replace(inner.stats, seconds=time.perf_counter() - started)
+        run = StageRun(
+            Stage(("arithmetic",), method=f"y from {label}"), stats.level, budget, stats, False
+        )
+        runs.append(run)
+        f = inner.function
+        if f is None:
+            continue
+        consts = dict(f.constants)
+        one = ex.Const(_fresh_const(consts))
+        consts[one.name] = 1.0
+        mapping = {i: ex.Var(data.names.index(inp.name)) for i, inp in enumerate(f.inputs)}
+        expr = inverse(ex.substitute(f.expr, mapping), one)
+        found, _ = lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
+        if found is not None:
+            runs[-1] = found.run
+            return found, runs
+    return None, runs
+
+
+def _ops(e: ex.Expr) -> set[str]:
+    return {n.op for n in ex.walk(e) if isinstance(n, ex.Call)}
+
+
+def _fresh_const(taken: dict[str, float]) -> str:
+    i = 0
+    while f"t{i}" in taken:
+        i += 1
+    return f"t{i}"
