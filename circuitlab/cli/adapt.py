@@ -129,6 +129,11 @@ def register(app: typer.Typer) -> None:
             "--weight-decay",
             help="AdamW weight decay on the adapter's A and B (default: the LoRA recipe's, 0).",
         ),
+        decay: bool = typer.Option(
+            False,
+            "--decay/--constant-lr",
+            help="Let the learning rate decay linearly to 0 at --max-steps (after the warmup).",
+        ),
         seed: int = typer.Option(0, "--seed", help="Data split and adapter init seed."),
         adapter: Path = typer.Option(
             None, "--adapter", help="Use this trained adapter (peft format) instead of training."
@@ -168,6 +173,7 @@ def register(app: typer.Typer) -> None:
                     names or DEFAULT_TARGETS,
                     LORA_RECIPE.replace(**changes),
                     seed,
+                    decay,
                 )
                 result = adapt(
                     run,

@@ -17,6 +17,7 @@ from circuitlab.training.lora import (
     attach,
     expand_targets,
     load_adapted,
+    lr_factor,
 )
 
 PeftModel = pytest.importorskip("peft", reason="the lora extra").PeftModel
@@ -134,6 +135,27 @@ def test_cli_adapt_weight_decay_reaches_the_adapter_recipe(runs, tmp_path):
     info = read_run(run)
     assert info.recipe.weight_decay == 0.5
     assert info.recipe.max_steps == 3
+
+
+def test_lr_decay_is_a_line_to_zero_after_the_warmup():
+    recipe = LORA_RECIPE.replace(warmup_steps=10, max_steps=100)
+    assert [lr_factor(s, recipe, False) for s in (0, 9, 50, 100)] == [0.1, 1.0, 1.0, 1.0]
+    decayed = [lr_factor(s, recipe, True) for s in (0, 9, 50, 100)]
+    assert decayed == pytest.approx([0.1, 0.91, 0.5, 0.0])
+
+
+def test_cli_adapt_decay_reaches_the_adapter_and_is_recorded(runs, tmp_path):
+    base, _ = runs
+    res = _adapt_cli(
+        base, "--task", "sub_mod_11", "--rank", "2", "--max-steps", "20", "--decay",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (run,) = [d for d in tmp_path.iterdir() if d.is_dir()]
+    config = json.loads((run / "config.json").read_text())
+    assert json.dumps(config).count("linear decay to 0") == 1
+    lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and max(lrs) > 0
 
 
 def test_weight_table_keeps_parameter_names():
