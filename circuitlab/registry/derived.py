@@ -114,6 +114,8 @@ def units_stage(
     red = reduce(units, data.names, data.output_name)
     if not red.changes:
         return None, None, "units: every column is dimensionless and so is the output"
+    if not red.groups:  # y = C * P: a monomial, the power law's to find
+        return None, None, f"units: {data.output_name} = C * {red.render(data.names)}"
     note = f"units: {data.output_name} = {red.render(data.names)}"
     G, yr = red.table(data.X, data.y)
     if not (np.isfinite(G).all() and np.isfinite(yr).all()):

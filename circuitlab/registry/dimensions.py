@@ -130,8 +130,8 @@ class Reduction:
         with np.errstate(all="ignore"):
             G = np.stack([_value(g, X) for g in self.groups], axis=1) if self.groups else None
             yr = y / _value(self.prefactor, X)
-        if G is None:  # no group: y / P is a constant; one constant column keeps the table
-            G = np.ones((len(y), 1))
+        if G is None:  # no group: y / P is a constant
+            G = np.zeros((len(y), 0))
         return G, yr
 
     def lift(
@@ -154,8 +154,10 @@ class Reduction:
         return ex.call("MUL", _formula(self.prefactor, alloc), body), out
 
     def render(self, names: Sequence[str]) -> str:
-        """`m_0 * f(v/c)`."""
+        """`m_0 * f(v/c)`; the prefactor alone when there is no group (y = C * P)."""
         pre = _text(self.prefactor, names)
+        if not self.groups:
+            return pre
         args = ", ".join(_text(g, names) for g in self.groups)
         return f"{pre} * f({args})" if pre != "1" else f"f({args})"
 

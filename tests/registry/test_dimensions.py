@@ -96,6 +96,18 @@ def test_reduction_reads_like_the_formula(units):
     assert np.allclose(G[:, 0], X[:, 1] / X[:, 2]) and np.allclose(yr, 2.0)
 
 
+def test_a_law_with_no_dimensionless_group_is_left_to_the_power_law(units):
+    # F = q * Ef: no group, y / P is a constant (the power law's case)
+    rng = np.random.default_rng(4)
+    X = rng.uniform(1, 5, (40, 2))
+    red = reduce(units, ["q", "Ef"], "F")
+    assert red.groups == () and red.render(["q", "Ef"]) == "q*Ef"
+    data = Examples.from_arrays(X, 3 * X[:, 0] * X[:, 1], ["q", "Ef"], "F")
+    result = search(data, config=DiscoveryConfig(max_seconds=10), units=units)
+    assert result.status == "exact" and result.units == "units: F = C * q*Ef"
+    assert result.stages[0].stage.method == "power law"
+
+
 def test_output_without_a_monomial_of_the_inputs_is_refused(units):
     with pytest.raises(UnitsError, match="no product of powers"):
         reduce(units, ["v", "c"], "m")
