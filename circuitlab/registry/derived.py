@@ -19,7 +19,7 @@ import numpy as np
 
 from circuitlab.registry import expr as ex
 from circuitlab.registry.build import Finisher
-from circuitlab.registry.dimensions import Units, reduce
+from circuitlab.registry.dimensions import Units, reductions
 from circuitlab.registry.domains import Domain, RegistryError
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.function import Function
@@ -108,34 +108,48 @@ def units_stage(
     proposer: str,
     name: str,
     search_fn: SearchFn,
-) -> tuple[Found | None, StageRun | None, str]:
+) -> tuple[Found | None, list[StageRun], str]:
     """Dimensional analysis as a stage (see `search`): the exact function P * f(g), or None;
-    the stage run (None when there was nothing to reduce); and a note."""
-    red = reduce(units, data.names, data.output_name)
+    the stage runs, one per reduction searched (none when there was nothing to reduce); and
+    a note. Which columns become the pivots decides how f reads ((1 - a*b)/sqrt(1 - b^2) or
+    (a - b)/sqrt(1 - b^2) for I.15.3x), and the data cannot say which is simpler, so each
+    distinct reduction of `dimensions.reductions` is searched in turn, within an equal part
+    of UNITS_SHARE of the budget; the first exact one wins."""
+    magnitudes = np.median(np.abs(data.X), axis=0)
+    options = reductions(units, data.names, data.output_name, magnitudes)
+    red = options[0]
     if not red.changes:
-        return None, None, "units: every column is dimensionless and so is the output"
+        return None, [], "units: every column is dimensionless and so is the output"
     if not red.groups:  # y = C * P: a monomial, the power law's to find
-        return None, None, f"units: {data.output_name} = C * {red.render(data.names)}"
-    note = f"units: {data.output_name} = {red.render(data.names)}"
-    G, yr = red.table(data.X, data.y)
-    if not (np.isfinite(G).all() and np.isfinite(yr).all()):
-        return None, None, f"{note}: not finite on some row (a zero column?), not searched"
-    t0 = time.perf_counter()
-    sub = Examples.from_arrays(G, yr, red.names, data.output_name)
-    sub_cfg = replace(cfg, max_seconds=cfg.max_seconds * UNITS_SHARE, use_registry=False)
-    inner = search_fn(sub, name=name, config=sub_cfg)
-    stats = replace(inner.stats, seconds=time.perf_counter() - t0)
-    run = StageRun(
-        Stage(("arithmetic",), method="units"), stats.level, sub_cfg.max_seconds, stats, False
-    )
-    if inner.function is None:
-        return None, run, f"{note}: no exact f ({inner.stats.stopped})"
-    f = inner.function
-    expr, consts = red.lift(f.expr, dict(f.constants), [i.name for i in f.inputs])
-    found, why = lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
-    if found is None:
-        return None, run, f"{note}: f = {f.render()} {why}"
-    return found, found.run, f"{note}, f = {f.render()}"
+        return None, [], f"units: {data.output_name} = C * {red.render(data.names)}"
+    runs: list[StageRun] = []
+    notes: list[str] = []
+    share = cfg.max_seconds * UNITS_SHARE / len(options)
+    for red in options:
+        note = f"{data.output_name} = {red.render(data.names)}"
+        G, yr = red.table(data.X, data.y)
+        if not (np.isfinite(G).all() and np.isfinite(yr).all()):
+            notes.append(f"{note}: not finite on some row (a zero column?), not searched")
+            continue
+        t0 = time.perf_counter()
+        sub = Examples.from_arrays(G, yr, red.names, data.output_name)
+        sub_cfg = replace(cfg, max_seconds=share, use_registry=False)
+        inner = search_fn(sub, name=name, config=sub_cfg)
+        stats = replace(inner.stats, seconds=time.perf_counter() - t0)
+        run = StageRun(Stage(("arithmetic",), method="units"), stats.level, share, stats, False)
+        runs.append(run)
+        if inner.function is None:
+            notes.append(f"{note}: no exact f ({inner.stats.stopped})")
+            continue
+        f = inner.function
+        expr, consts = red.lift(f.expr, dict(f.constants), [i.name for i in f.inputs])
+        found, why = lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
+        if found is None:
+            notes.append(f"{note}: f = {f.render()} {why}")
+            continue
+        runs[-1] = found.run
+        return found, runs, f"units: {note}, f = {f.render()}"
+    return None, runs, "units: " + "; ".join(notes)
 
 
 def lifted(

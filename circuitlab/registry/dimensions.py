@@ -11,10 +11,12 @@ m_0 * f(v/c) with f(g) = 1/sqrt(1 - g^2), cost 6 in one variable instead of 9 in
 - P solves U p = u_y (U: base dimensions x columns), with free columns set to 0;
 - the g_i are a basis of the null space of U (sympy's, exact rationals), scaled to integer
   exponents, each with exponent 1 on its own free column.
-Which columns are free decides how the groups read. Columns are taken in reverse order for
-the elimination, so that the later columns become the pivots: the Feynman tables list the
-variable a formula scales (m_0) before the ones it compares (v, c), and this gives v/c rather
-than c/v. A column with no units is a group by itself.
+Which columns are free decides how the groups read. The columns of larger typical size are
+taken first in the elimination, so they become the pivots and the groups read small over
+large (v/c, with c the larger velocity, rather than c/v); without sizes, or on a tie, the later
+column goes first. The data cannot always tell which reading gives the smaller f, so
+`reductions` also gives those of two other pivot orders (later columns first, earlier columns
+first), and discovery searches each. A column with no units is a group by itself.
 
 `Reduction.table` gives the dimensionless table (g, y / P), `Reduction.lift` turns a formula of
 it back into one of the original columns. The caller (`discover.search`) accepts the lifted
@@ -190,14 +192,51 @@ def _fresh(taken: Mapping[str, object], stem: str) -> str:
     return f"{stem}{i}"
 
 
-def reduce(units: Units, names: Sequence[str], output: str) -> Reduction:
+def reductions(
+    units: Units,
+    names: Sequence[str],
+    output: str,
+    magnitudes: Sequence[float] | None = None,
+) -> list[Reduction]:
+    """The distinct reductions of three pivot orders, in this order: the columns of larger
+    typical size first (`magnitudes`, the median |x| of each; then the later column), the
+    later columns first, the earlier columns first. The first is `reduce`'s."""
+    k = len(names)
+    size = list(magnitudes) if magnitudes is not None else [0.0] * k
+    orders = [
+        sorted(range(k), key=lambda j: (-size[j], -j)),
+        list(reversed(range(k))),
+        list(range(k)),
+    ]
+    out: list[Reduction] = []
+    for order in orders:
+        red = reduce(units, names, output, order=order)
+        if red not in out:
+            out.append(red)
+    return out
+
+
+def reduce(
+    units: Units,
+    names: Sequence[str],
+    output: str,
+    magnitudes: Sequence[float] | None = None,
+    order: Sequence[int] | None = None,
+) -> Reduction:
     """The prefactor and dimensionless groups of columns `names` for output `output` (module
-    docstring). Raises UnitsError when a name has no units or when no monomial of the inputs
-    has the output's units (the table or the data is then not a physical law in these units)."""
+    docstring). The columns taken first in the elimination become the pivots: `order` when
+    given, else the columns of larger typical size first (`magnitudes`: the median |x| of
+    each, when the data are at hand), so that a group reads small over large (v/c, c the
+    larger velocity); on a tie, or without magnitudes, the later column first. Raises
+    UnitsError when a name has no units or when no monomial of the inputs has the output's
+    units (the table or the data is then not a physical law in these units)."""
     import sympy
 
     k = len(names)
-    order = list(reversed(range(k)))  # later columns become the pivots
+    if order is None:
+        size = list(magnitudes) if magnitudes is not None else [0.0] * k
+        order = sorted(range(k), key=lambda j: (-size[j], -j))
+    order = list(order)
     U = sympy.Matrix(
         [[sympy.Rational(units.of(names[j])[d]) for j in order] for d in range(len(units.base))]
     )

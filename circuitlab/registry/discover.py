@@ -229,11 +229,10 @@ def search(
     runs: list[StageRun] = []
     units_note = ""
     if units is not None and not cfg.approximate:
-        found, run, units_note = units_stage(
+        found, tried, units_note = units_stage(
             data, units, sample, domains, resolve, cfg, prop.name, name, search
         )
-        if run is not None:
-            runs.append(run)
+        runs += tried
         if found is not None:
             return _noted(_exact(found, runs, data, sample, cfg, prop.name, t0, ""), units_note)
     # the power law first (automatic staging, exact mode): an exact monomial is the answer,

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from circuitlab.cli import app
 from circuitlab.registry import DiscoveryConfig, Examples, Units, UnitsError, search
-from circuitlab.registry.dimensions import reduce
+from circuitlab.registry.dimensions import reduce, reductions
 
 UNITS_CSV = (
     "\ufeffVariable,Units,m,s,kg,T,V,\n"  # a byte-order mark and a trailing empty column
@@ -94,6 +94,17 @@ def test_reduction_reads_like_the_formula(units):
     X = rng.uniform(1, 5, (20, 3))
     G, yr = red.table(X, X[:, 0] * 2.0)
     assert np.allclose(G[:, 0], X[:, 1] / X[:, 2]) and np.allclose(yr, 2.0)
+
+
+def test_reductions_give_each_pivot_choice_once(units):
+    names = ["m_0", "v", "c"]
+    # by size: c is the larger velocity, so the group is v/c; the other orders add c/v
+    options = reductions(units, names, "m", magnitudes=[3.0, 1.5, 6.5])
+    assert [r.render(names) for r in options] == ["m_0 * f(v/c)", "m_0 * f(c/v)"]
+    # with v the larger velocity, v is the pivot
+    assert reductions(units, names, "m", magnitudes=[3.0, 9.0, 6.5])[0].render(names) == (
+        "m_0 * f(c/v)"
+    )
 
 
 def test_a_law_with_no_dimensionless_group_is_left_to_the_power_law(units):
