@@ -15,7 +15,9 @@ rows); a name that is not an identifier would be renamed and the mapping recorde
 
 Discovery: `circuitlab.registry.search` (returns a result, never raises on a failed search,
 writes nothing: no registry is given and use_registry=False), with
-DiscoveryConfig(max_seconds=--budget, use_registry=False, seed=--seed). Each equation runs in
+DiscoveryConfig(max_seconds=--budget, use_registry=False, seed=--seed), and each column's units
+from benchmarks/data/feynman_units.csv (the benchmark's units table; --no-units leaves them
+out, so no dimensional analysis). Each equation runs in
 its own spawned process (--workers at a time, numpy/BLAS/torch threads 1); a process still
 running budget + 30 s after it started is killed and the equation recorded as "timeout".
 
