@@ -85,15 +85,22 @@ def found_fit(
     sample: Sample,
     resolve: ex.Resolver | None,
 ) -> Found:
-    """An exact function made without a search (power law, units) as the best fit of its
-    stage; its cost level is the formula's complexity (not bounded by the cost limit)."""
+    """A function made without a search (power law, units) as the best fit of its stage; its
+    cost level is the formula's complexity (not bounded by the cost limit). Its loss: the mean
+    squared error on the training rows (0 for an exact fit)."""
     try:
         sym = str(fn.sympy(resolve))
     except Exception:  # as in `_entries`: the table shows the rest
         sym = ""
     run.stats.level = run.max_cost = fn.complexity
-    var = float(np.var(sample.rows.y_train)) or 1.0
-    entry = Entry(fn.complexity, 0.0, fn, None, -math.inf, sym, var)
+    rows = sample.rows
+    var = float(np.var(rows.y_train)) or 1.0
+    loss = 0.0
+    if fn.status != "exact":
+        with np.errstate(all="ignore"):
+            pred = fn.on_columns(rows.X[rows.train], None, resolve)
+        loss = float(np.mean((pred - rows.y_train) ** 2))
+    entry = Entry(fn.complexity, loss, fn, None, -math.inf, sym, var)
     key = (fn.complexity, len(fn.constants), bool(fn.uses()))
     return Found(key, fn, rel, [entry], run)
 
@@ -166,21 +173,24 @@ def lifted(
 ) -> tuple[Found | None, str]:
     """A formula of the original columns made from a fit to a derived problem (units, an
     output transform), taken only if it passes the acceptance test on every original row;
-    `run` is the derived search's. None and why when it does not."""
+    `run` is the derived search's. None and why when it does not. In approximate mode (the
+    derived fit is approximate too) there is no acceptance test: it is the answer."""
     rows = sample.full or sample.rows
-    scale, tol = tolerance(rows, cfg.rtol)
-    with np.errstate(all="ignore"):
-        pred = np.broadcast_to(
-            np.asarray(ex.evaluate(expr, list(rows.X.T), consts, resolve), dtype=np.float64),
-            (len(rows.X),),
-        )
-    if not agrees(pred, rows, tol, cfg.rtol, scale):
-        return None, "fails on the original rows"
+    if not cfg.approximate:
+        scale, tol = tolerance(rows, cfg.rtol)
+        with np.errstate(all="ignore"):
+            pred = np.broadcast_to(
+                np.asarray(ex.evaluate(expr, list(rows.X.T), consts, resolve), dtype=np.float64),
+                (len(rows.X),),
+            )
+        if not agrees(pred, rows, tol, cfg.rtol, scale):
+            return None, "fails on the original rows"
     run = replace(run, stage=replace(run.stage, groups=groups_of(expr)), found=True)
     finisher = Finisher(rows, data, domains, resolve, cfg.seed)
     prov = provenance(data, sample, cfg, proposer, [run], run.stage)
+    status = "approximate" if cfg.approximate else "exact"
     try:
-        fn, rel = finisher.finish(expr, consts, name, "exact", prov)
+        fn, rel = finisher.finish(expr, consts, name, status, prov)
     except RegistryError as exc:  # a column it reads but does not depend on: not taken
         return None, f"not taken: {exc}"
     return found_fit(fn, rel, run, sample, resolve), ""

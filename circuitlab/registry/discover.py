@@ -8,11 +8,12 @@
    constants as fitted, on every row, and one that does not sends the search back to the start
    with the rows where it failed added to the sample (at most MAX_RESTARTS times per stage,
    then such fits are only rejected).
-2. Units (`dimensions.py`, exact mode, when the columns' units are given): dimensional
-   analysis writes y = P(x) * f(g), P a monomial with the units of y and g the dimensionless
-   groups; f is searched (this whole procedure, on the table (g, y / P)) within UNITS_SHARE
-   of the budget, and P * f(g) is taken if it passes the acceptance test on the original rows.
-   Otherwise the original problem is searched in the time left.
+2. Units (`dimensions.py`, when the columns' units are given): dimensional analysis writes
+   y = P(x) * f(g), P a monomial with the units of y and g the dimensionless groups; f is
+   searched (this whole procedure, on the table (g, y / P)) within UNITS_SHARE of the budget,
+   and P * f(g) is taken if it passes the acceptance test on the original rows. Otherwise the
+   original problem is searched in the time left. In approximate mode, P * f(g) with f the
+   dimensionless problem's approximate fit is the answer.
 3. Power law (`powerlaw.py`, automatic staging in exact mode only): y = C * prod x_j^a_j,
    exponents from a least-squares fit of log|y| on log|x_j| rounded to p/q (q <= 3), C by
    least squares and snapped as in 5, taken only if it passes the search's acceptance test on
@@ -206,11 +207,12 @@ def search(
     functions are offered: the stages are then searched up to its complexity - 1, and it is
     kept unless they find a smaller fit. `DiscoveryResult.power_law` says what it found.
 
-    With `units` (exact mode), dimensional analysis comes first (`dimensions.py`): y = P(x) *
+    With `units`, dimensional analysis comes first (`dimensions.py`): y = P(x) *
     f(g), with P a monomial of the units of y and g the dimensionless groups; f is searched on
     the table (g, y / P) within UNITS_SHARE of the time budget, and P * f(g) taken if it passes
     the acceptance test on the original rows. Otherwise the original problem is searched in
-    the time left. `DiscoveryResult.units` says what it did.
+    the time left. In approximate mode the dimensionless problem is searched approximately,
+    and its fit, scaled back, is the answer. `DiscoveryResult.units` says what it did.
 
     A table of more than `search_rows` rows is searched on a sample of them (`Sample`), every
     accepted fit checked on all of them; approximate fits are fitted and scored on the sample."""
@@ -228,11 +230,13 @@ def search(
     t0 = time.perf_counter()
     runs: list[StageRun] = []
     units_note = ""
-    if units is not None and not cfg.approximate:
+    if units is not None:
         found, tried, units_note = units_stage(
             data, units, sample, domains, resolve, cfg, prop.name, name, search
         )
         runs += tried
+        if found is not None and cfg.approximate:
+            return _noted(_approximate(found, runs, data, sample, cfg, prop.name, t0), units_note)
         if found is not None:
             return _noted(_exact(found, runs, data, sample, cfg, prop.name, t0, ""), units_note)
     # the power law first (automatic staging, exact mode): an exact monomial is the answer,
@@ -361,6 +365,36 @@ def _exact(
         proposer,
         runs,
         note,
+    )
+
+
+def _approximate(
+    found: Found,
+    runs: list[StageRun],
+    data: Examples,
+    sample: Sample,
+    cfg: DiscoveryConfig,
+    proposer: str,
+    t0: float,
+) -> DiscoveryResult:
+    """The result of an approximate discovery whose fit was made by a derived stage (units)."""
+    stats = total_stats(runs, cfg, time.perf_counter() - t0)
+    stats.level, stats.stopped = found.run.stats.level, ""
+    fn = replace(
+        found.fn, provenance=provenance(data, sample, cfg, proposer, runs, found.run.stage)
+    )
+    table = pareto_front(found.entries, exact=False)
+    loss = table[-1].loss if table else float("nan")
+    return DiscoveryResult(
+        fn,
+        "approximate",
+        stats,
+        table,
+        found.rel,
+        f"approximate (loss {loss:.3g}): {fn.render()} ({found.run.stage.method}: "
+        f"{METHODS.get(found.run.stage.method, '')})",
+        proposer,
+        runs,
     )
 
 

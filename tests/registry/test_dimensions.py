@@ -144,6 +144,28 @@ def test_units_make_a_three_variable_law_a_one_variable_search(units):
     assert np.allclose(got, fresh.y, rtol=1e-12)
 
 
+def test_noisy_data_are_fitted_through_the_dimensionless_problem(units):
+    data = _relativistic(200)
+    noisy = Examples.from_arrays(
+        data.X,
+        data.y * (1 + 0.01 * np.random.default_rng(5).normal(size=data.n)),
+        data.names,
+        "m",
+    )
+    cfg = DiscoveryConfig(max_seconds=20, approximate=True, max_cost=7)
+    result = search(noisy, config=cfg, units=units)
+    assert result.status == "approximate" and result.stages[0].stage.method == "units"
+    assert result.units.startswith("units: m = m_0 * f(v/c), f = ")
+    # m_0 times a function of v/c only: proportional to m_0 at fixed v/c
+    fn = result.function
+    probe = np.array([[1.0, 1.5, 5.0], [4.0, 1.5, 5.0], [2.0, 3.0, 10.0]])
+    out = fn.on_columns(probe, ["m_0", "v", "c"])
+    assert out[1] == pytest.approx(4 * out[0], rel=1e-12)
+    assert out[2] == pytest.approx(2 * out[0], rel=1e-12)
+    fresh = _relativistic(50, seed=9)
+    assert np.abs(fn.on_columns(fresh.X, list(fresh.names)) / fresh.y - 1).max() < 0.05
+
+
 def test_dimensionless_problems_are_searched_as_they_are(units):
     rng = np.random.default_rng(1)
     theta = rng.uniform(0.1, 1.5, 60)
