@@ -17,7 +17,9 @@ Discovery: `circuitlab.registry.search` (returns a result, never raises on a fai
 writes nothing: no registry is given and use_registry=False), with
 DiscoveryConfig(max_seconds=--budget, use_registry=False, seed=--seed), and each column's units
 from benchmarks/data/feynman_units.csv (the benchmark's units table; --no-units leaves them
-out, so no dimensional analysis). Each equation runs in
+out, so no dimensional analysis). --oracle also lets discovery query the formula as a black
+box (as it can query a circuit): its symmetry and separability tests run on it; results go to
+feynman_oracle.json. Each equation runs in
 its own spawned process (--workers at a time, numpy/BLAS/torch threads 1); a process still
 running budget + 30 s after it started is killed and the equation recorded as "timeout".
 
@@ -88,6 +90,7 @@ DATA = HERE / "data" / "feynman_equations.csv"
 UNITS = HERE / "data" / "feynman_units.csv"
 RESULTS = HERE / "results" / "feynman.json"
 RESULTS_NOISY = HERE / "results" / "feynman_noisy.json"
+RESULTS_ORACLE = HERE / "results" / "feynman_oracle.json"
 REFERENCE = {"AI Feynman": 100, "Eureqa": 71}  # noise-free, of 100 (Udrescu & Tegmark 2020)
 TARGET = "all 100 exact within 60 s each on 2 cores; at least 90"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -327,6 +330,9 @@ class Options:
     simplify_seconds: float = 10.0
     memory: str = "2G"
     units: bool = True  # give discovery the variables' units (dimensional analysis)
+    # give discovery the formula as an oracle it may query (a black box, as a circuit is):
+    # symmetry and separability tests run on it
+    oracle: bool = False
 
     def config(self) -> dict[str, Any]:
         """What a result depends on (compared by --resume)."""
@@ -378,8 +384,15 @@ def run_equation(eq: Equation, opts: Options) -> dict[str, Any]:
         dims = {c: table.of(n) for n, c in zip(eq.names, cols, strict=True)}
         units = Units(table.base, {**dims, out: table.of(eq.output)})
         data = Examples.from_arrays(X, y, cols, out)
+    oracle = None
+    if opts.oracle:
+        fn = eq.truth_fn()
+
+        def oracle(*cols: np.ndarray) -> np.ndarray:
+            return evaluate_truth(eq, np.stack(np.broadcast_arrays(*cols), axis=1), fn)
+
     t0 = time.perf_counter()
-    result = search(data, names=eq.columns(), name="F", config=cfg, units=units)
+    result = search(data, names=eq.columns(), name="F", config=cfg, units=units, oracle=oracle)
     rec["seconds"] = time.perf_counter() - t0
     fn = result.function
     rec.update(
@@ -389,6 +402,7 @@ def run_equation(eq: Equation, opts: Options) -> dict[str, Any]:
         candidates=result.stats.candidates,
         pairs=result.stats.pairs,
         units=result.units,
+        structure=result.structure,
         found=fn.render() if fn else None,
         found_sympy=None,
         cost=fn.complexity if fn else None,
@@ -695,12 +709,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="search without the variables' units (no dimensional analysis)",
     )
+    ap.add_argument(
+        "--oracle",
+        action="store_true",
+        help="let discovery query the formula as a black box (symmetry and separability tests)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="equations at a time (1)")
     ap.add_argument("--out", help="results JSON (default results/feynman[_noisy].json)")
     ap.add_argument("--resume", action="store_true", help="skip equations already in --out")
     ap.add_argument("--show", action="store_true", help="print the table saved in --out")
     args = ap.parse_args(argv)
-    out = Path(args.out) if args.out else (RESULTS_NOISY if args.noise else RESULTS)
+    default = RESULTS_ORACLE if args.oracle else RESULTS
+    out = Path(args.out) if args.out else (RESULTS_NOISY if args.noise else default)
     if args.show:
         if not out.exists():
             raise SystemExit(f"no results at {out}")
@@ -717,6 +737,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         simplify_seconds=args.simplify_seconds,
         memory=args.memory,
         units=not args.no_units,
+        oracle=args.oracle,
     )
     config = json.loads(json.dumps(opts.config()))
     done: dict[str, Any] = {}

@@ -60,7 +60,14 @@ from typing import Any
 import numpy as np
 
 from circuitlab.registry.build import Builder
-from circuitlab.registry.derived import METHODS, power_law_stage, transform_stage, units_stage
+from circuitlab.registry.derived import (
+    METHODS,
+    power_law_stage,
+    separable_stage,
+    symmetry_stage,
+    transform_stage,
+    units_stage,
+)
 from circuitlab.registry.dimensions import Units
 from circuitlab.registry.domains import Domain, Kind, RegistryError
 from circuitlab.registry.examples import Examples
@@ -253,6 +260,17 @@ def search(
             if not _offers_registered(reg, name) or cap < 1:
                 return _noted(_exact(law, runs, data, sample, cfg, prop.name, t0, note), units_note)
             search_cfg = replace(cfg, max_cost=cap)
+    structure: list[str] = []  # what the symmetry and separability tests said
+    if oracle is not None and data.k >= 2 and not cfg.approximate:
+        for stage_fn in (symmetry_stage, separable_stage):
+            found, tried, said = stage_fn(
+                data, sample, domains, resolve, cfg, prop.name, name, oracle, search
+            )
+            runs += tried
+            structure += [said] if said else []
+            if found is not None:
+                result = _exact(found, runs, data, sample, cfg, prop.name, t0, note)
+                return _noted(result, units_note, structure)
     transforms = cfg.transforms and "elementary" in stages[0].groups
     rounds = _rounds(search_cfg, len(stages), transforms)
     entries: list[Entry] = []  # approximate fits of the stages that found nothing
@@ -264,9 +282,8 @@ def search(
             )
             runs += tried
             if found is not None:
-                return _noted(
-                    _exact(found, runs, data, sample, cfg, prop.name, t0, note), units_note
-                )
+                result = _exact(found, runs, data, sample, cfg, prop.name, t0, note)
+                return _noted(result, units_note, structure)
         final = limit == search_cfg.cost_limit
         todo = [
             i for i in range(len(stages)) if i not in done and (final or not stages[i].last_resort)
@@ -318,17 +335,22 @@ def search(
         if best is not None:
             if law is not None and law.key <= best.key:  # a tie: the plain monomial
                 best = law
-            return _noted(_exact(best, runs, data, sample, cfg, prop.name, t0, note), units_note)
+            return _noted(
+                _exact(best, runs, data, sample, cfg, prop.name, t0, note), units_note, structure
+            )
     if law is not None:
-        return _noted(_exact(law, runs, data, sample, cfg, prop.name, t0, note), units_note)
+        return _noted(
+            _exact(law, runs, data, sample, cfg, prop.name, t0, note), units_note, structure
+        )
     stats = total_stats(runs, cfg, time.perf_counter() - t0)
     result = _failed(stats, entries, cfg, prop.name, runs)
     result.power_law = note
-    return _noted(result, units_note)
+    return _noted(result, units_note, structure)
 
 
-def _noted(result: DiscoveryResult, units: str) -> DiscoveryResult:
+def _noted(result: DiscoveryResult, units: str, structure: Sequence[str] = ()) -> DiscoveryResult:
     result.units = units
+    result.structure = result.structure or "; ".join(structure)
     return result
 
 

@@ -175,6 +175,8 @@ class DiscoveryResult:
     # dimensional analysis (dimensions.py): "y = P * f(g): exact", why it found nothing, or ""
     # when no units were given
     units: str = ""
+    # with an oracle: what the symmetry and separability tests found (separable.py)
+    structure: str = ""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -195,6 +197,7 @@ class DiscoveryResult:
             "stages": [r.to_dict() for r in self.stages],
             "power_law": self.power_law,
             "units": self.units,
+            "structure": self.structure,
             "message": self.message,
         }
 
