@@ -120,7 +120,8 @@ def register(app: typer.Typer) -> None:
         targets: str = typer.Option(
             "",
             "--targets",
-            help="Matrices to adapt, comma-separated leaves (W_in) or full names; default all.",
+            help="Matrices to adapt, comma-separated leaves (W_in) or full names; default all "
+            "weight matrices. NAME:R gives that matrix its own rank (W_V:8,W_pos:3).",
         ),
         lr: float = typer.Option(0.0, "--lr", help="Learning rate (0 = the LoRA recipe's)."),
         max_steps: int = typer.Option(0, "--max-steps", help="Step budget (0 = recipe's)."),
@@ -166,7 +167,7 @@ def register(app: typer.Typer) -> None:
                     changes["max_steps"] = max_steps
                 if weight_decay is not None:
                     changes["weight_decay"] = weight_decay
-                names = tuple(t.strip() for t in targets.split(",") if t.strip())
+                names, ranks = _targets(targets)
                 spec = LoraSpec(
                     rank,
                     alpha or None,
@@ -174,6 +175,7 @@ def register(app: typer.Typer) -> None:
                     LORA_RECIPE.replace(**changes),
                     seed,
                     decay,
+                    ranks,
                 )
                 result = adapt(
                     run,
@@ -253,3 +255,22 @@ def _render(r: dict) -> str:
     else:
         lines.append(f"feature overlap      unavailable: {ov.get('reason', '')}")
     return "\n".join(lines)
+
+
+def _targets(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+    """`W_Q,W_V:8` -> (("W_Q", "W_V"), (("W_V", 8),))."""
+    names: list[str] = []
+    ranks: list[tuple[str, int]] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, _, rank = item.partition(":")
+        names.append(name.strip())
+        if rank:
+            try:
+                ranks.append((name.strip(), int(rank)))
+            except ValueError:
+                raise CliError(
+                    f"--targets {item!r}: the rank after ':' must be an integer"
+                ) from None
+    return tuple(names), tuple(ranks)

@@ -137,6 +137,45 @@ def test_cli_adapt_weight_decay_reaches_the_adapter_recipe(runs, tmp_path):
     assert info.recipe.max_steps == 3
 
 
+def test_targets_may_have_ranks_of_their_own_at_one_scale(runs):
+    base, _ = runs
+    info, model = load_run(base)
+    spec = LoraSpec(rank=2, alpha=8, targets=("W_V", "W_pos"), ranks=(("W_pos", 3),))
+    names = expand_targets(info.model_config, spec.targets)
+    assert names == ["blocks.0.attn.W_V", "pos_embed.W_pos"]
+    assert [spec.rank_of(n) for n in names] == [2, 3]
+    wrapped = attach(model, spec, names, str(base), "0" * 64)
+    # W_V (2 heads, 32 -> 16): rank 2 per head; W_pos (3 x 32): rank 3
+    count = sum(p.numel() for n, p in wrapped.named_parameters() if "lora_" in n)
+    assert count == 2 * 2 * (32 + 16) + 3 * (3 + 32)
+    scalings = {
+        float(v) for m in wrapped.modules() if isinstance(getattr(m, "scaling", None), dict)
+        for v in m.scaling.values()
+    }  # fmt: skip
+    assert scalings == {4.0}  # alpha / rank for every adapter
+    with pytest.raises(AdaptError, match="not a target"):
+        LoraSpec(targets=("W_V",), ranks=(("W_Q", 2),))
+    with pytest.raises(AdaptError, match="positive integer"):
+        LoraSpec(targets=("W_V",), ranks=(("W_V", 0),))
+
+
+def test_cli_adapt_takes_ranks_per_target(runs, tmp_path):
+    base, _ = runs
+    res = _adapt_cli(
+        base, "--task", "sub_mod_11", "--rank", "1", "--targets", "W_V:3,W_pos:2",
+        "--max-steps", "3", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (run,) = [d for d in tmp_path.iterdir() if d.is_dir()]
+    text = json.dumps(json.loads((run / "config.json").read_text()))
+    assert '"blocks.0.attn.W_V": 3' in text and '"pos_embed.W_pos": 2' in text
+    bad = _adapt_cli(
+        base, "--task", "sub_mod_11", "--targets", "W_V:x", "--out", str(tmp_path / "b")
+    )
+    assert bad.returncode == 2 and "must be an integer" in bad.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_lr_decay_is_a_line_to_zero_after_the_warmup():
     recipe = LORA_RECIPE.replace(warmup_steps=10, max_steps=100)
     assert [lr_factor(s, recipe, False) for s in (0, 9, 50, 100)] == [0.1, 1.0, 1.0, 1.0]
