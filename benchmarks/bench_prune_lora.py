@@ -18,8 +18,8 @@ Parts (each merges its results into benchmarks/results/prune_lora.json as it fin
    ticket sparsity (TICKET_SPARSITY, 30%) was chosen.
  - tickets-fast, tickets-nanda: tickets at TICKET_SPARSITY against the dense run, for `fast`
    (seeds given and held-out seeds 3, 4) and `nanda`; target <= 1/2 of the dense steps.
- - lora: add_mod_113 -> sub_mod_113 adapters (rank 4 on W_Q/K/V/O, lr 3e-3, weight decay 1;
-   up to 1,500 steps) against
+ - lora: add_mod_113 -> sub_mod_113 adapters (LORA_*: ranks 1/1/8/4 on W_Q/K/V/O and 3 on
+   W_pos, scale 8, lr 8e-3, weight decay 0.3; up to 1,500 steps) against
    sub_mod_113 trained from scratch with `fast` (same seed); target >= 99% validation, <= 5%
    trainable, fewer steps; and a 600-step trial of add -> mul_mod_113.
  - compare: extract the parent, a pruned child and the sub adapter, and compare circuits.
@@ -63,13 +63,19 @@ PARTS = (
 TICKET_SPARSITY = 0.3
 SWEEP_SPARSITIES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 HELD_OUT_SEEDS = (3, 4)
-# attention Q/K/V/O at rank 4 (one adapter per head): 4.5% of the parameters. Trials on seed
-# 0 (README): the attention must change (subtraction treats a and b apart; the add circuit's
-# attention does not), W_O is indispensable; without weight decay (at lr 1e-2) it reached 88%
+# LoRA add -> sub: subtraction must read a and b apart, and the add model's heads treat them
+# alike (0.50/0.50). Rank 4 on the attention Q/K/V/O (4.5% of the parameters) plateaued at
+# 94-95% on seeds 0 and 1 whatever the lr, weight decay or scale (README). What worked: the
+# positional embedding as a target (rank 3, full: the positions are what tells a from b), a
+# wider value map (rank 8 on W_V), rank 1 on W_Q and W_K, 4 on W_O, scale alpha/rank = 8, a
+# constant lr of 8e-3 and weight decay 0.3 on the adapter: 9,353 parameters (4.1%). Found on
+# seed 0 (trials in the README); seeds 1 and 2 then passed on their first run.
 LORA_RANK = 4
-LORA_TARGETS = ("W_Q", "W_K", "W_V", "W_O")
-LORA_LR = 3e-3
-LORA_WEIGHT_DECAY = 1.0
+LORA_ALPHA = 32.0
+LORA_TARGETS = ("W_Q", "W_K", "W_V", "W_O", "W_pos")
+LORA_RANKS = (("W_Q", 1), ("W_K", 1), ("W_V", 8), ("W_pos", 3))
+LORA_LR = 8e-3
+LORA_WEIGHT_DECAY = 0.3
 LORA_STEPS = 1500
 
 
@@ -354,12 +360,21 @@ def adapted(base: Path, task: str, seed: int, out: Path, max_steps: int = LORA_S
         recipe = LORA_RECIPE.replace(
             max_steps=max_steps, lr=LORA_LR, weight_decay=LORA_WEIGHT_DECAY
         )
-        spec = LoraSpec(rank=LORA_RANK, targets=LORA_TARGETS, recipe=recipe, seed=seed)
+        spec = LoraSpec(
+            rank=LORA_RANK,
+            alpha=LORA_ALPHA,
+            targets=LORA_TARGETS,
+            recipe=recipe,
+            seed=seed,
+            ranks=LORA_RANKS,
+        )
         adapt(base, task, spec, out, overwrite=True)
     summary = read_run(run).summary
     return {
         "rank": LORA_RANK,
+        "alpha": LORA_ALPHA,
         "targets": list(LORA_TARGETS),
+        "ranks": dict(LORA_RANKS),
         "lr": LORA_LR,
         "weight_decay": LORA_WEIGHT_DECAY,
         "lora_grokked_at": summary["grokked_at"],
