@@ -26,6 +26,7 @@ Method (`adapt`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -182,13 +183,19 @@ def attach(model: Transformer, spec: LoraSpec, names: Sequence[str], base: str, 
         revision=sha,
     )
     model.name_or_path = base  # what peft records as base_model_name_or_path
-    with torch.random.fork_rng(), warnings.catch_warnings():  # peft draws A from the global RNG
-        # peft 0.21 checks rank_pattern and alpha_pattern keys against module names only and
-        # warns that a parameter's key "did not match"; it is applied all the same (the tests
-        # count the adapter's parameters and read its scale)
-        warnings.filterwarnings("ignore", message=".*_pattern keys did not match")
+    with torch.random.fork_rng(), _quiet_patterns():  # peft draws A from the global RNG
         torch.manual_seed(spec.seed)
         return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def _quiet_patterns():
+    """peft 0.21 checks rank_pattern and alpha_pattern keys against module names only and
+    warns that a parameter's key "did not match"; it applies them all the same (the tests
+    count the adapter's parameters and read its scale)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*_pattern keys did not match")
+        yield
 
 
 def load_adapted(base_run: str | Path, adapter: str | Path):
@@ -211,7 +218,8 @@ def load_adapted(base_run: str | Path, adapter: str | Path):
             f"{str(config.get('revision'))[:12]}..., but {info.path} has {sha[:12]}...: "
             "load it onto the run it was trained from"
         )
-    return info, PeftModel.from_pretrained(model, str(adapter))
+    with _quiet_patterns():
+        return info, PeftModel.from_pretrained(model, str(adapter))
 
 
 @dataclass
@@ -470,7 +478,8 @@ def _finish(
         saved = Path(tmp) / ADAPTER_DIR
         peft_model.save_pretrained(str(saved))
         _, fresh = rundir.load_run(info.path)
-        merged = PeftModel.from_pretrained(fresh, str(saved)).merge_and_unload()
+        with _quiet_patterns():
+            merged = PeftModel.from_pretrained(fresh, str(saved)).merge_and_unload()
         check = merge_check(peft_model, merged, all_inputs)
         weights = {n: p.detach() for n, p in merged.tl_state_dict().items()}
         config = {
