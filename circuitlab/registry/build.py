@@ -363,7 +363,7 @@ class Builder(Finisher):
             renamed = {k: f"c{len(consts) + i}" for i, k in enumerate(inner_consts)}
             for k, v in inner_consts.items():
                 consts[renamed[k]] = v
-            return ex.call("SUB", head, _rename_consts(inner, renamed)), consts
+            return ex.call("SUB", head, ex.rename_constants(inner, renamed)), consts
         if b == 1:
             acc = ex.call("INC", acc)
         elif b == -1:
@@ -385,14 +385,6 @@ class Builder(Finisher):
         if name == "POW":
             return ex.call("POW", e, number(c))
         return ex.call(name, e if c == 1 else times(c, e))
-
-
-def _rename_consts(e: ex.Expr, names: dict[str, str]) -> ex.Expr:
-    if isinstance(e, ex.Const):
-        return ex.Const(names.get(e.name, e.name))
-    if isinstance(e, ex.Call):
-        return ex.Call(e.op, tuple(_rename_consts(a, names) for a in e.args), e.params, e.version)
-    return e
 
 
 def _local_rewrites(e: ex.Expr) -> list[ex.Expr]:

@@ -356,7 +356,7 @@ def separable_stage(
             rename[c] = _fresh_const(consts)
             consts[rename[c]] = v
         mapping = {i: ex.Var(data.names.index(inp.name)) for i, inp in enumerate(f.inputs)}
-        terms.append(_renamed(ex.substitute(f.expr, mapping), rename))
+        terms.append(ex.rename_constants(ex.substitute(f.expr, mapping), rename))
     why = ""
     for expr, cs in (
         _refitted(terms, consts, mode, sample, resolve),
@@ -553,14 +553,6 @@ def _chain(op: str, terms: list[ex.Expr]) -> ex.Expr:
     for t in reversed(terms[:-1]):
         expr = ex.call(op, t, expr)
     return expr
-
-
-def _renamed(e: ex.Expr, rename: dict[str, str]) -> ex.Expr:
-    if isinstance(e, ex.Const):
-        return ex.Const(rename.get(e.name, e.name))
-    if isinstance(e, ex.Call):
-        return ex.Call(e.op, tuple(_renamed(a, rename) for a in e.args), e.params, e.version)
-    return e
 
 
 def _ops(e: ex.Expr) -> set[str]:

@@ -153,6 +153,18 @@ def substitute(expr: Expr, mapping: Mapping[int, Expr]) -> Expr:
     return expr
 
 
+def rename_constants(expr: Expr, names: Mapping[str, str]) -> Expr:
+    """Const(c) renamed names[c] (the others kept): to put two expressions' constants side by
+    side in one table."""
+    if isinstance(expr, Const):
+        return Const(names.get(expr.name, expr.name))
+    if isinstance(expr, Call):
+        return Call(
+            expr.op, tuple(rename_constants(a, names) for a in expr.args), expr.params, expr.version
+        )
+    return expr
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluation
 
