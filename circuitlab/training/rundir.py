@@ -27,7 +27,7 @@ from circuitlab._atomic import replace_dir, write_json_atomic  # noqa: F401 (re-
 GROK_THRESHOLD = 0.99  # the grokking step is the first logged step with val acc >= this
 REQUIRED_FILES = ("config.json", "model.safetensors", "metrics.jsonl", "summary.json")
 MASK_FILE = "masks.safetensors"  # a pruned run's 0/1 masks (TransformerLens names)
-DERIVATIONS = ("prune", "lora")  # `parent.how` of a derived run
+DERIVATIONS = ("prune", "lora", "finetune")  # `parent.how` of a derived run (as the catalog)
 
 
 class RunDirError(ValueError):
