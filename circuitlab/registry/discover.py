@@ -63,8 +63,6 @@ from circuitlab.registry.build import Builder
 from circuitlab.registry.derived import (
     METHODS,
     power_law_stage,
-    separable_stage,
-    symmetry_stage,
     transform_stage,
     units_stage,
 )
@@ -106,6 +104,7 @@ from circuitlab.registry.search import (
     SearchOutcome,
     SearchStats,
 )
+from circuitlab.registry.splits import separable_stage, symmetry_stage
 from circuitlab.registry.stages import plan_stages
 
 # re-exported: the discovery API has always been importable from here
