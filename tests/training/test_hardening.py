@@ -404,3 +404,17 @@ def test_a_worker_whose_parent_died_during_its_start_exits_at_once():
         [sys.executable, "-c", code.format(os.getpid())], capture_output=True, text=True
     )
     assert ours.returncode == 0 and "alive" in ours.stdout
+
+
+@pytest.mark.parametrize(
+    "how, ok", [("prune", True), ("lora", True), ("finetune", True), ("distill", False)]
+)
+def test_a_parent_names_how_its_run_was_derived(how, ok):
+    from circuitlab.training.rundir import RunDirError, check_parent
+
+    parent = {"run": "runs/base", "weights_sha256": "0" * 64, "how": how, "method": {}}
+    if ok:
+        check_parent(parent)  # a continued run is derived by finetune, as the catalog says
+    else:
+        with pytest.raises(RunDirError, match="parent.how must be one of"):
+            check_parent(parent)
