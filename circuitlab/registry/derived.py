@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,13 +33,45 @@ from circuitlab.registry.results import (
     provenance,
 )
 from circuitlab.registry.sampling import Sample
-from circuitlab.registry.search import SearchStats, agrees, tolerance
+from circuitlab.registry.search import Rows, SearchStats, agrees, tolerance
 from circuitlab.registry.stages import Stage
 
 SearchFn = Callable[..., DiscoveryResult]
 # the share of the time budget the dimensionless problem gets when units are given; the
 # original problem has the rest
 UNITS_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every stage of one discovery reads: the examples, the rows (`sample`: those
+    searched and all of them), each column's domain, the resolver of registered functions,
+    the configuration, the proposer's name, the function's name, and `discover.search` for
+    the derived problems."""
+
+    data: Examples
+    sample: Sample
+    domains: list[Domain]
+    resolve: ex.Resolver | None
+    cfg: DiscoveryConfig
+    proposer: str
+    name: str
+    search_fn: SearchFn
+
+    @property
+    def rows(self) -> Rows:
+        """Every row, [training | held-out | probes] (the sample's when there is no more)."""
+        return self.sample.full or self.sample.rows
+
+    def finish(
+        self, expr: ex.Expr, consts: dict[str, float], status: str, run: StageRun
+    ) -> tuple[Function, dict[str, bool]]:
+        """The function of a fit made by stage `run` (simplified, its inputs the relevant
+        columns, with this discovery's provenance); RegistryError when it reads a column it
+        does not depend on."""
+        finisher = Finisher(self.rows, self.data, self.domains, self.resolve, self.cfg.seed)
+        prov = provenance(self.data, self.sample, self.cfg, self.proposer, [run], run.stage)
+        return finisher.finish(expr, consts, self.name, status, prov)
 
 
 # how a stage that is not an enumerative search made its fit, for the result's message
@@ -51,45 +83,29 @@ METHODS = {
 }
 
 
-def power_law_stage(
-    data: Examples,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
-) -> tuple[Found | None, str]:
+def power_law_stage(ctx: Context) -> tuple[Found | None, str]:
     """The power-law stage (powerlaw.py) as a stage run: its exact monomial as a function,
     or None; and its note. Fitted on the rows searched, checked on every row."""
     t0 = time.perf_counter()
-    rows = sample.full or sample.rows
-    law, note = power_law(sample.rows, rows, cfg.rtol, cfg.exclude, data.names)
+    cfg = ctx.cfg
+    law, note = power_law(ctx.sample.rows, ctx.rows, cfg.rtol, cfg.exclude, ctx.data.names)
     if law is None:
         return None, note
-    stage = Stage(law.groups, method="power law")
     stats = SearchStats(candidates=law.checked, max_cost=cfg.cost_limit)
-    run = StageRun(stage, 0, cfg.max_seconds, stats, True)
-    finisher = Finisher(rows, data, domains, resolve, cfg.seed)
-    prov = provenance(data, sample, cfg, proposer, [run], stage)
+    run = StageRun(Stage(law.groups, method="power law"), 0, cfg.max_seconds, stats, True)
     try:
-        fn, rel = finisher.finish(law.expr, law.consts, name, "exact", prov)
+        fn, rel = ctx.finish(law.expr, law.consts, "exact", run)
     except RegistryError as exc:  # a column it reads but does not depend on: not taken
         return None, f"not taken: {exc}"
     stats.seconds = time.perf_counter() - t0
-    return found_fit(fn, rel, run, sample, resolve), note
+    return found_fit(ctx, fn, rel, run), note
 
 
-def found_fit(
-    fn: Function,
-    rel: dict[str, bool],
-    run: StageRun,
-    sample: Sample,
-    resolve: ex.Resolver | None,
-) -> Found:
+def found_fit(ctx: Context, fn: Function, rel: dict[str, bool], run: StageRun) -> Found:
     """A function made without a search (power law, units) as the best fit of its stage; its
     cost level is the formula's complexity (not bounded by the cost limit). Its loss: the mean
     squared error on the training rows (0 for an exact fit)."""
+    sample, resolve = ctx.sample, ctx.resolve
     try:
         sym = str(fn.sympy(resolve))
     except Exception:  # as in `_entries`: the table shows the rest
@@ -107,23 +123,14 @@ def found_fit(
     return Found(key, fn, rel, [entry], run)
 
 
-def units_stage(
-    data: Examples,
-    units: Units,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
-    search_fn: SearchFn,
-) -> tuple[Found | None, list[StageRun], str]:
+def units_stage(ctx: Context, units: Units) -> tuple[Found | None, list[StageRun], str]:
     """Dimensional analysis as a stage (see `search`): the exact function P * f(g), or None;
     the stage runs, one per reduction searched (none when there was nothing to reduce); and
     a note. Which columns become the pivots decides how f reads ((1 - a*b)/sqrt(1 - b^2) or
     (a - b)/sqrt(1 - b^2) for I.15.3x), and the data cannot say which is simpler, so each
     distinct reduction of `dimensions.reductions` is searched in turn, within an equal part
     of UNITS_SHARE of the budget; the first exact one wins."""
+    data, cfg, name, search_fn = ctx.data, ctx.cfg, ctx.name, ctx.search_fn
     magnitudes = np.median(np.abs(data.X), axis=0)
     options = reductions(units, data.names, data.output_name, magnitudes)
     red = options[0]
@@ -152,7 +159,7 @@ def units_stage(
             continue
         f = inner.function
         expr, consts = red.lift(f.expr, dict(f.constants), [i.name for i in f.inputs])
-        found, why = lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
+        found, why = lifted(ctx, expr, consts, run)
         if found is None:
             notes.append(f"{note}: f = {f.render()} {why}")
             continue
@@ -162,40 +169,26 @@ def units_stage(
 
 
 def lifted(
-    expr: ex.Expr,
-    consts: dict[str, float],
-    run: StageRun,
-    data: Examples,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
+    ctx: Context, expr: ex.Expr, consts: dict[str, float], run: StageRun
 ) -> tuple[Found | None, str]:
     """A formula of the original columns made from a fit to a derived problem (units, an
     output transform), taken only if it passes the acceptance test on every original row;
     `run` is the derived search's. None and why when it does not. In approximate mode (the
     derived fit is approximate too) there is no acceptance test: it is the answer."""
-    rows = sample.full or sample.rows
+    rows, cfg = ctx.rows, ctx.cfg
     if not cfg.approximate:
         scale, tol = tolerance(rows, cfg.rtol)
         with np.errstate(all="ignore"):
-            pred = np.broadcast_to(
-                np.asarray(ex.evaluate(expr, list(rows.X.T), consts, resolve), dtype=np.float64),
-                (len(rows.X),),
-            )
+            out = ex.evaluate(expr, list(rows.X.T), consts, ctx.resolve)
+            pred = np.broadcast_to(np.asarray(out, dtype=np.float64), (len(rows.X),))
         if not agrees(pred, rows, tol, cfg.rtol, scale):
             return None, "fails on the original rows"
     run = replace(run, stage=replace(run.stage, groups=groups_of(expr)), found=True)
-    finisher = Finisher(rows, data, domains, resolve, cfg.seed)
-    prov = provenance(data, sample, cfg, proposer, [run], run.stage)
-    status = "approximate" if cfg.approximate else "exact"
     try:
-        fn, rel = finisher.finish(expr, consts, name, status, prov)
+        fn, rel = ctx.finish(expr, consts, "approximate" if cfg.approximate else "exact", run)
     except RegistryError as exc:  # a column it reads but does not depend on: not taken
         return None, f"not taken: {exc}"
-    return found_fit(fn, rel, run, sample, resolve), ""
+    return found_fit(ctx, fn, rel, run), ""
 
 
 # output transforms: (name, whether it applies to y, T(y), the inverse as a formula of f = T(y))
@@ -227,21 +220,12 @@ TRANSFORMS: tuple[tuple[str, Callable[[np.ndarray], bool], Callable, Callable], 
 )
 
 
-def transform_stage(
-    data: Examples,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
-    t0: float,
-    search_fn: SearchFn,
-) -> tuple[Found | None, list[StageRun]]:
+def transform_stage(ctx: Context, t0: float) -> tuple[Found | None, list[StageRun]]:
     """Search T(y) for each output transform T up to stage_cost (TRANSFORM_SHARE of the budget
     each, the power law included), and write y = T^-1(f) in the original columns: AI Feynman's
     brute force tries the same inverses. 1/sqrt(1 - g^2) is cost 7 for the search, but
     1/y^2 = 1 - g^2 is cost 4. The first that passes the acceptance test on every row wins."""
+    data, cfg, name, search_fn = ctx.data, ctx.cfg, ctx.name, ctx.search_fn
     runs: list[StageRun] = []
     banned = set(cfg.exclude) - {"POW"}  # POW is left out of the enumeration, not banned
     sub_cfg = replace(
@@ -277,7 +261,7 @@ def transform_stage(
         consts[one.name] = 1.0
         mapping = {i: ex.Var(data.names.index(inp.name)) for i, inp in enumerate(f.inputs)}
         expr = inverse(ex.substitute(f.expr, mapping), one)
-        found, _ = lifted(expr, consts, run, data, sample, domains, resolve, cfg, proposer, name)
+        found, _ = lifted(ctx, expr, consts, run)
         if found is not None:
             runs[-1] = found.run
             return found, runs

@@ -62,6 +62,7 @@ import numpy as np
 from circuitlab.registry.build import Builder
 from circuitlab.registry.derived import (
     METHODS,
+    Context,
     power_law_stage,
     transform_stage,
     units_stage,
@@ -234,12 +235,11 @@ def search(
     if cfg.approximate:
         stages = stages[:1]
     t0 = time.perf_counter()
+    ctx = Context(data, sample, domains, resolve, cfg, prop.name, name, search)
     runs: list[StageRun] = []
     units_note = ""
     if units is not None:
-        found, tried, units_note = units_stage(
-            data, units, sample, domains, resolve, cfg, prop.name, name, search
-        )
+        found, tried, units_note = units_stage(ctx, units)
         runs += tried
         if found is not None and cfg.approximate:
             return _noted(_approximate(found, runs, data, sample, cfg, prop.name, t0), units_note)
@@ -252,7 +252,7 @@ def search(
     note = ""
     search_cfg = cfg
     if cfg.groups is None and not cfg.approximate:
-        law, note = power_law_stage(data, sample, domains, resolve, cfg, prop.name, name)
+        law, note = power_law_stage(ctx)
         if law is not None:
             runs.append(law.run)
             cap = min(cfg.cost_limit, law.key[0] - 1)
@@ -262,9 +262,7 @@ def search(
     structure: list[str] = []  # what the symmetry and separability tests said
     if oracle is not None and data.k >= 2 and not cfg.approximate:
         for stage_fn in (symmetry_stage, separable_stage):
-            found, tried, said = stage_fn(
-                data, sample, domains, resolve, cfg, prop.name, name, oracle, search
-            )
+            found, tried, said = stage_fn(ctx, oracle)
             runs += tried
             structure += [said] if said else []
             if found is not None:
@@ -276,9 +274,7 @@ def search(
     done: set[int] = set()  # stages that a further round cannot help
     for round_no, (limit, share) in enumerate(rounds):
         if round_no == 1 and transforms:
-            found, tried = transform_stage(
-                data, sample, domains, resolve, cfg, prop.name, name, t0, search
-            )
+            found, tried = transform_stage(ctx, t0)
             runs += tried
             if found is not None:
                 result = _exact(found, runs, data, sample, cfg, prop.name, t0, note)

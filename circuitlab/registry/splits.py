@@ -17,10 +17,9 @@ import numpy as np
 from circuitlab.registry import expr as ex
 from circuitlab.registry import separable
 from circuitlab.registry.constants import Alloc, Form, forms, write_number, write_times
-from circuitlab.registry.derived import SearchFn, fresh_const, lifted
-from circuitlab.registry.domains import Domain
+from circuitlab.registry.derived import Context, fresh_const, lifted
 from circuitlab.registry.examples import Examples
-from circuitlab.registry.results import DiscoveryConfig, Found, StageRun
+from circuitlab.registry.results import Found, StageRun
 from circuitlab.registry.sampling import Sample
 from circuitlab.registry.stages import Stage
 
@@ -29,15 +28,7 @@ SYMMETRY_SHARE = 0.5  # of the time budget, for the problem with one column fewe
 
 
 def separable_stage(
-    data: Examples,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
-    oracle: Callable[..., np.ndarray],
-    search_fn: SearchFn,
+    ctx: Context, oracle: Callable[..., np.ndarray]
 ) -> tuple[Found | None, list[StageRun], str]:
     """Split a function that can be queried into groups of columns that do not interact
     (`separable.split`: f = sum_c g_c(x_c) + C, or prod_c g_c(x_c) * C), search each g_c on
@@ -47,6 +38,7 @@ def separable_stage(
     a full discovery with the oracle, so a group splits again where it can (q * (Ef + B*v) is
     q times a sum). The combination passes the acceptance test on every row, or is not taken.
     Returns the fit or None, the runs, and a note."""
+    data, cfg, domains = ctx.data, ctx.cfg, ctx.domains
     rng = np.random.default_rng(cfg.seed)
 
     def points(r: np.random.Generator, n: int) -> np.ndarray:
@@ -76,9 +68,9 @@ def separable_stage(
             return None, runs, f"{note}: a group's outputs are not finite"
         t0 = time.perf_counter()
         sub = Examples.from_arrays(data.X[:, g], yg, [data.names[j] for j in g], data.output_name)
-        inner = search_fn(
+        inner = ctx.search_fn(
             sub,
-            name=name,
+            name=ctx.name,
             config=replace(cfg, max_seconds=share, use_registry=False),
             oracle=separable.fixed(oracle, g, ref),
         )
@@ -97,12 +89,12 @@ def separable_stage(
         terms.append(ex.rename_constants(ex.substitute(f.expr, mapping), rename))
     why = ""
     for expr, cs in (
-        _refitted(terms, consts, mode, sample, resolve),
+        _refitted(terms, consts, mode, ctx.sample, ctx.resolve),
         _combined(terms, consts, mode, f_ref, len(parts)),
     ):
         if expr is None:
             continue
-        fit, why = lifted(expr, cs, runs[-1], data, sample, domains, resolve, cfg, proposer, name)
+        fit, why = lifted(ctx, expr, cs, runs[-1])
         if fit is not None:
             runs[-1] = fit.run
             return fit, runs, note
@@ -110,22 +102,16 @@ def separable_stage(
 
 
 def symmetry_stage(
-    data: Examples,
-    sample: Sample,
-    domains: list[Domain],
-    resolve: ex.Resolver | None,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    name: str,
-    oracle: Callable[..., np.ndarray],
-    search_fn: SearchFn,
+    ctx: Context, oracle: Callable[..., np.ndarray]
 ) -> tuple[Found | None, list[StageRun], str]:
     """Translational symmetry of a function that can be queried (`separable.translation_pairs`):
     when f(x_i + s, x_j + s) = f(x), search the problem with one column x_i - x_j in place of
     the two (with its own oracle, so further pairs are found in turn) within SYMMETRY_SHARE of
     the budget, and write the fit back with SUB(x_i, x_j). Returns the fit or None, the runs,
     and a note."""
+    data, cfg = ctx.data, ctx.cfg
     rng = np.random.default_rng(cfg.seed + 1)
+    domains = ctx.domains
     a = np.stack([d.sample(rng, separable.TRIALS) for d in domains], axis=1)
     spread = np.ptp(data.X, axis=0).max(initial=0.0) or 1.0
     shift = rng.uniform(0.05, 0.2, separable.TRIALS) * spread
@@ -142,9 +128,9 @@ def symmetry_stage(
     at = float(np.median(data.X[:, j]))
     t0 = time.perf_counter()
     budget = cfg.max_seconds * SYMMETRY_SHARE
-    inner = search_fn(
+    inner = ctx.search_fn(
         sub,
-        name=name,
+        name=ctx.name,
         config=replace(cfg, max_seconds=budget, use_registry=False),
         oracle=separable.on_difference(oracle, i, j, data.k, at),
     )
@@ -157,9 +143,7 @@ def symmetry_stage(
     back = [ex.call("SUB", ex.Var(i), ex.Var(j)), *(ex.Var(c) for c in rest)]
     mapping = {n: back[sub.names.index(inp.name)] for n, inp in enumerate(f.inputs)}
     expr = ex.substitute(f.expr, mapping)
-    fit, why = lifted(
-        expr, dict(f.constants), run, data, sample, domains, resolve, cfg, proposer, name
-    )
+    fit, why = lifted(ctx, expr, dict(f.constants), run)
     if fit is None:
         return None, [run], f"{note}: {why}"
     return fit, [fit.run], f"{note}; {inner.power_law}" if inner.power_law else note
