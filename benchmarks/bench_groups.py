@@ -16,12 +16,12 @@ dimension. Then: embedding energy in the key irreps, neuron purity, restricted l
 full loss, excluded loss above ln n!, and the analysis time (one torch thread).
 
 S5 conj (x*y*x^-1) is trained with the best setting `circuitlab tune s5_conj` found (2 layers,
-minibatches of 512, 67.5% of the pairs); it groks on seed 0, and on seed 1 once restarted from
-its 15,000-step weights (CONTINUED); seed 2 stays below. Before it, no setting tried
-grokked conj (1 or 2 layers, d_mlp 128-512, 50-90% of the pairs, Grokfast, lr 1e-3 to 1e-2,
-up to 10,000 full-batch steps): models stalled on the answer's conjugacy class (S5: 7/120 =
-5.8% accuracy). S4 conj stalls at 20-57% on the irreps [2,2] and sign, which only narrow the
-answer to a coset: its row is a negative control.
+minibatches of 512, 67.5% of the pairs); it groks on seeds 0 and 3 (steps 6,700 and 6,000),
+and on seed 1 once restarted from its 15,000-step weights (CONTINUED); seed 2 stays below.
+Before it, no setting tried grokked conj (1 or 2 layers, d_mlp 128-512, 50-90% of the pairs,
+Grokfast, lr 1e-3 to 1e-2, up to 10,000 full-batch steps): models stalled on the answer's
+conjugacy class (S5: 7/120 = 5.8% accuracy). S4 conj stalls at 20-57% on the irreps [2,2]
+and sign, which only narrow the answer to a coset: its row is a negative control.
 """
 
 from __future__ import annotations
