@@ -262,7 +262,7 @@ def search(
     structure: list[str] = []  # what the symmetry and separability tests said
     if oracle is not None and data.k >= 2 and not cfg.approximate:
         for stage_fn in (symmetry_stage, separable_stage):
-            found, tried, said = stage_fn(ctx, oracle)
+            found, tried, said = stage_fn(ctx, _guarded(oracle))
             runs += tried
             structure += [said] if said else []
             if found is not None:
@@ -341,6 +341,19 @@ def search(
     result = _failed(stats, entries, cfg, prop.name, runs)
     result.power_law = note
     return _noted(result, units_note, structure)
+
+
+def _guarded(oracle: Callable[..., Any]) -> Callable[..., np.ndarray]:
+    """The oracle, its failures (user code) reported as a RegistryError, not a traceback."""
+
+    def call(*cols: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(oracle(*cols), dtype=np.float64)
+        except Exception as exc:
+            msg = f"the oracle failed on inputs the structure tests chose: {exc}"
+            raise RegistryError(msg) from None
+
+    return call
 
 
 def _noted(result: DiscoveryResult, units: str, structure: Sequence[str] = ()) -> DiscoveryResult:

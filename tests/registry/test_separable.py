@@ -120,3 +120,16 @@ def test_without_an_oracle_nothing_is_tested():
     result = search((X, X[:, 0] + X[:, 1]), config=DiscoveryConfig(max_seconds=5))
     assert result.status == "exact" and result.structure == ""
     assert all(r.stage.method not in ("separable", "symmetry") for r in result.stages)
+
+
+def test_an_oracle_that_fails_is_a_clear_error():
+    from circuitlab.registry import RegistryError
+
+    def fragile(a, b):
+        if (np.asarray(a) > 4.5).any():  # as user code may, on inputs outside the table
+            raise ValueError("out of range")
+        return a + b
+
+    X = np.random.default_rng(2).uniform(1, 4.4, (50, 2))
+    with pytest.raises(RegistryError, match="the oracle failed"):
+        search((X, X.sum(axis=1)), config=DiscoveryConfig(max_seconds=5), oracle=fragile)
