@@ -221,6 +221,10 @@ def search(
     the time left. In approximate mode the dimensionless problem is searched approximately,
     and its fit, scaled back, is the answer. `DiscoveryResult.units` says what it did.
 
+    With an `oracle` (exact mode, two or more columns), after the power law: translational
+    symmetry, then separability (`splits.py`), each splitting the problem into smaller ones
+    searched with the oracle; `DiscoveryResult.structure` says what the tests found.
+
     A table of more than `search_rows` rows is searched on a sample of them (`Sample`), every
     accepted fit checked on all of them; approximate fits are fitted and scored on the sample."""
     cfg = config or DiscoveryConfig()
