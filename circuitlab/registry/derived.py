@@ -238,7 +238,7 @@ def transform_stage(ctx: Context, t0: float) -> tuple[Found | None, list[StageRu
         left = cfg.max_seconds - (time.perf_counter() - t0)
         if left <= 0:
             break
-        if not applies(data.y) or _ops(inverse(ex.Var(0), ex.Var(0))) & banned:
+        if not applies(data.y) or ex.operations(inverse(ex.Var(0), ex.Var(0))) & banned:
             continue
         with np.errstate(all="ignore"):
             ty = forward(data.y)
@@ -257,7 +257,7 @@ def transform_stage(ctx: Context, t0: float) -> tuple[Found | None, list[StageRu
         if f is None:
             continue
         consts = dict(f.constants)
-        one = ex.Const(fresh_const(consts))
+        one = ex.Const(ex.fresh_name(consts, "t"))
         consts[one.name] = 1.0
         mapping = {i: ex.Var(data.names.index(inp.name)) for i, inp in enumerate(f.inputs)}
         expr = inverse(ex.substitute(f.expr, mapping), one)
@@ -266,14 +266,3 @@ def transform_stage(ctx: Context, t0: float) -> tuple[Found | None, list[StageRu
             runs[-1] = found.run
             return found, runs
     return None, runs
-
-
-def _ops(e: ex.Expr) -> set[str]:
-    return {n.op for n in ex.walk(e) if isinstance(n, ex.Call)}
-
-
-def fresh_const(taken: dict[str, float]) -> str:
-    i = 0
-    while f"t{i}" in taken:
-        i += 1
-    return f"t{i}"

@@ -144,7 +144,7 @@ class Reduction:
         out = dict(consts)
 
         def alloc(v: float) -> ex.Const:
-            key = _fresh(out, "u")
+            key = ex.fresh_name(out, "u")
             out[key] = float(v)
             return ex.Const(key)
 
@@ -183,13 +183,6 @@ def _text(m: Monomial, names: Sequence[str]) -> str:
     if not den:
         return top
     return f"{top}/{den[0]}" if len(den) == 1 else f"{top}/({'*'.join(den)})"
-
-
-def _fresh(taken: Mapping[str, object], stem: str) -> str:
-    i = 0
-    while f"{stem}{i}" in taken:
-        i += 1
-    return f"{stem}{i}"
 
 
 def reductions(

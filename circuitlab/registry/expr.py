@@ -153,6 +153,19 @@ def substitute(expr: Expr, mapping: Mapping[int, Expr]) -> Expr:
     return expr
 
 
+def operations(expr: Expr) -> set[str]:
+    """The names of the operations `expr` applies (primitives and registered functions)."""
+    return {n.op for n in walk(expr) if isinstance(n, Call)}
+
+
+def fresh_name(taken: Mapping[str, object], stem: str) -> str:
+    """stem0, stem1, ...: the first not in `taken` (a constant's name beside others)."""
+    i = 0
+    while f"{stem}{i}" in taken:
+        i += 1
+    return f"{stem}{i}"
+
+
 def rename_constants(expr: Expr, names: Mapping[str, str]) -> Expr:
     """Const(c) renamed names[c] (the others kept): to put two expressions' constants side by
     side in one table."""

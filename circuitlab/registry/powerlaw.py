@@ -252,10 +252,6 @@ def groups_of(e: ex.Expr) -> tuple[str, ...]:
     return tuple(g for g in ("arithmetic", "elementary") if g in found) or ("arithmetic",)
 
 
-def _ops(e: ex.Expr) -> set[str]:
-    return {n.op for n in ex.walk(e) if isinstance(n, ex.Call)}
-
-
 # ---------------------------------------------------------------------------------------------
 # fit, write, accept
 
@@ -294,7 +290,7 @@ def power_law(
         return agrees(evaluate(e, consts, cols_all), full, tol, rtol, scale)
 
     # C by least squares on y, with the formula as written (C = 1 in it)
-    unit = [(e, c) for _, e, c in layouts(m, 1.0, None) if not _ops(e) & banned]
+    unit = [(e, c) for _, e, c in layouts(m, 1.0, None) if not ex.operations(e) & banned]
     if not unit:
         return None, f"a monomial, but it needs excluded primitives ({', '.join(sorted(banned))})"
     M = evaluate(*unit[0], cols_fit)
@@ -307,7 +303,7 @@ def power_law(
     m = Monomial(m.exponents, coef)
     chosen: tuple[str, ex.Expr, dict[str, float]] | None = None
     for style, e, c in layouts(m, coef, None):
-        if not _ops(e) & banned and accepted(e, c):
+        if not ex.operations(e) & banned and accepted(e, c):
             chosen = (style, e, c)
             break
     if chosen is None:
@@ -320,7 +316,7 @@ def power_law(
     for form in forms(coef, window):
         value = math.copysign(form.value, coef)
         e, c = write(m, value, form, style)
-        if not _ops(e) & banned and accepted(e, c):
+        if not ex.operations(e) & banned and accepted(e, c):
             chosen, m = (style, e, c), Monomial(m.exponents, value)
             break
     _, e, c = chosen

@@ -17,7 +17,7 @@ import numpy as np
 from circuitlab.registry import expr as ex
 from circuitlab.registry import separable
 from circuitlab.registry.constants import Alloc, Form, forms, write_number, write_times
-from circuitlab.registry.derived import Context, fresh_const, lifted
+from circuitlab.registry.derived import Context, lifted
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.results import Found, StageRun
 from circuitlab.registry.sampling import Sample
@@ -83,7 +83,7 @@ def separable_stage(
             return None, runs, f"{note}: no exact fit for ({', '.join(sub.names)})"
         rename: dict[str, str] = {}
         for c, v in f.constants:
-            rename[c] = fresh_const(consts)
+            rename[c] = ex.fresh_name(consts, "t")
             consts[rename[c]] = v
         mapping = {i: ex.Var(data.names.index(inp.name)) for i, inp in enumerate(f.inputs)}
         terms.append(ex.rename_constants(ex.substitute(f.expr, mapping), rename))
@@ -165,7 +165,7 @@ def _combined(
     expr = _chain(op, terms)
     rest = (m - 1) * f_ref if mode == "additive" else f_ref ** (m - 1)
     if rest != (0.0 if mode == "additive" else 1.0):
-        key = fresh_const(out)
+        key = ex.fresh_name(out, "t")
         out[key] = rest
         expr = ex.call(inverse, expr, ex.Const(key))
     return expr, out
@@ -199,7 +199,7 @@ def _refitted(
     out = {k: v for k, v in consts.items() if any(k in ex.constants_used(b) for b in bare)}
 
     def alloc(v: float) -> ex.Const:
-        key = fresh_const(out)
+        key = ex.fresh_name(out, "t")
         out[key] = float(v)
         return ex.Const(key)
 
