@@ -176,6 +176,8 @@ def lifted(
     `run` is the derived search's. None and why when it does not. In approximate mode (the
     derived fit is approximate too) there is no acceptance test: it is the answer."""
     rows, cfg = ctx.rows, ctx.cfg
+    used = ex.constants_used(expr)  # a derived formula may not use every constant offered
+    consts = {k: v for k, v in consts.items() if k in used}
     if not cfg.approximate:
         scale, tol = tolerance(rows, cfg.rtol)
         with np.errstate(all="ignore"):

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from circuitlab.cli import app
 from circuitlab.registry import DiscoveryConfig, Examples, Units, UnitsError, search
+from circuitlab.registry import expr as ex
 from circuitlab.registry.dimensions import reduce, reductions
 
 UNITS_CSV = (
@@ -195,6 +196,9 @@ def test_output_transforms_are_searched_and_inverted(make, method, op):
     assert result.status == "exact"
     assert result.stages[-1].stage.method.startswith(method) and result.stages[-1].found
     assert result.function.expr.op == op
+    # only the constants the formula uses (the inverse's 1 is offered to every transform)
+    names = {c for c, _ in result.function.constants}
+    assert names == ex.constants_used(result.function.expr)
     Xf = np.stack([rng.uniform(0.1, 0.6, 30), rng.uniform(0.2, 1.2, 30)], axis=1)
     assert np.allclose(result.function.on_columns(Xf, ["a", "b"]), make(Xf), rtol=1e-12)
 
