@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -168,6 +168,12 @@ def units_stage(ctx: Context, units: Units) -> tuple[Found | None, list[StageRun
     return None, runs, "units: " + "; ".join(notes)
 
 
+def written_over(f: Function, columns: Mapping[str, ex.Expr]) -> ex.Expr:
+    """f's formula with each input read from `columns` (the input's name -> a formula of the
+    original columns): how a fit to a derived table is written back in the original one."""
+    return ex.substitute(f.expr, {i: columns[inp.name] for i, inp in enumerate(f.inputs)})
+
+
 def lifted(
     ctx: Context, expr: ex.Expr, consts: dict[str, float], run: StageRun
 ) -> tuple[Found | None, str]:
@@ -261,8 +267,7 @@ def transform_stage(ctx: Context, t0: float) -> tuple[Found | None, list[StageRu
         consts = dict(f.constants)
         one = ex.Const(ex.fresh_name(consts, "t"))
         consts[one.name] = 1.0
-        mapping = {i: ex.Var(data.names.index(inp.name)) for i, inp in enumerate(f.inputs)}
-        expr = inverse(ex.substitute(f.expr, mapping), one)
+        expr = inverse(written_over(f, {n: ex.Var(j) for j, n in enumerate(data.names)}), one)
         found, _ = lifted(ctx, expr, consts, run)
         if found is not None:
             runs[-1] = found.run

@@ -17,7 +17,7 @@ import numpy as np
 from circuitlab.registry import expr as ex
 from circuitlab.registry import separable
 from circuitlab.registry.constants import Alloc, Form, forms, write_number, write_times
-from circuitlab.registry.derived import Context, lifted
+from circuitlab.registry.derived import Context, lifted, written_over
 from circuitlab.registry.examples import Examples
 from circuitlab.registry.results import Found, StageRun
 from circuitlab.registry.sampling import Sample
@@ -59,6 +59,7 @@ def separable_stage(
     terms: list[ex.Expr] = []
     consts: dict[str, float] = {}
     share = cfg.max_seconds * SEPARABLE_SHARE / len(parts)
+    columns = {n: ex.Var(j) for j, n in enumerate(data.names)}
     for g in parts:
         X = np.repeat(ref[None], data.n, axis=0)
         X[:, g] = data.X[:, g]
@@ -85,8 +86,7 @@ def separable_stage(
         for c, v in f.constants:
             rename[c] = ex.fresh_name(consts, "t")
             consts[rename[c]] = v
-        mapping = {i: ex.Var(data.names.index(inp.name)) for i, inp in enumerate(f.inputs)}
-        terms.append(ex.rename_constants(ex.substitute(f.expr, mapping), rename))
+        terms.append(ex.rename_constants(written_over(f, columns), rename))
     why = ""
     for expr, cs in (
         _refitted(terms, consts, mode, ctx.sample, ctx.resolve),
@@ -141,8 +141,7 @@ def symmetry_stage(
         return None, [run], f"{note}: no exact fit of the smaller problem"
     # sub's columns: the difference, then `rest`
     back = [ex.call("SUB", ex.Var(i), ex.Var(j)), *(ex.Var(c) for c in rest)]
-    mapping = {n: back[sub.names.index(inp.name)] for n, inp in enumerate(f.inputs)}
-    expr = ex.substitute(f.expr, mapping)
+    expr = written_over(f, dict(zip(sub.names, back, strict=True)))
     fit, why = lifted(ctx, expr, dict(f.constants), run)
     if fit is None:
         return None, [run], f"{note}: {why}"
