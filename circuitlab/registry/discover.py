@@ -245,10 +245,8 @@ def search(
     if units is not None:
         found, tried, units_note = units_stage(ctx, units)
         runs += tried
-        if found is not None and cfg.approximate:
-            return _noted(_approximate(found, runs, data, sample, cfg, prop.name, t0), units_note)
         if found is not None:
-            return _noted(_exact(found, runs, data, sample, cfg, prop.name, t0, ""), units_note)
+            return _noted(_exact(found, runs, data, sample, cfg, prop.name, t0), units_note)
     # the power law first (automatic staging, exact mode): an exact monomial is the answer,
     # unless registered functions are offered, which may write it smaller: then the search
     # runs below its complexity, and the monomial is kept if it finds nothing smaller
@@ -374,9 +372,10 @@ def _exact(
     cfg: DiscoveryConfig,
     proposer: str,
     t0: float,
-    note: str,
+    note: str = "",
 ) -> DiscoveryResult:
-    """The result of a staged discovery whose best exact fit is `best`."""
+    """The result of a staged discovery whose best fit is `best`: exact, or, from a derived
+    stage in approximate mode (units), approximate."""
     stats = total_stats(runs, cfg, time.perf_counter() - t0)
     stats.level, stats.stopped, stats.refine = (
         best.run.stats.level,
@@ -385,50 +384,25 @@ def _exact(
     )
     prov = provenance(data, sample, cfg, proposer, runs, best.run.stage)
     fn = replace(best.fn, provenance=prov)
-    table = pareto_front(best.entries, True)
+    exact = fn.status == "exact"
+    table = pareto_front(best.entries, exact)
     method = best.run.stage.method
     how = METHODS.get(method, "the transformed output searched, the fit inverted" if method else "")
+    said = (
+        f"exact: {fn.render()} after {stats.evaluated:,} candidates"
+        if exact
+        else f"approximate (loss {table[-1].loss if table else math.nan:.3g}): {fn.render()}"
+    )
     return DiscoveryResult(
         fn,
-        "exact",
+        fn.status,
         stats,
         table,
         best.rel,
-        f"exact: {fn.render()} after {stats.evaluated:,} candidates"
-        + (f" ({best.run.stage.method}: {how})" if how else ""),
+        said + (f" ({method}: {how})" if how else ""),
         proposer,
         runs,
         note,
-    )
-
-
-def _approximate(
-    found: Found,
-    runs: list[StageRun],
-    data: Examples,
-    sample: Sample,
-    cfg: DiscoveryConfig,
-    proposer: str,
-    t0: float,
-) -> DiscoveryResult:
-    """The result of an approximate discovery whose fit was made by a derived stage (units)."""
-    stats = total_stats(runs, cfg, time.perf_counter() - t0)
-    stats.level, stats.stopped = found.run.stats.level, ""
-    fn = replace(
-        found.fn, provenance=provenance(data, sample, cfg, proposer, runs, found.run.stage)
-    )
-    table = pareto_front(found.entries, exact=False)
-    loss = table[-1].loss if table else float("nan")
-    return DiscoveryResult(
-        fn,
-        "approximate",
-        stats,
-        table,
-        found.rel,
-        f"approximate (loss {loss:.3g}): {fn.render()} ({found.run.stage.method}: "
-        f"{METHODS.get(found.run.stage.method, '')})",
-        proposer,
-        runs,
     )
 
 
