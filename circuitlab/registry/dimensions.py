@@ -36,6 +36,7 @@ import numpy as np
 
 from circuitlab.registry import expr as ex
 from circuitlab.registry.domains import RegistryError
+from circuitlab.registry.examples import unused_name
 from circuitlab.registry.powerlaw import Alloc, Monomial, write_with
 
 
@@ -269,8 +270,5 @@ def _group_names(groups: Sequence[Monomial], names: Sequence[str]) -> tuple[str,
             out.append(names[cols[0]])
             continue
         n += 1
-        label = f"pi{n}"
-        while label in names or label in out:
-            label = "_" + label
-        out.append(label)
+        out.append(unused_name(f"pi{n}", [*names, *out]))
     return tuple(out)

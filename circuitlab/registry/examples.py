@@ -10,7 +10,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,15 @@ def _read_csv(path: str | os.PathLike[str]) -> list[tuple[int, list[str]]]:
     except csv.Error as exc:
         raise RegistryError(f"{path}: line {start}: {exc}") from None
     return records
+
+
+def unused_name(stem: str, taken: Collection[str]) -> str:
+    """`stem`, with underscores put before it until no column in `taken` has that name (a
+    derived table's new column beside the original ones)."""
+    out = stem
+    while out in taken:
+        out = "_" + out
+    return out
 
 
 def _identifiers(header: Sequence[str], path: str | os.PathLike[str]) -> list[str]:

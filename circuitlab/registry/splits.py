@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -18,7 +18,7 @@ from circuitlab.registry import expr as ex
 from circuitlab.registry import separable
 from circuitlab.registry.constants import Alloc, Form, forms, write_number, write_times
 from circuitlab.registry.derived import Context, lifted, written_over
-from circuitlab.registry.examples import Examples
+from circuitlab.registry.examples import Examples, unused_name
 from circuitlab.registry.results import Found, StageRun
 from circuitlab.registry.sampling import Sample
 from circuitlab.registry.stages import Stage
@@ -121,7 +121,7 @@ def symmetry_stage(
     i, j = pairs[0]
     ni, nj = data.names[i], data.names[j]
     rest = [c for c in range(data.k) if c not in (i, j)]
-    label = _fresh_name(f"{ni}_minus_{nj}", data.names)
+    label = unused_name(f"{ni}_minus_{nj}", data.names)
     note = f"symmetry: f reads {ni} - {nj}"
     X = np.concatenate([(data.X[:, i] - data.X[:, j])[:, None], data.X[:, rest]], axis=1)
     sub = Examples.from_arrays(X, data.y, [label, *(data.names[c] for c in rest)], data.output_name)
@@ -146,13 +146,6 @@ def symmetry_stage(
     if fit is None:
         return None, [run], f"{note}: {why}"
     return fit, [fit.run], f"{note}; {inner.power_law}" if inner.power_law else note
-
-
-def _fresh_name(stem: str, taken: Sequence[str]) -> str:
-    out = stem
-    while out in taken:
-        out = "_" + out
-    return out
 
 
 def _combined(
