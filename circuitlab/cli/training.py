@@ -123,8 +123,13 @@ def register(app: typer.Typer) -> None:
         task: str = typer.Option(
             "add_mod_113", "--task", "-t", help="Task spec (see `circuitlab tasks`)."
         ),
-        recipe: str = typer.Option(
-            "fast", "--recipe", "-r", help="Training recipe: fast (default) or nanda, ..."
+        recipe: str | None = typer.Option(
+            None,
+            "--recipe",
+            "-r",
+            help="Training recipe (see `circuitlab recipes`). Default: the recipe shipped for "
+            "the task's family (synth3 for three-operand synthesis), else fast.",
+            show_default=False,
         ),
         seeds: str = typer.Option(
             "0", "--seeds", "-s", help="Seeds: 0-31, 3 or 0,2,5-7. One run per seed."
@@ -184,11 +189,16 @@ def register(app: typer.Typer) -> None:
         """
         from circuitlab.tasks import TaskError, get_task
         from circuitlab.training import RecipeError, RunDirError, RunSpec, get_recipe
+        from circuitlab.training.recipe import DEFAULT_RECIPE, recipe_for
 
         if threads < 0 or workers < 0:
             raise CliError("--threads and --workers must be >= 0 (0 = automatic)")
         try:
-            get_task(task)
+            the_task = get_task(task)
+            if recipe is None:
+                recipe = recipe_for(the_task)
+                if recipe != DEFAULT_RECIPE:
+                    console.print(f"recipe {recipe} (shipped for this task's family)")
             base = get_recipe(recipe)
             seed_list = parse_seeds(seeds)
             sweep = parse_sweep(sets)

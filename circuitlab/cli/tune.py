@@ -170,7 +170,12 @@ def register(app: typer.Typer) -> None:
         import json
 
         from circuitlab.training import RecipeError
-        from circuitlab.training.recipe import _RECIPES, BUILTIN_MEASURED
+        from circuitlab.training.recipe import (
+            _RECIPES,
+            BUILTIN_MEASURED,
+            DEFAULT_RECIPE,
+            FAMILY_RECIPES,
+        )
         from circuitlab.training.saved_recipes import recipe_dir, saved_recipes
 
         try:
@@ -179,11 +184,20 @@ def register(app: typer.Typer) -> None:
             raise CliError(str(exc)) from None
         rows = [(r, "built-in", BUILTIN_MEASURED.get(r.name, [])) for r in _RECIPES.values()]
         rows += [(s.recipe, "saved", [s.measured] if s.measured else []) for s in saved.values()]
+        families = {DEFAULT_RECIPE: "any other task"}
+        for fam in FAMILY_RECIPES:
+            families[fam.recipe] = fam.family
         if as_json:
             console.print_json(
                 json.dumps(
                     [
-                        {"name": r.name, "source": src, "recipe": r.to_dict(), "measured": m}
+                        {
+                            "name": r.name,
+                            "source": src,
+                            "default_for": families.get(r.name),
+                            "recipe": r.to_dict(),
+                            "measured": m,
+                        }
                         for r, src, m in rows
                     ]
                 )
@@ -193,6 +207,7 @@ def register(app: typer.Typer) -> None:
         for col in ("name", "source", "optimizer", "lr", "wd", "train", "warmup", "max steps"):
             table.add_column(col, overflow="fold")
         table.add_column("model", overflow="fold")
+        table.add_column("default for", overflow="fold")
         table.add_column("measured on", overflow="fold")
         for r, src, m in rows:
             table.add_row(
@@ -205,6 +220,7 @@ def register(app: typer.Typer) -> None:
                 str(r.warmup_steps),
                 f"{r.max_steps:,}",
                 escape(_fmt_params(r.model)) or "-",
+                escape(families.get(r.name, "-")),
                 escape("; ".join(_measured(x) for x in m)) if m else "-",
             )
         console.print(table)

@@ -8,6 +8,7 @@ duplicate names, and a run directory stores the resolved recipe so it can be reb
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -185,6 +186,52 @@ DEEP = register_recipe(
         model={"n_layers": 2},
     )
 )
+
+
+# Three-operand synthesis (issue 17): `fast` with half the triples and 20,000 steps. `fast` at
+# its 30% stalls below 99% (synth_mod_31[a*b+c]: 78% at step 5,000, rising slowly); measured in
+# benchmarks/bench_recipes.py.
+SYNTH3 = register_recipe(
+    Recipe(
+        name="synth3",
+        lr=1e-2,
+        weight_decay=2.0,
+        warmup_steps=10,
+        max_steps=20_000,
+        train_fraction=0.5,
+    )
+)
+
+
+@dataclass(frozen=True)
+class FamilyRecipe:
+    """A recipe shipped for a family of tasks: `circuitlab train` uses it for a task of the
+    family when no recipe is named (`recipe_for`)."""
+
+    recipe: str
+    family: str  # what `circuitlab recipes` prints, e.g. "synth_mod_p[expr], 3 operands"
+    applies: Callable[[Any], bool]  # a task object -> whether it is of the family
+
+
+def _three_operand_synthesis(task: Any) -> bool:
+    from circuitlab.tasks.synthesis import SynthesisTask
+
+    return isinstance(task, SynthesisTask) and len(task.operands) == 3
+
+
+FAMILY_RECIPES: tuple[FamilyRecipe, ...] = (
+    FamilyRecipe("synth3", "synth_mod_p[expr] with 3 operands", _three_operand_synthesis),
+)
+DEFAULT_RECIPE = "fast"
+
+
+def recipe_for(task: Any) -> str:
+    """The recipe `train` uses for a task when none is named: the first family recipe whose
+    family the task belongs to, else `fast`."""
+    for fam in FAMILY_RECIPES:
+        if fam.applies(task):
+            return fam.recipe
+    return DEFAULT_RECIPE
 
 
 # What the built-in recipes were measured on, shown by `circuitlab recipes` beside a saved
