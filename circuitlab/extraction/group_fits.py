@@ -6,11 +6,14 @@ Nanda 2023, "A toy model of universality"), reusing its passes and weights:
 2. The last MLP's neurons at the answer position, as functions of (x, y): dominant irrep and
    purity (`groups.unit_irreps`), and which irreps the neurons that move the logits use
    (`fourier.logit_weights`, `fourier_fits.frequency_shares`, `keys_by_share`).
-3. Restricted and excluded loss: the neurons replaced by their mean plus their projection onto
-   the key irreps' answer directions (`groups.answer_basis`), or with that projection removed,
+3. The answer irreps: the same cut on the logits as functions of the candidate answer c, the
+   irreps the model writes its answer in (compose: the embedding's keys; conj: more, since
+   rho(x y x^-1) = rho(x) rho(y) rho(x)^T is cubic in rho(x)).
+   Restricted and excluded loss: the neurons replaced by their mean plus their projection onto
+   the answer irreps' directions (`groups.answer_basis`), or with that projection removed,
    against the full loss and ln n! (a uniform guess).
 4. Logits: the share of their variance over the candidate answers c in the key irreps, and
-   how much of it the characters chi_rho(c* c^-1) explain (the GCR readout).
+   how much of it the answer irreps' characters chi_rho(c* c^-1) explain (the GCR readout).
 5. `RepresentationReport`: the numbers, a label and a description. `circuit_features` labels
    the features of an extracted circuit the same way.
 
@@ -94,7 +97,7 @@ def representation_losses(
     train_mask: torch.Tensor | None = None,
     clean: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> FourierLosses:
-    """Restricted and excluded loss of the key irreps (Nanda et al. 2023's measure, with the
+    """Restricted and excluded loss of some irreps (Nanda et al. 2023's measure, with the
     answer directions of `groups.answer_basis` in place of cos/sin(w_k c)).
 
     tokens (n, S) the inputs, answers (n,) their answers, train_mask (n,) the training inputs
@@ -177,12 +180,16 @@ class RepresentationReport:
 
     keys: key irreps of the embedding. Irreps are named by partition ("[2,1,1,1]") in data and
     by their usual name ("[4,1]⊗sign") in words.
+    answer: the irreps the logits write the answer in: the key irreps (same cut) of the
+    logits as functions of the candidate answer c. For compose they are the embedding's keys;
+    for conj, x*y*x^-1 is cubic in rho(x), and the MLP's products of the key irreps reach
+    irreps the embedding does not hold.
     neuron_pure_fraction: live last-MLP neurons >= PURE_THRESHOLD explained by one irrep;
     neuron_key_pure_fraction: the same by a key irrep.
     neuron_dominant_counts / neuron_logit_shares: irrep name -> live neurons it dominates /
     share of the neurons' logit weight; neuron_keys: irreps with >= fourier.KEY_SHARE of it.
-    losses: restricted and excluded loss (`log_p` = ln n!).
-    logits: the fit of the logits by the key irreps' characters (`logit_character_fit`);
+    losses: restricted and excluded loss of the answer irreps (`log_p` = ln n!).
+    logits: the fit of the logits by the answer irreps' characters (`logit_character_fit`);
     logit_key_share: the share of their variance in the key irreps (`logit_irrep_share`).
     loss_inputs: the inputs the losses and the logit fit ran on (all pairs; a sample for S6).
     """
@@ -191,6 +198,7 @@ class RepresentationReport:
     op: str
     formula: str
     keys: groups.KeyIrreps
+    answer: groups.KeyIrreps
     random_share: float  # share of the key irreps for an isotropic random embedding
     neuron_pure_fraction: float
     neuron_key_pure_fraction: float
@@ -211,16 +219,20 @@ class RepresentationReport:
     @property
     def representation_algorithm(self) -> bool:
         """The measurements support the GCR mechanism: a sparse key set in the embedding and
-        (when measured) the key irreps' answer directions of the last MLP alone answer
-        >= RESTRICTED_ACCURACY of the inputs. Neuron purity is described, not required."""
+        the answer irreps' directions of the last MLP alone answer >= RESTRICTED_ACCURACY of
+        the inputs. Neuron purity is described, not required."""
         return self.keys.sparse and self.losses.restricted_accuracy >= RESTRICTED_ACCURACY
 
     def _key_words(self) -> str:
-        return ", ".join(self.keys.labels)
+        words = ", ".join(self.keys.labels)
+        if self.answer.irreps != self.keys.irreps:
+            words += f"; answer in {', '.join(self.answer.labels)}"
+        return words
 
     def label(self) -> str:
         """e.g. "representation [4,1]⊗sign (purity 0.94)": purity is the share of the
-        embedding's centred energy in the key irreps."""
+        embedding's centred energy in the key irreps. The irreps the answer is written in
+        follow when they differ ("...; answer in [4,1], [3,2]")."""
         purity = f"purity {self.keys.power_fraction:.2f}"
         if self.representation_algorithm:
             noun = "representation" if len(self.keys.irreps) == 1 else "representations"
@@ -248,11 +260,14 @@ class RepresentationReport:
             f"{', '.join(self._label_of(n) for n in self.neuron_keys) or 'no irrep'}.",
         ]
         lo = self.losses
+        a = self.answer
+        answer = ", ".join(group.irrep(i).full_name for i in a.irreps)
         parts += [
             f"Logits: {self.logit_key_share:.0%} of their variance over the answers c lies in "
-            f"the key irreps; sum_rho alpha_rho chi_rho(c* c^-1) alone explains "
+            f"the key irreps, {a.power_fraction:.0%} in the irreps the answer is written in "
+            f"({answer}); sum_rho alpha_rho chi_rho(c* c^-1) over these alone explains "
             f"{self.logits.explained:.0%}.",
-            f"Loss: full {lo.full:.3g}, restricted to the key irreps {lo.restricted:.3g} "
+            f"Loss: full {lo.full:.3g}, restricted to the answer irreps {lo.restricted:.3g} "
             f"(accuracy {lo.restricted_accuracy:.1%}), excluding them (train) "
             f"{lo.excluded:.3g} vs ln {self.n}! = {lo.log_p:.3g}.",
         ]
@@ -272,6 +287,7 @@ class RepresentationReport:
                 "description": self.description(),
                 "representation_algorithm": self.representation_algorithm,
                 "keys": self.keys.to_dict(),
+                "answer_irreps": self.answer.to_dict(),
                 "random_share": self.random_share,
                 "neuron_pure_fraction": self.neuron_pure_fraction,
                 "neuron_key_pure_fraction": self.neuron_key_pure_fraction,
@@ -368,11 +384,12 @@ def analyze(
         tokens, answers = tokens[sample], answers[sample]
         mask = None if mask is None else mask[sample]
     clean = _run(model, tokens)
-    losses = representation_losses(model, tokens, answers, group, keys.irreps, mask, clean)
+    answer = groups.key_irreps(clean[1].T, group, max_keys=max_keys)
+    losses = representation_losses(model, tokens, answers, group, answer.irreps, mask, clean)
     timings["restricted_excluded_loss"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fit = logit_character_fit(clean[1], answers, group, keys.irreps)
+    fit = logit_character_fit(clean[1], answers, group, answer.irreps)
     logit_share = logit_irrep_share(clean[1], group, keys.irreps)
     del clean
     timings["logit_fit"] = time.perf_counter() - t0
@@ -382,6 +399,7 @@ def analyze(
         op=task.op,
         formula=PERMUTATION_OPS[task.op],
         keys=keys,
+        answer=answer,
         random_share=dims / (g - 1),
         neuron_pure_fraction=units.pure_fraction(PURE_THRESHOLD),
         neuron_key_pure_fraction=units.pure_fraction(PURE_THRESHOLD, keys.irreps),

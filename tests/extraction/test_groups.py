@@ -343,6 +343,8 @@ def test_logit_fits_recover_planted_characters():
     assert fit.alphas == pytest.approx((2.0, -0.5)) and fit.explained == pytest.approx(1.0)
     assert gf.logit_irrep_share(logits, group, keys) == pytest.approx(1.0)
     assert gf.logit_irrep_share(logits, group, keys[:1]) < 0.99
+    # the analysis's answer irreps: the same cut on the logits over the candidates c
+    assert gr.key_irreps(logits.T, group).irreps == tuple(sorted(keys))
     with pytest.raises(gf.GroupFitError, match="logits"):
         gf.logit_character_fit(logits[:, :20], answers, group, keys)
 
@@ -418,6 +420,8 @@ def test_grokked_restricted_and_excluded_loss(grokked):
     lo = report.losses
     assert lo is not None and lo.log_p == pytest.approx(math.log(24))
     assert lo.restricted < lo.full and lo.restricted_accuracy == 1.0
+    # compose writes the answer in the irreps it reads x and y in
+    assert report.answer.irreps == report.keys.irreps and report.answer.sparse
     assert lo.excluded > lo.log_p > lo.full_train
 
 
