@@ -44,6 +44,7 @@ from circuitlab.extraction import group_fits
 from circuitlab.tasks import get_task
 from circuitlab.training import RunSpec, get_recipe, load_run, read_run
 from circuitlab.training.parallel import train_many
+from circuitlab.training.rundir import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "benchmarks" / "runs" / "groups"
@@ -102,6 +103,7 @@ CONFIGS: dict[str, tuple[str, str, dict]] = {
 # validation after 15,000 steps at the constant lr 3.15e-3; restarted from those weights, it
 # was at 99.9% after 50 steps (`cont-seed1`, 550 steps with the anneal). Seed 2 (89%) did not
 # come through the same way, nor at lr 1e-3 or 3e-4 for 5,000 steps more (96%, 97.7%).
+# `train_missing` trains a continuation when the run it continues did not grok.
 CONTINUED: dict[tuple[str, int], str] = {("s5_conj", 1): "cont"}
 
 
@@ -117,15 +119,40 @@ def run_dir(task: str, seed: int) -> Path:
     return RUNS / task / f"{CONFIGS[task][0]}-seed{seed}"
 
 
+def _recipe(task: str):
+    return get_recipe(CONFIGS[task][1]).replace(**CONFIGS[task][2])
+
+
 def train_missing(runs: list[tuple[str, int]], workers: int) -> None:
     specs = [
-        RunSpec(t, get_recipe(CONFIGS[t][1]).replace(**CONFIGS[t][2]), s, run_dir(t, s))
+        RunSpec(t, _recipe(t), s, run_dir(t, s))
         for t, s in runs
         if not (run_dir(t, s) / "summary.json").is_file()
     ]
     if specs:
         console.print(f"training {len(specs)} model(s) into {RUNS} ...")
         train_many(specs, workers=workers, resume=True, threads=1)
+    continuations = []
+    for t, s in runs:
+        cont = CONTINUED.get((t, s))
+        base = run_dir(t, s)
+        if cont is None or (RUNS / t / f"{cont}-seed{s}" / "summary.json").is_file():
+            continue
+        if read_run(base).summary.get("grokked_at") is not None:
+            continue  # the run grokked on its own: nothing to continue
+        weights = base / "model.safetensors"
+        parent = {
+            "run": str(base),
+            "weights_sha256": sha256_file(weights),
+            "how": "finetune",
+            "method": {"restart": "same recipe and seed from the final weights"},
+        }
+        continuations.append(
+            RunSpec(t, _recipe(t), s, RUNS / t / f"{cont}-seed{s}", init=weights, parent=parent)
+        )
+    if continuations:
+        console.print(f"continuing {len(continuations)} model(s) from their final weights ...")
+        train_many(continuations, workers=workers, resume=True, threads=1)
 
 
 # --- the independent computation ------------------------------------------------------------
@@ -210,6 +237,12 @@ def measure(task_spec: str, seed: int) -> dict:
     shares = independent_shares(emb, task.n)
     group = group_fits.group_of(task)
     share_error = max(abs(report.keys.shares[group.irrep(k).index] - v) for k, v in shares.items())
+    # the irreps the answer is written in: the same decomposition of the logits, each input's
+    # logits a function of the candidate answer (rows), from this script's own forward pass
+    with torch.no_grad():
+        logits = model(torch.from_numpy(task.dataset().inputs).long())[:, -1]
+    answer = sorted(report.answer.names)
+    answer_truth = independent_keys(logits.double().numpy().T, task.n, len(answer))
     losses = report.losses
     return {
         "task": task_spec,
@@ -231,6 +264,10 @@ def measure(task_spec: str, seed: int) -> dict:
         "neuron_key_pure_fraction": report.neuron_key_pure_fraction,
         "neuron_purity_median": report.neuron_purity_quantiles.get("q50"),
         "neuron_keys": list(report.neuron_keys),
+        "answer_irreps": answer,
+        "independent_answer_irreps": answer_truth,
+        "answer_identical": answer == answer_truth,
+        "answer_power_fraction": report.answer.power_fraction,
         "full_loss": losses.full,
         "restricted_loss": losses.restricted,
         "restricted_accuracy": losses.restricted_accuracy,
@@ -253,6 +290,8 @@ def print_table(out: dict) -> None:
         "keys",
         "indep.",
         "same",
+        "answer in",
+        "same ",
         "energy",
         "random",
         "pure",
@@ -274,6 +313,8 @@ def print_table(out: dict) -> None:
             " ".join(r["keys"]),
             " ".join(r["independent_keys"]),
             "yes" if r["keys_identical"] else "NO",
+            " ".join(r["answer_irreps"]),
+            "yes" if r["answer_identical"] else "NO",
             f"{r['power_fraction']:.2f}",
             f"{r['random_share']:.2f}",
             f"{r['neuron_pure_fraction']:.2f}",
@@ -288,7 +329,8 @@ def print_table(out: dict) -> None:
     s = out["summary"]
     console.print(
         f"{s['grokked']}/{s['models']} models grokked (>= 99% validation). Of those: keys "
-        f"identical to the independent computation on {s['keys_identical']}, restricted < full "
+        f"identical to the independent computation on {s['keys_identical']}, answer irreps on "
+        f"{s.get('answer_identical', '-')}, restricted < full "
         f"on {s['restricted_below_full']}, excluded > ln n! on {s['excluded_above_log_order']}; "
         f"slowest analysis {s['max_seconds']:.1f}s"
     )
@@ -362,6 +404,7 @@ def main() -> None:
             "models": len(rows),
             "grokked": len(grokked),
             "keys_identical": sum(r["keys_identical"] for r in grokked),
+            "answer_identical": sum(r["answer_identical"] for r in grokked),
             "restricted_below_full": sum(r["restricted_below_full"] for r in grokked),
             "excluded_above_log_order": sum(r["excluded_above_log_order"] for r in grokked),
             "max_seconds": max(r["analysis_seconds"] for r in rows),
