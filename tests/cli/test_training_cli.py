@@ -170,3 +170,28 @@ def test_train_refuses_what_cannot_fit_in_memory(tmp_path):
         timeout=120,
     )
     assert res.returncode == 2 and "needs about" in res.stderr and "batch_size" in res.stderr
+
+
+def test_a_family_with_its_own_recipe_trains_with_it_unless_another_is_named(tmp_path):
+    from circuitlab.tasks import get_task
+    from circuitlab.training import get_recipe
+    from circuitlab.training.recipe import recipe_for
+
+    assert recipe_for(get_task("synth_mod_5[a*b+c]")) == "synth3"
+    assert recipe_for(get_task("synth_mod_5[a*b]")) == "fast"  # two operands: the default
+    assert recipe_for(get_task("add_mod_13")) == "fast"
+    assert get_recipe("synth3").train_fraction > get_recipe("fast").train_fraction
+    out = tmp_path / "runs"
+    res = circuitlab(
+        "train", "--task", "synth_mod_5[a*b+c]", "--set", "max_steps=3", "--out", str(out)
+    )
+    assert res.returncode == 0, res.stderr
+    assert "recipe synth3" in res.stdout
+    (run,) = (out / "synth_mod_5[a*b+c]").iterdir()
+    assert run.name == "synth3-max_steps3-seed0"
+    assert read_run(run).recipe.train_fraction == get_recipe("synth3").train_fraction
+    named = circuitlab(
+        "train", "-t", "synth_mod_5[a*b+c]", "-r", "fast", "--set", "max_steps=3", "--out", str(out)
+    )
+    assert named.returncode == 0, named.stderr
+    assert (out / "synth_mod_5[a*b+c]" / "fast-max_steps3-seed0" / "summary.json").is_file()
