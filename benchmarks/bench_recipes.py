@@ -53,10 +53,21 @@ class Family:
     max_steps: int = 0
     note: str = ""
     overrides: dict = field(default_factory=dict)
+    runs: Path | None = None  # where its runs go (RUNS_NAME-seedN); default RUNS/NAME
+    run_name: str = ""  # default: the recipe's name
 
 
 FAMILIES = (
     Family("synth3", "synth_mod_31[a*b+c]", recipe="synth3"),
+    # the run directories bench_groups.py analyses (the same recipe and seeds)
+    Family(
+        "conj",
+        "s5_conj",
+        recipe="conj",
+        seeds=(0, 1, 2, 3),
+        runs=RUNS.parent / "groups" / "s5_conj",
+        run_name="tuned",
+    ),
     Family(
         "x3xy",
         "x3xy_mod_113",
@@ -81,8 +92,9 @@ def _best_val(run_dir: Path) -> float:
 
 def measure_recipe(fam: Family, workers: int) -> dict:
     recipe = get_recipe(fam.recipe).replace(stop_val_acc=0.99, **fam.overrides)
-    root = RUNS / fam.name
-    specs = [RunSpec(fam.task, recipe, s, root / f"{recipe.name}-seed{s}") for s in fam.seeds]
+    root = fam.runs or RUNS / fam.name
+    name = fam.run_name or recipe.name
+    specs = [RunSpec(fam.task, recipe, s, root / f"{name}-seed{s}") for s in fam.seeds]
     start = time.perf_counter()
     train_many(specs, workers=workers, resume=True, threads=1, strategy="loop")
     runs = []

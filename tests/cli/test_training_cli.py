@@ -180,6 +180,8 @@ def test_a_family_with_its_own_recipe_trains_with_it_unless_another_is_named(tmp
     assert recipe_for(get_task("synth_mod_5[a*b+c]")) == "synth3"
     assert recipe_for(get_task("synth_mod_5[a*b]")) == "fast"  # two operands: the default
     assert recipe_for(get_task("add_mod_13")) == "fast"
+    assert recipe_for(get_task("s5_conj")) == "conj"
+    assert recipe_for(get_task("s4_conj")) == recipe_for(get_task("s5_compose")) == "fast"
     assert get_recipe("synth3").train_fraction > get_recipe("fast").train_fraction
     out = tmp_path / "runs"
     res = circuitlab(

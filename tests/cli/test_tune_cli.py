@@ -75,7 +75,7 @@ def test_tune_prints_trials_and_saves_recipe(tuned):
     listing = circuitlab("recipes", "--json", recipes=root / "recipes")
     assert listing.returncode == 0, listing.stderr
     rows = {r["name"]: r for r in json.loads(listing.stdout)}
-    assert list(rows) == ["nanda", "fast", "deep", "synth3", "mirror-best"]
+    assert list(rows) == ["nanda", "fast", "deep", "synth3", "conj", "mirror-best"]
     assert rows["synth3"]["default_for"] == "synth_mod_p[expr] with 3 operands"
     assert rows["fast"]["default_for"] == "any other task"
     assert rows["nanda"]["default_for"] is None and rows["mirror-best"]["default_for"] is None
