@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitlab.extraction import group_fits
+from circuitlab.extraction.fourier import KEY_SHARE
 from circuitlab.tasks import get_task
 from circuitlab.training import RunSpec, get_recipe, load_run, read_run
 from circuitlab.training.parallel import train_many
@@ -224,12 +225,19 @@ def measure(task_spec: str, seed: int) -> dict:
     shares = independent_shares(emb, task.n)
     group = group_fits.group_of(task)
     share_error = max(abs(report.keys.shares[group.irrep(k).index] - v) for k, v in shares.items())
-    # the irreps the answer is written in: the same decomposition of the logits, each input's
-    # logits a function of the candidate answer (rows), from this script's own forward pass
+    # the irreps the answer is written in: the independent decomposition of the last MLP's
+    # mean activation per answer (this script's own forward pass), plus the keys
+    data = task.dataset()
+    hook = f"blocks.{model.cfg.n_layers - 1}.mlp.hook_post"
     with torch.no_grad():
-        logits = model(torch.from_numpy(task.dataset().inputs).long())[:, -1]
+        _, cache = model.run_with_cache(torch.from_numpy(data.inputs).long(), names=hook)
+    post = cache[hook][:, -1].double().numpy()
+    means = np.zeros((task.order, post.shape[1]))
+    np.add.at(means, data.targets[:, 0], post)
+    means /= np.bincount(data.targets[:, 0], minlength=task.order)[:, None]
+    answer_shares = independent_shares(means, task.n)
     answer = sorted(report.answer.names)
-    answer_truth = independent_keys(logits.double().numpy().T, task.n, len(answer))
+    answer_truth = sorted(set(truth) | {k for k, v in answer_shares.items() if v >= KEY_SHARE})
     losses = report.losses
     return {
         "task": task_spec,

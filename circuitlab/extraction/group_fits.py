@@ -6,9 +6,10 @@ Nanda 2023, "A toy model of universality"), reusing its passes and weights:
 2. The last MLP's neurons at the answer position, as functions of (x, y): dominant irrep and
    purity (`groups.unit_irreps`), and which irreps the neurons that move the logits use
    (`fourier.logit_weights`, `fourier_fits.frequency_shares`, `keys_by_share`).
-3. The answer irreps: the same cut on the logits as functions of the candidate answer c, the
-   irreps the model writes its answer in (compose: the embedding's keys; conj: more, since
-   rho(x y x^-1) = rho(x) rho(y) rho(x)^T is cubic in rho(x)).
+3. The answer irreps: the key irreps and those holding >= KEY_SHARE of the energy of the last
+   MLP's mean activation per answer c (`groups.answer_irreps`, as the carried frequencies of
+   Z_p); compose: the keys; conj: every irrep, since rho(x y x^-1) = rho(x) rho(y) rho(x)^T is
+   cubic in rho(x)).
    Restricted and excluded loss: the neurons replaced by their mean plus their projection onto
    the answer irreps' directions (`groups.answer_basis`), or with that projection removed,
    against the full loss and ln n! (a uniform guess).
@@ -37,6 +38,7 @@ from circuitlab.extraction import groups
 from circuitlab.extraction.activations import collect
 from circuitlab.extraction.fourier import (
     CHUNK_ELEMENTS,
+    KEY_SHARE,
     PURE_THRESHOLD,
     activation_grid,
     frequency_shares,
@@ -180,10 +182,9 @@ class RepresentationReport:
 
     keys: key irreps of the embedding. Irreps are named by partition ("[2,1,1,1]") in data and
     by their usual name ("[4,1]⊗sign") in words.
-    answer: the irreps the logits write the answer in: the key irreps (same cut) of the
-    logits as functions of the candidate answer c. For compose they are the embedding's keys;
-    for conj, x*y*x^-1 is cubic in rho(x), and the MLP's products of the key irreps reach
-    irreps the embedding does not hold.
+    answer: the irreps the last MLP writes the answer in (`groups.answer_irreps`): the key
+    irreps and those with >= KEY_SHARE of its answer energy. For compose they are the keys;
+    conj models write x*y*x^-1, cubic in rho(x), in every irrep.
     neuron_pure_fraction: live last-MLP neurons >= PURE_THRESHOLD explained by one irrep;
     neuron_key_pure_fraction: the same by a key irrep.
     neuron_dominant_counts / neuron_logit_shares: irrep name -> live neurons it dominates /
@@ -198,7 +199,7 @@ class RepresentationReport:
     op: str
     formula: str
     keys: groups.KeyIrreps
-    answer: groups.KeyIrreps
+    answer: groups.AnswerIrreps
     random_share: float  # share of the key irreps for an isotropic random embedding
     neuron_pure_fraction: float
     neuron_key_pure_fraction: float
@@ -226,7 +227,8 @@ class RepresentationReport:
     def _key_words(self) -> str:
         words = ", ".join(self.keys.labels)
         if self.answer.irreps != self.keys.irreps:
-            words += f"; answer in {', '.join(self.answer.labels)}"
+            every = len(self.answer.irreps) == len(groups.symmetric_group(self.n).irreps) - 1
+            words += "; answer in " + ("every irrep" if every else ", ".join(self.answer.labels))
         return words
 
     def label(self) -> str:
@@ -262,11 +264,13 @@ class RepresentationReport:
         lo = self.losses
         a = self.answer
         answer = ", ".join(group.irrep(i).full_name for i in a.irreps)
+        spread = "" if a.sparse else ", spread with no clear key set"
         parts += [
+            f"Answer: the last MLP's mean activation per answer c lies in {answer} "
+            f"({a.power_fraction:.0%} of its energy{spread}).",
             f"Logits: {self.logit_key_share:.0%} of their variance over the answers c lies in "
-            f"the key irreps, {a.power_fraction:.0%} in the irreps the answer is written in "
-            f"({answer}); sum_rho alpha_rho chi_rho(c* c^-1) over these alone explains "
-            f"{self.logits.explained:.0%}.",
+            f"the key irreps; sum_rho alpha_rho chi_rho(c* c^-1) over the answer irreps "
+            f"explains {self.logits.explained:.0%}.",
             f"Loss: full {lo.full:.3g}, restricted to the answer irreps {lo.restricted:.3g} "
             f"(accuracy {lo.restricted_accuracy:.1%}), excluding them (train) "
             f"{lo.excluded:.3g} vs ln {self.n}! = {lo.log_p:.3g}.",
@@ -364,7 +368,6 @@ def analyze(
     weights = logit_weights(
         post, model.param(f"blocks.{last}.mlp.W_out"), model.param("unembed.W_U")
     )
-    del post
     live = units.variance > 0
     purity = units.purity[live]
     qs = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -372,6 +375,8 @@ def analyze(
         {f"q{int(q * 100)}": float(torch.quantile(purity, q)) for q in qs} if len(purity) else {}
     )
     shares = frequency_shares(units, weights)
+    answer = groups.answer_irreps(post, answers, group, keys.irreps, KEY_SHARE)
+    del post
     timings["neuron_irreps"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -384,7 +389,6 @@ def analyze(
         tokens, answers = tokens[sample], answers[sample]
         mask = None if mask is None else mask[sample]
     clean = _run(model, tokens)
-    answer = groups.key_irreps(clean[1].T, group, max_keys=max_keys)
     losses = representation_losses(model, tokens, answers, group, answer.irreps, mask, clean)
     timings["restricted_excluded_loss"] = time.perf_counter() - t0
 

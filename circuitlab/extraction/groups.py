@@ -20,7 +20,8 @@ component of L^2(G) (dimension d_rho^2). This module is the pure math, no model:
    Iso_sigma (x) Iso_tau of L^2(G x G), and the cells each irrep owns for the task's operation
    (`irrep_cells`, documented there), giving a dominant irrep and a purity per unit
    (`unit_irreps`).
-5. Answer directions: the basis of an irrep's isotypic component evaluated at the answer c
+5. Answer irreps: the irreps of the units' mean activation per answer c (`answer_irreps`), and
+   answer directions: the basis of an irrep's isotypic component evaluated at the answer c
    (`answer_basis`), for the restricted and excluded loss in group_fits.py.
 """
 
@@ -556,6 +557,62 @@ def unit_irreps(
 
 
 # --- 5. answer directions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnswerIrreps:
+    """The irreps a last MLP writes the answer in, as `fourier_fits.restricted_frequencies` for
+    Z_p: the embedding's key irreps and every irrep holding >= `min_share` of the energy of
+    the units' mean activation per answer c (their projection onto functions of the answer,
+    which is all the restricted loss keeps).
+
+    irreps / names / labels: that set, ascending. shares: (k,) the answer energy per irrep.
+    power_fraction: their share of it. sparse: whether the answer energy alone has a clear key
+    set (`key_irreps`' contrast), e.g. False for conj, whose MLP writes x*y*x^-1 in every irrep.
+    """
+
+    irreps: tuple[int, ...]
+    names: tuple[str, ...]
+    labels: tuple[str, ...]
+    shares: tuple[float, ...]
+    power_fraction: float
+    sparse: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for name in ("irreps", "names", "labels", "shares"):
+            out[name] = list(out[name])
+        return out
+
+
+def answer_irreps(
+    acts: torch.Tensor,
+    answers: torch.Tensor,
+    group: SymmetricGroup,
+    keys: tuple[int, ...],
+    min_share: float,
+) -> AnswerIrreps:
+    """`AnswerIrreps` of units `acts` (n, N) over inputs whose answers are `answers` (n,)."""
+    index = answers.long()
+    sums = torch.zeros(group.order, acts.shape[1], dtype=torch.float64)
+    step = max(1, CHUNK_ELEMENTS // max(acts.shape[1], 1))
+    for lo in range(0, acts.shape[0], step):
+        sums.index_add_(0, index[lo : lo + step], acts[lo : lo + step].to(torch.float64))
+    counts = torch.bincount(index, minlength=group.order).clamp(min=1).to(torch.float64)
+    means = sums / counts[:, None]
+    energy = irrep_energy(means, group)
+    total = float(energy.sum())
+    shares = energy / total if total > 0 else np.zeros_like(energy)
+    chosen = set(keys) | {i for i in range(1, len(group.irreps)) if shares[i] >= min_share}
+    irreps = tuple(sorted(chosen))
+    return AnswerIrreps(
+        irreps=irreps,
+        names=tuple(group.irreps[i].name for i in irreps),
+        labels=tuple(group.irreps[i].label for i in irreps),
+        shares=tuple(float(v) for v in shares),
+        power_fraction=float(shares[list(irreps)].sum()),
+        sparse=key_irreps(means, group).sparse,
+    )
 
 
 def answer_basis(

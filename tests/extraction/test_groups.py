@@ -328,6 +328,24 @@ def test_chunked_cells_match_one_chunk(monkeypatch):
         gr.cell_energy(grid[:20], group)
 
 
+def test_answer_irreps_are_the_keys_and_where_the_mean_per_answer_lies():
+    group = gr.symmetric_group(4)
+    answers = torch.from_numpy(np.array(group.table).reshape(-1)).long()  # compose: all x*y
+    planted = (group.irrep("[3,1]").index, group.irrep("[2,2]").index)
+    rng = np.random.default_rng(7)
+    of_answer = gr.answer_basis(group, planted, answers) @ torch.from_numpy(
+        rng.standard_normal((13, 40))
+    )
+    # plus a function of x alone, which averages out over the inputs with the same answer
+    x_part = torch.from_numpy(rng.standard_normal((24, 40))).repeat_interleave(24, 0)
+    sign = (group.irrep("[1,1,1,1]").index,)
+    found = gr.answer_irreps(of_answer + x_part, answers, group, sign, 0.02)
+    assert found.irreps == tuple(sorted(planted + sign))
+    assert sum(found.shares[i] for i in planted) == pytest.approx(1.0)
+    assert found.names == tuple(group.irreps[i].name for i in found.irreps)
+    assert gr.answer_irreps(of_answer, answers, group, (), 0.02).irreps == tuple(sorted(planted))
+
+
 def test_logit_fits_recover_planted_characters():
     group = gr.symmetric_group(4)
     std = _standard_matrices(4)
@@ -343,8 +361,6 @@ def test_logit_fits_recover_planted_characters():
     assert fit.alphas == pytest.approx((2.0, -0.5)) and fit.explained == pytest.approx(1.0)
     assert gf.logit_irrep_share(logits, group, keys) == pytest.approx(1.0)
     assert gf.logit_irrep_share(logits, group, keys[:1]) < 0.99
-    # the analysis's answer irreps: the same cut on the logits over the candidates c
-    assert gr.key_irreps(logits.T, group).irreps == tuple(sorted(keys))
     with pytest.raises(gf.GroupFitError, match="logits"):
         gf.logit_character_fit(logits[:, :20], answers, group, keys)
 
