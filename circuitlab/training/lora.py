@@ -419,11 +419,14 @@ def apply_adapter(
             "time_s": 0.0,
         }
     ]
-    names = [t.removeprefix("weights.").replace("__", ".") for t in config["target_parameters"]]
+    keys = config["target_parameters"]
+    names = [t.removeprefix("weights.").replace("__", ".") for t in keys]
+    pattern = config.get("rank_pattern") or {}
     method = {
         "rank": int(config["r"]),
         "alpha": float(config["lora_alpha"]),
         "targets": names,
+        "ranks": {n: int(pattern.get(k, config["r"])) for n, k in zip(names, keys, strict=True)},
         "trainable_params": trainable_count_of(peft_model),
         "trainable_fraction": trainable_count_of(peft_model) / info.model_config.n_params,
         "adapter": ADAPTER_DIR,

@@ -169,6 +169,18 @@ def test_cli_adapt_takes_ranks_per_target(runs, tmp_path):
     (run,) = [d for d in tmp_path.iterdir() if d.is_dir()]
     text = json.dumps(json.loads((run / "config.json").read_text()))
     assert '"blocks.0.attn.W_V": 3' in text and '"pos_embed.W_pos": 2' in text
+    # the same adapter applied from its files records the same ranks
+    from circuitlab.training.lora import ADAPTER_DIR
+
+    applied = _adapt_cli(
+        base, "--task", "sub_mod_11", "--adapter", str(run / ADAPTER_DIR),
+        "--out", str(tmp_path / "applied"),
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    (again,) = [d for d in (tmp_path / "applied").iterdir() if d.is_dir()]
+    method = json.loads((run / "config.json").read_text())["parent"]["method"]
+    method_again = json.loads((again / "config.json").read_text())["parent"]["method"]
+    assert method_again["ranks"] == method["ranks"]
     bad = _adapt_cli(
         base, "--task", "sub_mod_11", "--targets", "W_V:x", "--out", str(tmp_path / "b")
     )
