@@ -78,8 +78,8 @@ FAMILIES = (
             "train_fraction=0.3:0.9",
             "model.n_layers=1,2",
         ),
-        budget=12,
-        max_steps=6000,
+        budget=8,
+        max_steps=4000,
         note="a^3+ab is no function of a sum or a product of one-variable terms, the polynomials "
         "Doshi et al. 2024 find learnable",
     ),
