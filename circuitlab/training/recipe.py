@@ -304,4 +304,13 @@ BUILTIN_MEASURED: dict[str, list[dict[str, Any]]] = {
             "source": "benchmarks/bench_deep.py (results/deep.json)",
         },
     ],
+    "synth3": [
+        {
+            "task": "synth_mod_31[a*b+c]",
+            "seeds": [0, 1, 2],
+            "steps_to_99": [19900, 12450, 6300],
+            "median_steps_to_99": 12450,
+            "source": "benchmarks/bench_recipes.py (results/recipes.json)",
+        }
+    ],
 }

@@ -231,3 +231,13 @@ def test_builtin_recipes_list_what_their_benchmarks_measured():
         runs = sorted((r for r in deep if r["task"] == m["task"]), key=lambda r: r["seed"])
         assert [r["seed"] for r in runs] == m["seeds"]
         assert [r["grokked_at"] for r in runs] == m["steps_to_99"]
+    families = json.loads((results / "recipes.json").read_text())["families"]
+    for row in families:
+        if "measured" not in row:
+            continue
+        name = row["measured"]["recipe"]["name"]
+        (m,) = BUILTIN_MEASURED[name]
+        runs = row["measured"]["runs"]
+        assert m["task"] == row["task"] and m["seeds"] == [r["seed"] for r in runs]
+        assert m["steps_to_99"] == [r["steps_to_99"] for r in runs]
+        assert m["median_steps_to_99"] == row["measured"]["median_steps_to_99"]
