@@ -313,4 +313,14 @@ BUILTIN_MEASURED: dict[str, list[dict[str, Any]]] = {
             "source": "benchmarks/bench_recipes.py (results/recipes.json)",
         }
     ],
+    "conj": [
+        {
+            "task": "s5_conj",
+            "seeds": [0, 1, 2, 3],
+            "steps_to_99": [6700, None, None, 6000],
+            "median_steps_to_99": None,
+            "best_val_acc": [0.999, 0.985, 0.882, 1.0],
+            "source": "benchmarks/bench_recipes.py (results/recipes.json)",
+        }
+    ],
 }
