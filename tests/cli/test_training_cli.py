@@ -140,7 +140,8 @@ def test_a_slash_in_the_task_spec_stays_one_directory(tmp_path):
     assert res.returncode == 0, res.stderr
     (task_dir,) = out.iterdir()
     assert task_dir.name == "synth_mod_7[a%2Fb+c]"
-    assert read_run(task_dir / "fast-max_steps2-seed0").task == "synth_mod_7[a/b+c]"
+    # three operands: the family's own recipe, synth3
+    assert read_run(task_dir / "synth3-max_steps2-seed0").task == "synth_mod_7[a/b+c]"
     listing = subprocess.run(  # brackets are data, not rich markup
         [sys.executable, "-m", "circuitlab", "runs", str(out)],
         capture_output=True,
