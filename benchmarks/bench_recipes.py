@@ -78,7 +78,7 @@ FAMILIES = (
             "train_fraction=0.3:0.9",
             "model.n_layers=1,2",
         ),
-        budget=4,
+        budget=3,
         max_steps=4000,
         note="Doshi et al. 2024 report that networks fail to generalize on many modular "
         "polynomials whatever the training",
@@ -137,6 +137,8 @@ def run_study(fam: Family) -> dict:
     result = study_results(path, fam.budget)
     trials, steps = [], 0
     for t in result.trials:
+        if t.state not in ("COMPLETE", "PRUNED"):
+            continue  # a trial cut short by a kill is run again under another number
         best = max(t.best_val_acc or [0.0])
         dirs = [result.trials_dir / f"trial-{t.key}-seed{s}" for s in fam.seeds]
         ran = [read_metrics(d, torn_tail=True)[-1]["step"] for d in dirs if d.is_dir()]
