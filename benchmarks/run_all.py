@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "ray": [],
     "prune_lora": [],
     "tune": [],
+    "recipes": [],
 }
 
 
