@@ -48,7 +48,7 @@ from circuitlab.tasks.permutation import (
 # the median energy per isotypic dimension of the other irreps (as fourier.MIN_CONTRAST).
 # Measured: random Gaussian embeddings (S3-S5, d = 128, 200 seeds) at most 1.6; grokked
 # s4_compose 9-43, s5_compose 74-110 (bench_groups.py); s4_conj models stuck at 27-57%
-# validation 2-4.
+# validation 2-4, and grokked s4_conj models 1.6-2.9 (their embeddings are not sparse).
 MIN_CONTRAST = 5.0
 ORTHOGONALITY_TOL = 1e-9
 # `cell_energy` works in float64 up to S5 and in float32 for S6 (shares good to ~1e-6 there):
