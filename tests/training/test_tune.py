@@ -278,7 +278,7 @@ def test_saved_recipe_is_found_by_get_recipe(tmp_path, recipe_dir):
     measured = read_saved(result.saved).measured
     assert measured["task"] == TASK and measured["seeds"] == [0, 1]
     assert measured["steps_to_99"] == best.steps_to_99 and measured["budget"] == 2
-    assert set(recipes()) == {"nanda", "fast", "deep", "mirror-best"}
+    assert set(recipes()) == {"nanda", "fast", "deep", "synth3", "conj", "mirror-best"}
     # the same study may update its saved best; another study may not take the name
     tune(TASK, 3, study, prune=False, save_recipe_as="mirror-best", **KW)
     with pytest.raises(TuneError, match="from another study"):
@@ -309,7 +309,8 @@ def test_saved_recipe_files_are_checked(recipe_dir):
     with pytest.raises(RecipeError, match="built-in recipe 'fast'"):
         recipes()
     os.remove(recipe_dir / "fast.json")
-    with pytest.raises(RecipeError, match="unknown recipe 'nope'; known: nanda, fast, deep, ok"):
+    known = "nanda, fast, deep, synth3, conj, ok"  # built-ins first, then saved ones
+    with pytest.raises(RecipeError, match=f"unknown recipe 'nope'; known: {known}"):
         get_recipe("nope")
     with pytest.raises(RecipeError, match="unknown recipe"):
         get_recipe("../ok")
