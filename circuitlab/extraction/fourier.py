@@ -214,6 +214,19 @@ def frequency_norms(embedding: torch.Tensor) -> torch.Tensor:
     return torch.stack([power[r].sum() for r in frequency_rows(n)]).sqrt()
 
 
+def mean_per_answer(acts: torch.Tensor, answers: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, N) float64 mean activation of units `acts` (inputs, N) over the inputs of each answer
+    value 0..n-1 (`answers` (inputs,)); 0 for a value no input has. Where every answer occurs
+    equally often, the units' projection onto functions of the answer."""
+    index = answers.long()
+    sums = torch.zeros(n, acts.shape[1], dtype=torch.float64)
+    step = max(1, CHUNK_ELEMENTS // max(acts.shape[1], 1))  # rows per float64 copy
+    for lo in range(0, acts.shape[0], step):
+        sums.index_add_(0, index[lo : lo + step], acts[lo : lo + step].to(torch.float64))
+    counts = torch.bincount(index, minlength=n).clamp(min=1).to(torch.float64)
+    return sums / counts[:, None]
+
+
 def key_frequencies(
     embedding: torch.Tensor, *, max_keys: int | None = None, min_contrast: float = MIN_CONTRAST
 ) -> KeyFrequencies:

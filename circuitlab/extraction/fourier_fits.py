@@ -34,6 +34,7 @@ from circuitlab.extraction.fourier import (
     key_frequencies,
     keys_by_share,
     logit_weights,
+    mean_per_answer,
     modulus_of,
     unit_frequencies,
 )
@@ -66,13 +67,7 @@ def answer_frequencies(acts: torch.Tensor, answer_coords: torch.Tensor, n: int) 
     restricted loss keeps. A ReLU neuron of key frequency k also carries its harmonics 2k, 3k,
     ..., and a model may use them in its logits (a grokked div mod 113 relied on 2k: restricted
     loss 0.11 without it, 0.009 with it, against a full loss of 0.003)."""
-    coords = answer_coords.long()
-    sums = torch.zeros(n, acts.shape[1], dtype=torch.float64)
-    step = max(1, CHUNK_ELEMENTS // max(acts.shape[1], 1))  # rows per float64 copy
-    for lo in range(0, acts.shape[0], step):
-        sums.index_add_(0, coords[lo : lo + step], acts[lo : lo + step].to(torch.float64))
-    counts = torch.bincount(coords, minlength=n).clamp(min=1).to(torch.float64)
-    return key_frequencies(sums / counts[:, None])
+    return key_frequencies(mean_per_answer(acts, answer_coords, n))
 
 
 def restricted_frequencies(

@@ -35,7 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitlab.extraction.fourier import CHUNK_ELEMENTS, PURE_THRESHOLD, UnitFrequencies
+from circuitlab.extraction.fourier import (
+    CHUNK_ELEMENTS,
+    PURE_THRESHOLD,
+    UnitFrequencies,
+    mean_per_answer,
+)
 from circuitlab.tasks.permutation import (
     MAX_N,
     MIN_N,
@@ -593,13 +598,7 @@ def answer_irreps(
     min_share: float,
 ) -> AnswerIrreps:
     """`AnswerIrreps` of units `acts` (n, N) over inputs whose answers are `answers` (n,)."""
-    index = answers.long()
-    sums = torch.zeros(group.order, acts.shape[1], dtype=torch.float64)
-    step = max(1, CHUNK_ELEMENTS // max(acts.shape[1], 1))
-    for lo in range(0, acts.shape[0], step):
-        sums.index_add_(0, index[lo : lo + step], acts[lo : lo + step].to(torch.float64))
-    counts = torch.bincount(index, minlength=group.order).clamp(min=1).to(torch.float64)
-    means = sums / counts[:, None]
+    means = mean_per_answer(acts, answers, group.order)
     energy = irrep_energy(means, group)
     total = float(energy.sum())
     shares = energy / total if total > 0 else np.zeros_like(energy)
