@@ -211,7 +211,8 @@ SYNTH3 = register_recipe(
 # S5 conjugation x*y*x^-1 (issue 17): trial 1 of `circuitlab tune s5_conj` (base `deep`, 2
 # layers, minibatches of 512), with the stop and anneal the interpretation benchmarks use.
 # `fast` stalls at the answer's conjugacy class (4.7%). Reaches 99% validation on 2 of 4 seeds
-# within its 15,000 steps (benchmarks/bench_recipes.py); not measured on S4 or S6.
+# within its 15,000 steps (benchmarks/bench_recipes.py). S4 conj groks with it at minibatches
+# of 64 and weight decay 0.6 (benchmarks/bench_groups.py); S6 conj is not measured.
 CONJ = register_recipe(
     Recipe(
         name="conj",
